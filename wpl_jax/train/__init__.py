@@ -1,0 +1,1 @@
+"""wpl_jax.train."""
