@@ -1,0 +1,349 @@
+"""Diagonal Fisher estimators and the running Fisher/anchor state of WPL.
+
+Three estimators, by name, all returning a pytree shaped like `params`:
+
+* ``per_example``: the empirical Fisher, mean over examples of the squared
+  per-example gradient, `F = 1/B Σ_b (∇ℓ_b)²`.
+* ``batch_grad_squared``: the square of the batch-mean gradient,
+  `F = (1/B Σ_b ∇ℓ_b)²`. This is what the reference code uses (REFERENCE.md
+  §2); it is cheaper and biased (cross-example terms do not vanish).
+* ``sampled``: the true Fisher,
+  `F = 1/B Σ_b E_{y~p_θ(·|x_b)} (∇ log p_θ(y|x_b))²`, with one
+  (or `num_samples`) label(s) drawn from the model's own predictive
+  distribution per example.
+
+*One example* is one slice along the leading axis of every leaf of `batch`.
+`loss_fn(params, batch)` must return the MEAN loss over that axis, and be
+separable across examples (no batch statistics), since per-example
+estimators call it on batches of one. For a sequence model an example is a
+whole sequence, and `ℓ_b` is the loss of that sequence as `loss_fn` reduces
+it (typically the mean over its tokens): put the batch axis first.
+
+The running state (`FisherState`) holds the Fisher and the anchor, and is
+updated by pure functions. None of these functions jit themselves; all run
+under `jax.jit` (pass `estimator`, `mode` and the other strings statically).
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from wpl_jax import _trees
+from wpl_jax.partition import resolve_mask
+from wpl_jax.types import Array, PRNGKey, PyTree
+
+ESTIMATORS = ("per_example", "batch_grad_squared", "sampled")
+MODES = ("clean", "reference")
+
+LossFn = Callable[[PyTree, PyTree], Array]
+
+
+def _square(tree: PyTree) -> PyTree:
+  return jax.tree.map(lambda g: g * g, tree)
+
+
+def _expand(example: PyTree) -> PyTree:
+  return jax.tree.map(lambda x: x[None], example)
+
+
+def _batch_size(batch: PyTree) -> int:
+  sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
+  if len(sizes) != 1:
+    raise ValueError(
+      f"batch leaves disagree on the leading (example) axis: {sorted(sizes)}"
+    )
+  return sizes.pop()
+
+
+def _sum_squared_grads(
+  sq_grad_fn: Callable, params: PyTree, xs: PyTree, chunk_size: int | None
+) -> PyTree:
+  """Σ over examples of `sq_grad_fn(example_xs)`, `chunk_size` at a time."""
+  n = _batch_size(xs)
+  per_chunk = lambda c: jax.tree.map(
+    lambda s: jnp.sum(s, 0), jax.vmap(sq_grad_fn)(c)
+  )
+  if chunk_size is None or chunk_size >= n:
+    return per_chunk(xs)
+  n_chunks, rest = divmod(n, chunk_size)
+  head = jax.tree.map(
+    lambda x: x[: n_chunks * chunk_size].reshape(
+      (n_chunks, chunk_size) + x.shape[1:]
+    ),
+    xs,
+  )
+
+  def body(acc, chunk):
+    return jax.tree.map(jnp.add, acc, per_chunk(chunk)), None
+
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  total, _ = jax.lax.scan(body, zeros, head)
+  if rest:
+    tail = jax.tree.map(lambda x: x[n_chunks * chunk_size :], xs)
+    total = jax.tree.map(jnp.add, total, per_chunk(tail))
+  return total
+
+
+def fisher_diagonal(
+  loss_fn: LossFn | None,
+  params: PyTree,
+  batch: PyTree,
+  *,
+  estimator: str = "per_example",
+  key: PRNGKey | None = None,
+  logits_fn: LossFn | None = None,
+  chunk_size: int | None = None,
+  num_samples: int = 1,
+) -> PyTree:
+  """Estimates the diagonal Fisher information at `params`.
+
+  Args:
+    loss_fn: `(params, batch) -> scalar` mean loss over the leading axis of
+      `batch` (used by ``per_example`` and ``batch_grad_squared``).
+    params: the parameters (any pytree of float arrays).
+    batch: a pytree of arrays whose leaves share the leading example axis B.
+    estimator: ``per_example``, ``batch_grad_squared`` or ``sampled``.
+    key: PRNG key; required by ``sampled``.
+    logits_fn: `(params, batch) -> logits [B, ..., C]` (unnormalized log
+      probabilities over C classes, any number of positions per example);
+      required by ``sampled``. An example's log-likelihood is the mean over
+      its positions of log softmax(logits)[y].
+    chunk_size: bound memory by computing per-example gradients this many
+      examples at a time (``per_example`` and ``sampled``); None = all at
+      once (a B × params buffer).
+    num_samples: labels drawn per example by ``sampled``; the squared
+      gradients are averaged over them.
+
+  Returns:
+    A pytree shaped like `params` (float32 leaves), F ≥ 0, averaged over the
+    B examples (and over samples for ``sampled``).
+
+  Raises:
+    ValueError: unknown estimator, or a missing `key`/`logits_fn`/`loss_fn`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> loss = lambda p, b: jnp.mean((b["x"] @ p["w"] - b["y"]) ** 2)
+    >>> batch = {"x": jnp.eye(2), "y": jnp.zeros(2)}
+    >>> f = fisher_diagonal(loss, {"w": jnp.ones(2)}, batch,
+    ...                     estimator="per_example")
+    >>> f["w"].tolist()  # example b has gradient 2·e_b, squared 4·e_b
+    [2.0, 2.0]
+  """
+  if estimator not in ESTIMATORS:
+    raise ValueError(
+      f"unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}"
+    )
+  n = _batch_size(batch)
+  if estimator == "batch_grad_squared":
+    if loss_fn is None:
+      raise ValueError("estimator 'batch_grad_squared' needs loss_fn")
+    return _square(_f32(jax.grad(loss_fn)(params, batch)))
+
+  if estimator == "per_example":
+    if loss_fn is None:
+      raise ValueError("estimator 'per_example' needs loss_fn")
+
+    def sq_grad(example):
+      return _square(_f32(jax.grad(loss_fn)(params, _expand(example))))
+
+    total = _sum_squared_grads(sq_grad, params, batch, chunk_size)
+    return jax.tree.map(lambda s: s / n, total)
+
+  # estimator == "sampled"
+  if logits_fn is None:
+    raise ValueError("estimator 'sampled' needs logits_fn")
+  if key is None:
+    raise ValueError("estimator 'sampled' needs key")
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+
+  def sampled_nll(p, example, k):
+    logits = logits_fn(p, _expand(example))
+    y = jax.random.categorical(k, jax.lax.stop_gradient(logits))
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1))
+
+  def sq_grad_sampled(xs):
+    example, k = xs
+    keys = jax.random.split(k, num_samples)
+    sq = jax.vmap(
+      lambda kk: _square(_f32(jax.grad(sampled_nll)(params, example, kk)))
+    )(keys)
+    return jax.tree.map(lambda s: jnp.mean(s, 0), sq)
+
+  keys = jax.random.split(key, n)
+  total = _sum_squared_grads(sq_grad_sampled, params, (batch, keys), chunk_size)
+  return jax.tree.map(lambda s: s / n, total)
+
+
+def _f32(tree: PyTree) -> PyTree:
+  return jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), tree)
+
+
+class FisherState(NamedTuple):
+  """Running Fisher and anchor of WPL, both shaped like the params.
+
+  Attributes:
+    fisher: the stored diagonal Fisher F (in ``reference`` mode it already
+      includes α, REFERENCE.md §2).
+    anchor: θ̂, the weights as the earlier model(s) left them.
+  """
+
+  fisher: PyTree
+  anchor: PyTree
+
+
+def init_state(params: PyTree) -> FisherState:
+  """A state with zero Fisher (no penalty yet) anchored at `params`."""
+  return FisherState(
+    fisher=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params),
+    anchor=params,
+  )
+
+
+def clip_by_frobenius(
+  tree: PyTree,
+  max_norm: chex.Numeric,
+  *,
+  norm_axes: tuple[int, ...] | None = None,
+) -> PyTree:
+  """Rescales each leaf (or each matrix of a leaf) to norm ≤ `max_norm`.
+
+  Args:
+    tree: pytree of arrays.
+    max_norm: the largest Frobenius norm kept; larger ones are scaled down to
+      exactly `max_norm`, smaller ones are unchanged.
+    norm_axes: None = one norm per leaf. A tuple such as `(-2, -1)` = one
+      norm per slice over those axes (per matrix of a stacked `[E, H, H]`
+      leaf); leaves with fewer dims than `len(norm_axes)` use one norm.
+
+  Returns:
+    The clipped tree.
+  """
+
+  def clip(x):
+    axes = None
+    if norm_axes is not None and x.ndim >= len(norm_axes):
+      axes = tuple(norm_axes)
+    norm = jnp.sqrt(jnp.sum(x * x, axis=axes, keepdims=axes is not None))
+    scale = jnp.where(norm > max_norm, max_norm / jnp.maximum(norm, 1e-30), 1)
+    return x * scale
+
+  return jax.tree.map(clip, tree)
+
+
+def update_fisher(
+  state: FisherState,
+  new_fisher: PyTree,
+  *,
+  mode: str = "clean",
+  decay: float = 0.9,
+  clip: float | None = None,
+  alpha: chex.Numeric = 1.0,
+  mask: PyTree | None = None,
+  norm_axes: tuple[int, ...] | None = None,
+  reset_unmasked: bool | None = None,
+) -> FisherState:
+  """EMA update of the running Fisher, restricted to `mask`.
+
+  `clean`:      F ← clip((1 − decay)·F + decay·F_new)
+  `reference`:  F ← α · clip_fro((1 − decay)·F + decay·F_new, clip)
+
+  In ``reference`` mode α multiplies the stored state (REFERENCE.md §2), so
+  it compounds: under repeated updates every touched matrix saturates at
+  ‖F‖_F = α·clip exactly. In ``clean`` mode `alpha` must be left at 1 and α
+  belongs in the loss (`wpl_penalty(..., alpha=α)`).
+
+  Args:
+    state: the current `FisherState`.
+    new_fisher: a fresh estimate shaped like the params (`fisher_diagonal`).
+    mode: ``clean`` or ``reference``.
+    decay: weight of the new estimate (0.9 in the reference code).
+    clip: Frobenius-norm bound per leaf or per matrix (see `norm_axes`);
+      None = no clipping.
+    alpha: folded into F in ``reference`` mode.
+    mask: which leaves (or matrices, via broadcastable bool arrays) this
+      update touches, or a callable `fisher -> mask`; None = all.
+    norm_axes: see `clip_by_frobenius`.
+    reset_unmasked: set F to zero outside `mask` (the reference resets the
+      Fisher of matrices that got no gradient); default True in
+      ``reference`` mode, False (keep) in ``clean`` mode.
+
+  Returns:
+    The new state (the anchor is unchanged; see `reanchor`).
+  """
+  if mode not in MODES:
+    raise ValueError(f"unknown WPL mode {mode!r}; choose one of {MODES}")
+  if mode == "clean" and not (isinstance(alpha, (int, float)) and alpha == 1):
+    raise ValueError("clean mode keeps α in the loss: leave alpha=1.0 here")
+  if reset_unmasked is None:
+    reset_unmasked = mode == "reference"
+  mixed = jax.tree.map(
+    lambda f, g: (1.0 - decay) * f + decay * jnp.asarray(g, f.dtype),
+    state.fisher,
+    new_fisher,
+  )
+  if clip is not None:
+    mixed = clip_by_frobenius(mixed, clip, norm_axes=norm_axes)
+  if mode == "reference":
+    mixed = jax.tree.map(lambda f: alpha * f, mixed)
+  fallback = (
+    jax.tree.map(jnp.zeros_like, state.fisher)
+    if reset_unmasked
+    else state.fisher
+  )
+  fisher = _select(mask, mixed, fallback)
+  return state._replace(fisher=fisher)
+
+
+def _select(mask, on_true: PyTree, on_false: PyTree) -> PyTree:
+  """`where(mask, on_true, on_false)` leafwise; mask leaves may broadcast."""
+  mask = resolve_mask(mask, on_true)
+  if mask is None:
+    return on_true
+  t_leaves, treedef, o = _trees.flatten_like(
+    on_true, broadcast=frozenset({"mask"}), other=on_false, mask=mask
+  )
+  out = []
+  for t, f, m in zip(t_leaves, o["other"], o["mask"], strict=True):
+    if m is True:
+      out.append(t)
+    elif m is False:
+      out.append(f)
+    else:
+      out.append(jnp.where(jnp.broadcast_to(m, jnp.shape(t)), t, f))
+  return jax.tree.unflatten(treedef, out)
+
+
+def reset(state: FisherState, mask: PyTree | None = None) -> FisherState:
+  """Zeroes the Fisher (where `mask`), e.g. every 2 epochs in the reference."""
+  zeros = jax.tree.map(jnp.zeros_like, state.fisher)
+  return state._replace(fisher=_select(mask, zeros, state.fisher))
+
+
+def reanchor(
+  state: FisherState, params: PyTree, mask: PyTree | None = None
+) -> FisherState:
+  """Sets the anchor θ̂ ← θ where `mask` (the reference re-anchors all edges)."""
+  return state._replace(anchor=_select(mask, params, state.anchor))
+
+
+def consolidate(
+  state: FisherState, params: PyTree, new_fisher: PyTree, **update_kwargs
+) -> FisherState:
+  """Ends one model's turn: `update_fisher(...)` then `reanchor(params)`.
+
+  Args:
+    state: the current state.
+    params: the weights the finished model leaves behind (new anchor).
+    new_fisher: its Fisher estimate.
+    **update_kwargs: passed to `update_fisher` (mode, decay, clip, ...).
+
+  Returns:
+    The new state.
+  """
+  return reanchor(update_fisher(state, new_fisher, **update_kwargs), params)
