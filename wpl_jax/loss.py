@@ -43,7 +43,8 @@ def wpl_penalty(
 ) -> Array:
   """Weight plasticity penalty `alpha/2 · Σ mask·F·(θ − θ̂)²`.
 
-  Sums over every element of every leaf (no mean), in float32.
+  Sums over every element of every leaf (no mean), in float32 (or wider
+  when the params are).
 
   Args:
     params: θ, any pytree of arrays (nested dicts, Flax params, NNX State,
@@ -58,7 +59,7 @@ def wpl_penalty(
       None means every leaf.
 
   Returns:
-    A float32 scalar.
+    A scalar: float32, or float64 when the params are float64.
 
   Raises:
     ValueError: the trees differ in structure or shape; the message names the
@@ -85,13 +86,16 @@ def wpl_penalty(
   ):
     if _is_static_false(m):
       continue
-    d = jnp.asarray(x, jnp.float32) - jnp.asarray(a, jnp.float32)
-    term = jnp.asarray(f, jnp.float32) * d * d
+    dtype = jnp.promote_types(jnp.result_type(x), jnp.float32)
+    d = jnp.asarray(x, dtype) - jnp.asarray(a, dtype)
+    f = jnp.asarray(f, dtype)
     if not _is_static_true(m):
-      # `where`, not a product: masked elements get exactly zero gradient even
-      # where F or θ − θ̂ is not finite.
-      term = jnp.where(jnp.broadcast_to(m, term.shape), term, 0.0)
-    total = total + jnp.sum(term)
+      # Mask the inputs, not only the output (the "double where"): masked
+      # elements then get exactly zero gradient even where F is not finite.
+      m = jnp.broadcast_to(m, d.shape)
+      d = jnp.where(m, d, 0)
+      f = jnp.where(m, f, 0)
+    total = total + jnp.sum(f * d * d)
   return 0.5 * alpha * total
 
 
@@ -190,9 +194,11 @@ def add_wpl(
       if _is_static_false(mk):
         out.append(u)
         continue
-      g = a * f * (x - an)
+      d, f = x - an, jnp.asarray(f, jnp.result_type(x))
       if not _is_static_true(mk):
-        g = jnp.where(jnp.broadcast_to(mk, g.shape), g, 0.0)
+        mk = jnp.broadcast_to(mk, d.shape)
+        d, f = jnp.where(mk, d, 0), jnp.where(mk, f, 0)
+      g = a * f * d
       out.append(u + g.astype(u.dtype))
     new_updates = jax.tree.unflatten(treedef, out)
     return new_updates, AddWPLState(count=optax.safe_increment(state.count))
