@@ -1,0 +1,76 @@
+"""Entry point: python main.py --config=FILE.py[:arg] --workdir=DIR."""
+
+import importlib
+import os
+import sys
+import time
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# config.experiment -> module exposing train_and_evaluate(config, workdir).
+_EXPERIMENTS = {
+  "two_models": "wpl_jax.train.two_models",
+  "enas_ptb": "wpl_jax.train.enas_search",
+}
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  os.path.join(_HERE, "experiments", "two_models.py"),
+  "Experiment config file, optionally with :arg.",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "Output folder; must be new or empty. Default: workdir/<experiment>-<time>.",
+)
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data_dir.")
+_DOWNLOAD = flags.DEFINE_bool("download", False, "Fetch MNIST into data_dir.")
+
+
+def _fail(message: str) -> None:
+  """Ends the program with one line on stderr and exit status 1."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def _parse(argv: list[str]) -> list[str]:
+  """Parses flags; a bad flag or config ends with one line, no traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, ValueError) as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = _CONFIG.value
+  from wpl_jax.data import DataError  # noqa: PLC0415 (after flag parsing)
+
+  if config.experiment not in _EXPERIMENTS:
+    _fail(
+      f"unknown experiment {config.experiment!r}; known: "
+      f"{', '.join(_EXPERIMENTS)}"
+    )
+  try:
+    module = importlib.import_module(_EXPERIMENTS[config.experiment])
+    with config.unlocked():
+      config.data_dir = _DATA_DIR.value or config.get("data_dir", "")
+    workdir = _WORKDIR.value or os.path.join(
+      "workdir", f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    if os.path.isdir(workdir) and os.listdir(workdir):
+      raise ValueError(f"workdir {workdir} is not empty; choose a new one")
+    if _DOWNLOAD.value:
+      importlib.import_module("wpl_jax.data").download_mnist(config.data_dir)
+    logging.info("JAX devices: %s; workdir %s", jax.devices(), workdir)
+    module.train_and_evaluate(config, workdir)
+  except (DataError, ValueError, OSError) as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=_parse)

@@ -1,0 +1,160 @@
+"""Experiment outputs: a JSONL metrics log, result tables and figures."""
+
+import json
+import math
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _plain(value: Any) -> Any:
+  """Converts NumPy/JAX scalars and arrays to JSON-ready Python values."""
+  if isinstance(value, Mapping):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [_plain(v) for v in value]
+  if hasattr(value, "tolist"):  # np.ndarray, np.generic, jax.Array
+    return _plain(np.asarray(value).tolist())
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  return value
+
+
+class JsonlWriter:
+  """Appends one JSON object per line; flushes every write.
+
+  Example:
+    with JsonlWriter(workdir / "metrics.jsonl") as log:
+      log.write({"step": 100, "acc_a": 0.91})
+  """
+
+  def __init__(self, path: str | pathlib.Path):
+    self.path = pathlib.Path(path)
+    self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+  def write(self, record: Mapping[str, Any]) -> None:
+    """Writes `record` as one line."""
+    self._file.write(json.dumps(_plain(record), sort_keys=False) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    """Closes the file."""
+    self._file.close()
+
+  def __enter__(self) -> "JsonlWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
+  """Reads every line of a JSONL file."""
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and population std (ddof=0) of `values`."""
+  arr = np.asarray(values, dtype=np.float64)
+  return float(arr.mean()), float(arr.std())
+
+
+def format_mean_std(values: Sequence[float], digits: int = 3) -> str:
+  """'m ± s' of `values` with `digits` decimals."""
+  m, s = mean_std(values)
+  return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def markdown_table(
+  rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
+) -> str:
+  """Renders `rows` as a Markdown table.
+
+  Args:
+    rows: one mapping per row.
+    columns: (key, header) pairs; missing keys render as empty cells.
+
+  Returns:
+    The table, one line per row plus the header and the rule, no trailing
+    newline.
+  """
+  lines = [
+    "| " + " | ".join(h for _, h in columns) + " |",
+    "|" + "|".join("---" for _ in columns) + "|",
+  ]
+  for row in rows:
+    cells = [str(row.get(key, "")) for key, _ in columns]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write_json(path: str | pathlib.Path, obj: Any) -> None:
+  """Writes `obj` as indented JSON."""
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(_plain(obj), f, indent=1)
+    f.write("\n")
+
+
+def plot_panels(
+  panels: Sequence[Mapping[str, Any]],
+  path: str | pathlib.Path,
+  *,
+  xlabel: str,
+  ylabel: str,
+  ncols: int = 3,
+) -> None:
+  """Saves a grid of line plots (mean line, ±std band) as a PNG.
+
+  Args:
+    panels: each {"title": str, "curves": [curve, ...]} where a curve is
+      {"label": str, "x": [T], "mean": [T], "std": [T], "color": str,
+      "linestyle": str}; "std", "color" and "linestyle" are optional.
+    path: output file (PNG).
+    xlabel: x-axis label of every panel.
+    ylabel: y-axis label of every panel.
+    ncols: panels per row.
+  """
+  import matplotlib  # Imported here: only plotting needs it.
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  ncols = max(1, min(ncols, len(panels)))
+  nrows = math.ceil(len(panels) / ncols)
+  fig, axes = plt.subplots(
+    nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False
+  )
+  for ax, panel in zip(axes.flat, panels, strict=False):
+    for curve in panel["curves"]:
+      x = np.asarray(curve["x"])
+      mean = np.asarray(curve["mean"])
+      ax.plot(
+        x,
+        mean,
+        label=curve["label"],
+        color=curve.get("color"),
+        linestyle=curve.get("linestyle", "-"),
+        linewidth=1.6,
+      )
+      if curve.get("std") is not None:
+        std = np.asarray(curve["std"])
+        ax.fill_between(
+          x, mean - std, mean + std, color=curve.get("color"), alpha=0.15
+        )
+    ax.set_title(panel["title"], fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(alpha=0.3)
+  for ax in list(axes.flat)[len(panels) :]:
+    ax.axis("off")
+  handles, labels = axes.flat[0].get_legend_handles_labels()
+  fig.legend(
+    handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=9
+  )
+  fig.tight_layout(rect=(0, 0.08 if nrows == 1 else 0.05, 1, 1))
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
