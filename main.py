@@ -5,8 +5,7 @@ import os
 import sys
 import time
 
-import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -66,7 +65,6 @@ def main(argv: list[str]) -> None:
       raise ValueError(f"workdir {workdir} is not empty; choose a new one")
     if _DOWNLOAD.value:
       importlib.import_module("wpl_jax.data").download_mnist(config.data_dir)
-    logging.info("JAX devices: %s; workdir %s", jax.devices(), workdir)
     module.train_and_evaluate(config, workdir)
   except (DataError, ValueError, OSError) as e:
     _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)

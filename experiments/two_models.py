@@ -97,7 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg in ("smoke", "smoke_mnist"):
     c.num_seeds = 2
     c.model.width = 32
-    c.protocol.shared_layers = (1, 3)
+    c.protocol.shared_layers = (2,)
     c.protocol.a_steps_converged = 60
     c.protocol.a_steps_weak = 10
     c.protocol.a_log_every = 50

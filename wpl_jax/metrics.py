@@ -155,6 +155,6 @@ def plot_panels(
   fig.legend(
     handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=9
   )
-  fig.tight_layout(rect=(0, 0.08 if nrows == 1 else 0.05, 1, 1))
+  fig.tight_layout(rect=(0, 0.14 / nrows, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -108,12 +108,18 @@ def _numbered(params: Params, prefix: str) -> list[str]:
   return sorted(names, key=lambda n: int(n[len(prefix) :]))
 
 
+def _dense(layer: dict[str, Array], h: Array) -> Array:
+  """h @ kernel + bias, bias broadcast explicitly over the leading axes."""
+  bias = layer["bias"].reshape((1,) * (h.ndim - 1) + layer["bias"].shape)
+  return h @ layer["kernel"] + bias
+
+
 def _mlp(params: Params, names: list[str], x: Array) -> Array:
   """ReLU hidden layers `names[:-1]`, then the linear classifier `names[-1]`."""
   h = x
   for name in names[:-1]:
-    h = jax.nn.relu(h @ params[name]["kernel"] + params[name]["bias"])
-  return h @ params[names[-1]]["kernel"] + params[names[-1]]["bias"]
+    h = jax.nn.relu(_dense(params[name], h))
+  return _dense(params[names[-1]], h)
 
 
 def forward_a(params: Params, x: Array) -> Array:

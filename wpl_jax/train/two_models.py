@@ -699,6 +699,7 @@ def train_and_evaluate(
   """
   validate(config)
   data = _load_data(config)
+  logging.info("JAX devices: %s; workdir %s", jax.devices(), workdir)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   seeds = [config.seed + s for s in range(config.num_seeds)]
