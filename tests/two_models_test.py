@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest, parameterized
 
 from experiments import two_models as two_models_config
@@ -156,19 +157,22 @@ class TrainTest(parameterized.TestCase):
     self.assertGreater(float(metrics["penalty"]), 0.0)
     del params_a
 
+  @pytest.mark.slow
   def test_wpl_protects_a(self):
     """WPL's drop of A is smaller than plain cross-entropy's drop.
 
     Config: digits, width 32, k = 3 shared layers, converged A (300 Adam
-    steps), B trained 300 steps with Adam 3e-3 (a forgetting regime), WPL
-    with the per-example Fisher, mean-normalised, alpha = 10. Checked by hand
-    for seeds 0..5 (each alone): plain drops A by 0.05–0.2, WPL by < 0.02.
-    The test uses 3 seeds and compares their mean drops.
+    steps, test accuracy ~0.93), B trained 300 steps with Adam 3e-3 (a
+    forgetting regime), WPL with the per-example Fisher, mean-normalised,
+    alpha = 10. Measured for seeds 0..5 (one vmapped run of 6 seeds): plain
+    drops A by 0.025, 0.056, 0.042, 0.019, 0.058, 0.072; WPL by 0.011, 0.003,
+    -0.006, 0.003, 0.006, 0.014: smaller for every seed. The test runs seeds
+    0..2 and asks for a mean margin of 0.01 (measured: 0.041 vs 0.003).
     """
     config = _robust_config()
     out = train_lib.train_and_evaluate(config, self.create_tempdir().full_path)
     drop = {r["variant"]: r["drop"]["mean"] for r in out["rows"]}
-    self.assertLess(drop["wpl"], drop["plain"] - 0.02, msg=str(drop))
+    self.assertLess(drop["wpl"], drop["plain"] - 0.01, msg=str(drop))
 
 
 def _robust_config(seed: int = 0, num_seeds: int = 3):

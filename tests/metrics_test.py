@@ -1,0 +1,72 @@
+"""Tests of the JSONL writer, result tables and plotting."""
+
+import json
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from wpl_jax import metrics
+
+
+class MetricsTest(parameterized.TestCase):
+  def test_jsonl_round_trip(self):
+    path = pathlib.Path(self.create_tempdir().full_path) / "m.jsonl"
+    with metrics.JsonlWriter(path) as log:
+      log.write({"step": np.int32(3), "acc": jnp.float32(0.5), "v": [1, 2]})
+      log.write({"step": 4, "acc": np.array([0.25, 0.75]), "nan": float("nan")})
+    records = metrics.read_jsonl(path)
+    self.assertEqual(records[0], {"step": 3, "acc": 0.5, "v": [1, 2]})
+    self.assertEqual(records[1]["acc"], [0.25, 0.75])
+    self.assertEqual(records[1]["nan"], "nan")  # Strict JSON: no bare NaN.
+    for line in path.read_text().splitlines():
+      json.loads(line)
+
+  def test_mean_std(self):
+    m, s = metrics.mean_std([0.5, 0.7])
+    self.assertAlmostEqual(m, 0.6)
+    self.assertAlmostEqual(s, 0.1)
+    self.assertEqual(metrics.format_mean_std([0.5, 0.7]), "0.600 ± 0.100")
+
+  def test_markdown_table(self):
+    table = metrics.markdown_table(
+      [{"a": 1, "b": "x"}, {"a": 2}], [("a", "A"), ("b", "B")]
+    )
+    self.assertEqual(
+      table.splitlines(), ["| A | B |", "|---|---|", "| 1 | x |", "| 2 |  |"]
+    )
+
+  def test_write_json(self):
+    path = pathlib.Path(self.create_tempdir().full_path) / "r.json"
+    metrics.write_json(path, {"x": np.float32(1.5), "y": (1, 2)})
+    self.assertEqual(json.loads(path.read_text()), {"x": 1.5, "y": [1, 2]})
+
+  @parameterized.parameters(1, 4)
+  def test_plot_panels_png(self, num_panels):
+    path = pathlib.Path(self.create_tempdir().full_path) / "f.png"
+    x = np.arange(5) * 10
+    panels = [
+      {
+        "title": f"panel {i}",
+        "curves": [
+          {
+            "label": "A",
+            "x": x,
+            "mean": x / 50,
+            "std": x / 500,
+            "color": "tab:blue",
+          },
+          {"label": "B", "x": x, "mean": 1 - x / 50, "linestyle": "--"},
+        ],
+      }
+      for i in range(num_panels)
+    ]
+    metrics.plot_panels(panels, path, xlabel="it", ylabel="acc", ncols=3)
+    data = path.read_bytes()
+    self.assertEqual(data[:8], b"\x89PNG\r\n\x1a\n")
+    self.assertGreater(len(data), 10_000)
+
+
+if __name__ == "__main__":
+  absltest.main()
