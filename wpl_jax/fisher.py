@@ -37,6 +37,7 @@ from wpl_jax.types import Array, PRNGKey, PyTree
 
 ESTIMATORS = ("per_example", "batch_grad_squared", "sampled")
 MODES = ("clean", "reference")
+METHODS = ("auto", "vmap", "taps")
 
 LossFn = Callable[[PyTree, PyTree], Array]
 
@@ -97,6 +98,7 @@ def fisher_diagonal(
   logits_fn: LossFn | None = None,
   chunk_size: int | None = None,
   num_samples: int = 1,
+  method: str = "auto",
 ) -> PyTree:
   """Estimates the diagonal Fisher information at `params`.
 
@@ -116,13 +118,20 @@ def fisher_diagonal(
       once (a B × params buffer).
     num_samples: labels drawn per example by ``sampled``; the squared
       gradients are averaged over them.
+    method: how ``per_example`` forms the per-example gradients: ``vmap``
+      (`vmap(grad)`, any loss); ``taps`` (the loss's own exact fast path:
+      `loss_fn` must have a `per_example_fisher` method, as the losses made
+      by `wpl_jax.fisher_fast.tapped` do); ``auto`` (default): ``taps``
+      when `loss_fn` has one, else ``vmap``. Both give the same F. Other
+      estimators ignore it.
 
   Returns:
     A pytree shaped like `params` (float32 leaves), F ≥ 0, averaged over the
     B examples (and over samples for ``sampled``).
 
   Raises:
-    ValueError: unknown estimator, or a missing `key`/`logits_fn`/`loss_fn`.
+    ValueError: unknown estimator or method, or a missing
+      `key`/`logits_fn`/`loss_fn`.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -137,6 +146,8 @@ def fisher_diagonal(
     raise ValueError(
       f"unknown Fisher estimator {estimator!r}; choose one of {ESTIMATORS}"
     )
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
   n = _batch_size(batch)
   if estimator == "batch_grad_squared":
     if loss_fn is None:
@@ -146,6 +157,13 @@ def fisher_diagonal(
   if estimator == "per_example":
     if loss_fn is None:
       raise ValueError("estimator 'per_example' needs loss_fn")
+    fast = getattr(loss_fn, "per_example_fisher", None)
+    if method == "taps" and fast is None:
+      raise ValueError(
+        "method 'taps' needs a tap-aware loss_fn (wpl_jax.fisher_fast.tapped)"
+      )
+    if method != "vmap" and fast is not None:
+      return fast(params, batch, chunk_size=chunk_size)
 
     def sq_grad(example):
       return _square(_f32(jax.grad(loss_fn)(params, _expand(example))))
@@ -198,10 +216,14 @@ class FisherState(NamedTuple):
 
 
 def init_state(params: PyTree) -> FisherState:
-  """A state with zero Fisher (no penalty yet) anchored at `params`."""
+  """A state with zero Fisher (no penalty yet) anchored at a copy of `params`.
+
+  The anchor is a copy, so donating `params` to a jitted step later does not
+  delete it.
+  """
   return FisherState(
     fisher=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.float32), params),
-    anchor=params,
+    anchor=jax.tree.map(jnp.copy, params),
   )
 
 
@@ -328,7 +350,13 @@ def reset(state: FisherState, mask: PyTree | None = None) -> FisherState:
 def reanchor(
   state: FisherState, params: PyTree, mask: PyTree | None = None
 ) -> FisherState:
-  """Sets the anchor θ̂ ← θ where `mask` (the reference re-anchors all edges)."""
+  """Sets the anchor θ̂ ← θ where `mask` (the reference re-anchors all edges).
+
+  The anchor gets copies of `params` (also under `jax.jit`, which would
+  otherwise forward the same buffers), so donating `params` afterwards is
+  safe.
+  """
+  params = jax.tree.map(jnp.copy, params)
   return state._replace(anchor=_select(mask, params, state.anchor))
 
 

@@ -1,0 +1,745 @@
+"""Exact per-example diagonal Fisher at about the cost of one backward pass.
+
+`fisher.fisher_diagonal(estimator="per_example")` forms every example's
+gradient with `vmap(grad)`: a [B × params] buffer, and inside a `lax.scan`
+a per-example weight gradient carried and updated at every step. Both are
+avoidable for a dense weight y = x W, whose per-example gradient is
+
+    ∇W ℓ_b = Σ_p x_{b,p} g_{b,p}ᵀ
+
+summed over the positions p of example b (time steps, tokens), where g is
+the cotangent of y. One batch backward pass gives every g: add a zero-valued
+*probe* to each matmul output (one per scan step) and differentiate the mean
+loss with respect to the probes, which gives g/B. Then
+
+* one position per example (an MLP): `F = B · (X∘X)ᵀ(Ĝ∘Ĝ)`, one matmul of
+  the weight's size and no per-example tensor;
+* several (a weight shared over time): per-example `Σ_p x gᵀ` as a batched
+  matmul over examples, `chunk_size` examples at a time, squared and summed.
+
+Models opt in by being written against a small *tap* protocol (`Tap`): they
+call `tap.dense(name, x, w, b)` for their matmuls and `tap.scan(name, ...)`
+for scans, and run unchanged with the plain tap `PLAIN`. A trace finds which
+params leaves reach the loss only through taps (those get the fast path);
+every other leaf the loss reads gets `vmap(grad)` (`fisher_diagonal`'s
+path), so the result is exact whatever the model does outside its taps.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex_core
+
+from wpl_jax import fisher as fisher_lib
+from wpl_jax.enas import search_space
+from wpl_jax.enas.search_space import Arch
+from wpl_jax.models import enas_rnn
+from wpl_jax.types import Array, PyTree
+
+_EDGE_KEYS = ("edge_h", "edge_c")
+
+
+def _as_tuple(v) -> tuple:
+  if v is None:
+    return ()
+  return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def _check_dense(name: str, x, ws: tuple, bs: tuple) -> None:
+  """Trace-time shape checks of a `dense` call."""
+  if not ws:
+    raise ValueError(f"tap.dense({name!r}): no weight")
+  for w in ws:
+    if jnp.ndim(w) != 2 or w.shape[0] != x.shape[-1]:
+      raise ValueError(
+        f"tap.dense({name!r}): weight {jnp.shape(w)} does not map inputs "
+        f"{x.shape} (want [{x.shape[-1]}, out])"
+      )
+  d_out = sum(w.shape[1] for w in ws)
+  if bs and (
+    any(jnp.ndim(b) != 1 for b in bs) or sum(b.shape[0] for b in bs) != d_out
+  ):
+    raise ValueError(
+      f"tap.dense({name!r}): biases {[jnp.shape(b) for b in bs]} do not add "
+      f"up to the output width {d_out}"
+    )
+
+
+def _dense(x: Array, ws: tuple, bs: tuple) -> Array:
+  """`x @ concat(ws, 1) + concat(bs)` for x [..., D_in]."""
+  w = ws[0] if len(ws) == 1 else jnp.concatenate(ws, axis=1)
+  y = jnp.einsum("...i,io->...o", x, w)
+  if bs:
+    b = bs[0] if len(bs) == 1 else jnp.concatenate(bs)
+    y = y + jnp.expand_dims(b, tuple(range(y.ndim - 1)))
+  return y
+
+
+def _scan_length(xs, length) -> int:
+  if length is not None:
+    return length
+  leaves = jax.tree.leaves(xs)
+  if not leaves:
+    raise ValueError("tap.scan needs xs or length")
+  return leaves[0].shape[0]
+
+
+class Tap:
+  """The tap protocol; this base class is the plain tap (no probes).
+
+  A model written against it takes a `tap` argument (default `PLAIN`) and
+  calls `tap.dense` for the matmuls whose weights should get the fast
+  per-example Fisher, and `tap.scan` for the scans around them. Rules:
+
+  * Examples stay separable: nothing mixes the example axis (e.g. no
+    batch-norm on batch statistics).
+  * Taps sit at the top level or inside `tap.scan` (nested too), not inside
+    `vmap`, `cond`, `while_loop` or `checkpoint`.
+  * A weight is tapped when it is a params leaf passed as is. A transformed
+    weight (`w.T`, `w * mask`, `stacked[i]`) still works but is not tapped:
+    its leaf then takes the `vmap(grad)` fallback.
+  """
+
+  def dense(
+    self,
+    name: str,
+    x: Array,
+    w: Array | Sequence[Array],
+    b: Array | Sequence[Array] | None = None,
+    *,
+    batch_axis: int = 0,
+  ) -> Array:
+    """Returns `x @ w + b`.
+
+    Args:
+      name: unique within the enclosing function or `scan` body.
+      x: inputs [..., D_in]; axis `batch_axis` indexes examples, any other
+        leading axes are positions within an example.
+      w: a [D_in, D_out] params leaf, or a tuple of [D_in, D_k] leaves
+        concatenated along the output axis (one matmul).
+      b: None, a [D_out] leaf, or a tuple of [D_k] leaves, concatenated.
+      batch_axis: the example axis of `x`.
+
+    Returns:
+      [..., D_out] = `x @ concat(w, 1) + concat(b)`.
+    """
+    del batch_axis
+    ws, bs = _as_tuple(w), _as_tuple(b)
+    _check_dense(name, x, ws, bs)
+    return _dense(x, ws, bs)
+
+  def scan(
+    self,
+    name: str,
+    f: Callable,
+    init: PyTree,
+    xs: PyTree = None,
+    length: int | None = None,
+    *,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+  ) -> tuple[PyTree, PyTree]:
+    """`jax.lax.scan(f, init, xs, length)`; taps inside `f` are per step."""
+    del name
+    return jax.lax.scan(
+      f, init, xs, length=length, reverse=reverse, unroll=unroll
+    )
+
+
+PLAIN = Tap()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Site:
+  """One `dense` call as seen by the discovery trace."""
+
+  weights: tuple  # flat params index of each weight; None = not a leaf
+  biases: tuple
+  widths: tuple[int, ...]  # D_out of each weight
+  bias_widths: tuple[int, ...]
+  out: jax.ShapeDtypeStruct  # output in the frame of its scope
+  batch_axis: int  # non-negative, in the frame of x
+
+
+@dataclasses.dataclass
+class _Scope:
+  """Sites and scans of one function body (the top level or a scan body)."""
+
+  sites: dict = dataclasses.field(default_factory=dict)
+  scans: dict = dataclasses.field(default_factory=dict)  # name: (L, _Scope)
+
+  def claim(self, name: str) -> None:
+    if name in self.sites or name in self.scans:
+      raise ValueError(f"tap name {name!r} is used twice in one scope")
+
+
+class _Recorder(Tap):
+  """Discovery: records sites; tapped leaves enter their matmuls as zeros.
+
+  With the zeros, the traced jaxpr depends on a leaf only through its uses
+  outside taps, which `_reaching` then finds.
+  """
+
+  def __init__(self, leaves):
+    self._ids = {id(v): i for i, v in enumerate(leaves)}
+    self.root = _Scope()
+    self._stack = [self.root]
+
+  def dense(self, name, x, w, b=None, *, batch_axis=0):
+    ws, bs = _as_tuple(w), _as_tuple(b)
+    _check_dense(name, x, ws, bs)
+    scope = self._stack[-1]
+    scope.claim(name)
+    wi = tuple(self._ids.get(id(v)) for v in ws)
+    bi = tuple(self._ids.get(id(v)) for v in bs)
+    if not -x.ndim <= batch_axis < x.ndim - 1 or batch_axis == -1:
+      raise ValueError(
+        f"tap.dense({name!r}): batch_axis={batch_axis} must index a leading "
+        f"axis of inputs {x.shape}"
+      )
+    zero = lambda v, i: v if i is None else jnp.zeros(v.shape, v.dtype)
+    y = _dense(x, tuple(map(zero, ws, wi)), tuple(map(zero, bs, bi)))
+    scope.sites[name] = _Site(
+      weights=wi,
+      biases=bi,
+      widths=tuple(v.shape[1] for v in ws),
+      bias_widths=tuple(v.shape[0] for v in bs),
+      out=jax.ShapeDtypeStruct(y.shape, y.dtype),
+      batch_axis=batch_axis % x.ndim,
+    )
+    return y
+
+  def scan(
+    self, name, f, init, xs=None, length=None, *, reverse=False, unroll=1
+  ):
+    scope = self._stack[-1]
+    scope.claim(name)
+    n = _scan_length(xs, length)
+
+    def body(carry, x):
+      # A fresh scope per trace of the body: JAX may trace it more than
+      # once, and the last trace is the one that runs.
+      child = _Scope()
+      scope.scans[name] = (n, child)
+      self._stack.append(child)
+      try:
+        return f(carry, x)
+      finally:
+        self._stack.pop()
+
+    return jax.lax.scan(
+      body, init, xs, length=length, reverse=reverse, unroll=unroll
+    )
+
+
+class _Prober(Tap):
+  """Adds the given zero probes to the matmul outputs; records the inputs."""
+
+  def __init__(self, probes):
+    self.records = {"sites": {}, "scans": {}}
+    self._stack = [(probes, self.records)]
+
+  def dense(self, name, x, w, b=None, *, batch_axis=0):
+    y = super().dense(name, x, w, b, batch_axis=batch_axis)
+    probes, records = self._stack[-1]
+    if name in probes["sites"]:
+      y = y + probes["sites"][name]
+      records["sites"][name] = x
+    return y
+
+  def scan(
+    self, name, f, init, xs=None, length=None, *, reverse=False, unroll=1
+  ):
+    probes, records = self._stack[-1]
+    if name not in probes["scans"]:
+      return super().scan(
+        name, f, init, xs, length, reverse=reverse, unroll=unroll
+      )
+
+    def body(carry, inputs):
+      x, step_probes = inputs
+      step_records = {"sites": {}, "scans": {}}
+      self._stack.append((step_probes, step_records))
+      try:
+        carry, y = f(carry, x)
+      finally:
+        self._stack.pop()
+      return carry, (y, step_records)
+
+    carry, (ys, records["scans"][name]) = jax.lax.scan(
+      body,
+      init,
+      (xs, probes["scans"][name]),
+      length=_scan_length(xs, length),
+      reverse=reverse,
+      unroll=unroll,
+    )
+    return carry, ys
+
+
+def _reaching(jaxpr: jex_core.Jaxpr, num_leaves: int) -> set[int]:
+  """Leaves (the first `num_leaves` invars) that the outputs depend on.
+
+  Conservative: an equation with any dependent input makes all of its
+  outputs dependent (scan, jit and custom-rule bodies are not entered), so
+  a leaf may be reported that is not needed, never the other way round.
+  """
+  deps = {v: frozenset([i]) for i, v in enumerate(jaxpr.invars[:num_leaves])}
+  for eqn in jaxpr.eqns:
+    found = [
+      deps[v]
+      for v in eqn.invars
+      if not isinstance(v, jex_core.Literal) and v in deps
+    ]
+    if found:
+      union = frozenset().union(*found)
+      for v in eqn.outvars:
+        deps[v] = union
+  out = [
+    deps.get(v, frozenset())
+    for v in jaxpr.outvars
+    if not isinstance(v, jex_core.Literal)
+  ]
+  return set(frozenset().union(*out))
+
+
+def _walk(scope: _Scope, depth: int = 0):
+  """Yields `(path, site, depth)`; depth = number of enclosing scans."""
+  for name, site in scope.sites.items():
+    yield (name,), site, depth
+  for name, (_, child) in scope.scans.items():
+    for path, site, d in _walk(child, depth + 1):
+      yield (name, *path), site, d
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """What discovery found: the sites and how each leaf is estimated."""
+
+  root: _Scope
+  tapped: frozenset  # leaves estimated from probes
+  fallback: frozenset  # leaves estimated with vmap(grad)
+
+
+def _discover(loss_fn, params: PyTree, batch: PyTree) -> _Plan:
+  """Traces `loss_fn` once with a recording tap (no computation)."""
+  leaves, treedef = jax.tree.flatten(params)
+  recorder = None
+
+  def traced(leaf_values):
+    nonlocal recorder
+    recorder = _Recorder(leaf_values)
+    return loss_fn(jax.tree.unflatten(treedef, leaf_values), batch, recorder)
+
+  avals = [
+    jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)) for v in leaves
+  ]
+  closed = jax.make_jaxpr(traced)(avals)
+  if jnp.shape(closed.out_avals[0]) != ():
+    raise ValueError("loss_fn must return a scalar (the mean loss)")
+  reaching = _reaching(closed.jaxpr, len(leaves))
+  weights, biases = set(), set()
+  for _, site, _ in _walk(recorder.root):
+    weights.update(i for i in site.weights if i is not None)
+    biases.update(i for i in site.biases if i is not None)
+  # A leaf used as a weight at one site and a bias at another has no
+  # single per-example form here: leave it to the fallback.
+  mixed = weights & biases
+  tapped = (weights | biases) - reaching - mixed
+  return _Plan(
+    root=recorder.root,
+    tapped=frozenset(tapped),
+    fallback=frozenset(reaching | mixed),
+  )
+
+
+def plan(loss_fn, params: PyTree, batch: PyTree) -> PyTree:
+  """How `per_example_fisher` will estimate each leaf (trace only).
+
+  Returns:
+    A pytree like `params` of strings: ``"tap"`` (from the probes),
+    ``"vmap"`` (the `vmap(grad)` fallback) or ``"unused"`` (the loss does
+    not depend on it: zero).
+  """
+  p = _discover(loss_fn, params, batch)
+  leaves, treedef = jax.tree.flatten(params)
+  kinds = [
+    "tap" if i in p.tapped else "vmap" if i in p.fallback else "unused"
+    for i in range(len(leaves))
+  ]
+  return jax.tree.unflatten(treedef, kinds)
+
+
+def _probe_tree(scope: _Scope, tapped: frozenset, prefix=()) -> dict:
+  """Zero probes for the sites with a tapped leaf, `prefix` = scan lengths."""
+  tree = {"sites": {}, "scans": {}}
+  for name, site in scope.sites.items():
+    if tapped.intersection(site.weights + site.biases):
+      tree["sites"][name] = jnp.zeros(prefix + site.out.shape, site.out.dtype)
+  for name, (length, child) in scope.scans.items():
+    sub = _probe_tree(child, tapped, prefix + (length,))
+    if sub["sites"] or sub["scans"]:
+      tree["scans"][name] = sub
+  return tree
+
+
+def _lookup(tree: dict, path: tuple) -> Array | None:
+  for name in path[:-1]:
+    tree = tree["scans"].get(name)
+    if tree is None:
+      return None
+  return tree["sites"].get(path[-1])
+
+
+def _spans(indices: tuple, widths: tuple):
+  """Yields `(leaf index, lo, hi)`: each leaf's columns of a site's output."""
+  lo = 0
+  for i, width in zip(indices, widths, strict=True):
+    yield i, lo, lo + width
+    lo += width
+
+
+def _upcast(x: Array) -> Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _sum_sq_outer(pairs: list, n: int, chunk_size: int | None) -> list:
+  """`Σ_b (Σ_p a_bp g_bpᵀ)²` of each (a [n, P, I], g [n, P, O]) pair."""
+
+  def part(chunk):
+    return [
+      jnp.sum(jnp.square(jnp.einsum("bpi,bpo->bio", a, g)), axis=0)
+      for a, g in chunk
+    ]
+
+  if chunk_size is None or chunk_size >= n:
+    return part(pairs)
+  n_chunks, rest = divmod(n, chunk_size)
+  head = jax.tree.map(
+    lambda x: x[: n_chunks * chunk_size].reshape(
+      (n_chunks, chunk_size) + x.shape[1:]
+    ),
+    pairs,
+  )
+
+  def body(acc, chunk):
+    return [s + t for s, t in zip(acc, part(chunk), strict=True)], None
+
+  zeros = [jnp.zeros((a.shape[-1], g.shape[-1]), a.dtype) for a, g in pairs]
+  total, _ = jax.lax.scan(body, zeros, head)
+  if rest:
+    tail = jax.tree.map(lambda x: x[n_chunks * chunk_size :], pairs)
+    total = [s + t for s, t in zip(total, part(tail), strict=True)]
+  return total
+
+
+def _tapped_fisher(loss_fn, params, batch, p: _Plan, n: int, chunk_size):
+  """Fisher of the tapped leaves from one probed backward pass: {index: F}."""
+  probes = _probe_tree(p.root, p.tapped)
+
+  def probed(probe_tree):
+    prober = _Prober(probe_tree)
+    return loss_fn(params, batch, prober), prober.records
+
+  loss, vjp_fn, records = jax.vjp(probed, probes, has_aux=True)
+  (cotangents,) = vjp_fn(jnp.ones_like(loss))
+
+  weight_parts, bias_parts = {}, {}
+  for path, site, depth in _walk(p.root):
+    a, g = _lookup(records, path), _lookup(cotangents, path)
+    if a is None:
+      continue
+    axis = depth + site.batch_axis
+    if a.shape[axis] != n:
+      raise ValueError(
+        f"tap site {'/'.join(path)!r}: axis {site.batch_axis} has "
+        f"{a.shape[axis]} entries, the batch has {n} examples"
+      )
+    # [n, P, D]: examples first, every other leading axis is a position.
+    a = _upcast(jnp.moveaxis(a, axis, 0).reshape(n, -1, a.shape[-1]))
+    g = _upcast(jnp.moveaxis(g, axis, 0).reshape(n, -1, g.shape[-1]))
+    for i, lo, hi in _spans(site.weights, site.widths):
+      if i in p.tapped:
+        weight_parts.setdefault(i, []).append((a, g[..., lo:hi]))
+    for i, lo, hi in _spans(site.biases, site.bias_widths):
+      if i in p.tapped:
+        # A bias's per-example gradient is the cotangent summed over the
+        # example's positions.
+        bias_parts.setdefault(i, []).append(jnp.sum(g[..., lo:hi], axis=1))
+
+  out, pending = {}, []
+  for i, parts in weight_parts.items():
+    if len(parts) == 1 and parts[0][0].shape[1] == 1:
+      # One position per example: Σ_b (a_b g_bᵀ)² = (A∘A)ᵀ(G∘G), no
+      # per-example tensor.
+      a, g = parts[0][0][:, 0], parts[0][1][:, 0]
+      out[i] = jnp.einsum("bi,bo->io", a * a, g * g)
+    else:
+      a = jnp.concatenate([a for a, _ in parts], axis=1)
+      g = jnp.concatenate([g for _, g in parts], axis=1)
+      pending.append((i, (a, g)))
+  sums = _sum_sq_outer([pair for _, pair in pending], n, chunk_size)
+  out.update({i: s for (i, _), s in zip(pending, sums, strict=True)})
+  for i, parts in bias_parts.items():
+    out[i] = jnp.sum(jnp.square(sum(parts)), axis=0)
+  # The probes carry d(mean loss)/dy = g_b / n: the per-example gradient is
+  # n times the sums above, and F = (1/n) Σ_b (n ·)² = n Σ_b (·)².
+  return {i: (n * f).astype(jnp.float32) for i, f in out.items()}
+
+
+def _num_examples(batch: PyTree) -> int:
+  sizes = {jnp.shape(x)[0] for x in jax.tree.leaves(batch)}
+  if len(sizes) != 1:
+    raise ValueError(
+      f"batch leaves disagree on the leading (example) axis: {sorted(sizes)}"
+    )
+  return sizes.pop()
+
+
+def per_example_fisher(
+  loss_fn: Callable[[PyTree, PyTree, Tap], Array],
+  params: PyTree,
+  batch: PyTree,
+  *,
+  chunk_size: int | None = None,
+) -> PyTree:
+  """Empirical diagonal Fisher `F = 1/B Σ_b (∇ℓ_b)²`, exact, via taps.
+
+  The same quantity as `fisher.fisher_diagonal(estimator="per_example")`:
+  leaves reached only through `tap.dense` come from one probed backward
+  pass; leaves the loss also reads elsewhere come from `vmap(grad)` with
+  the tapped leaves held fixed; leaves it does not read are zero. Does not
+  jit itself.
+
+  Args:
+    loss_fn: `(params, batch, tap) -> scalar`, the MEAN loss over the
+      leading axis of `batch`, separable across examples, written against
+      the tap protocol (see `Tap`).
+    params: any pytree of float arrays.
+    batch: pytree whose leaves share the leading example axis B (the tapped
+      inputs may hold the examples on another axis: `batch_axis`).
+    chunk_size: examples per chunk for the per-example sums of weights used
+      at several positions (and for the fallback); None = all B at once,
+      holding [B, D_in, D_out] per such weight.
+
+  Returns:
+    A pytree like `params` of float32 leaves: F ≥ 0, the mean over the B
+    examples of the squared per-example gradient.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> def loss(p, b, tap=PLAIN):
+    ...   return jnp.mean((tap.dense("w", b["x"], p["w"])[:, 0] - b["y"]) ** 2)
+    >>> batch = {"x": jnp.eye(2), "y": jnp.zeros(2)}
+    >>> f = per_example_fisher(loss, {"w": jnp.ones((2, 1))}, batch)
+    >>> f["w"][:, 0].tolist()  # example b has gradient 2·e_b, squared 4·e_b
+    [2.0, 2.0]
+  """
+  n = _num_examples(batch)
+  p = _discover(loss_fn, params, batch)
+  leaves, treedef = jax.tree.flatten(params)
+  out = [jnp.zeros(jnp.shape(v), jnp.float32) for v in leaves]
+  if p.tapped:
+    for i, f in _tapped_fisher(
+      loss_fn, params, batch, p, n, chunk_size
+    ).items():
+      out[i] = f
+  if p.fallback:
+    order = sorted(p.fallback)
+
+    def rest_loss(rest, b):
+      merged = list(leaves)
+      for i, v in zip(order, rest, strict=True):
+        merged[i] = v
+      return loss_fn(jax.tree.unflatten(treedef, merged), b, PLAIN)
+
+    rest_f = fisher_lib.fisher_diagonal(
+      rest_loss,
+      [leaves[i] for i in order],
+      batch,
+      estimator="per_example",
+      chunk_size=chunk_size,
+      method="vmap",
+    )
+    for i, f in zip(order, rest_f, strict=True):
+      out[i] = f
+  return jax.tree.unflatten(treedef, out)
+
+
+class TappedLoss:
+  """A tap-aware loss that is also a plain `(params, batch) -> loss`.
+
+  `fisher.fisher_diagonal(..., estimator="per_example")` recognises it (by
+  its `per_example_fisher` method) and takes the fast exact path.
+  """
+
+  def __init__(self, fn: Callable[[PyTree, PyTree, Tap], Array]):
+    self.fn = fn
+    functools.update_wrapper(self, fn)
+
+  def __call__(self, params: PyTree, batch: PyTree, tap: Tap = PLAIN) -> Array:
+    return self.fn(params, batch, tap)
+
+  def per_example_fisher(
+    self, params: PyTree, batch: PyTree, *, chunk_size: int | None = None
+  ) -> PyTree:
+    """`per_example_fisher(self.fn, params, batch, chunk_size=...)`."""
+    return per_example_fisher(self.fn, params, batch, chunk_size=chunk_size)
+
+
+def tapped(fn: Callable[[PyTree, PyTree, Tap], Array]) -> TappedLoss:
+  """Marks `fn(params, batch, tap)` as tap-aware (usable as a decorator)."""
+  return TappedLoss(fn)
+
+
+# The ENAS child ---------------------------------------------------------------
+
+
+def _activate(act_id: Array, z: Array) -> Array:
+  """ACTIVATIONS[act_id] (tanh, relu, identity, sigmoid), branch-free."""
+  return jnp.where(
+    act_id == 0,
+    jnp.tanh(z),
+    jnp.where(
+      act_id == 1,
+      jax.nn.relu(z),
+      jnp.where(act_id == 2, z, jax.nn.sigmoid(z)),
+    ),
+  )
+
+
+def _highway(z_Bx2H: Array, h_in_BxH: Array, act_id: Array) -> Array:
+  """c = σ(z[:, :H]), h = c·f(z[:, H:]) + (1 − c)·h_in (REFERENCE.md §4)."""
+  hidden = h_in_BxH.shape[-1]
+  c = jax.nn.sigmoid(z_Bx2H[:, :hidden])
+  return c * _activate(act_id, z_Bx2H[:, hidden:]) + (1.0 - c) * h_in_BxH
+
+
+def enas_forward(
+  model,
+  variables: PyTree,
+  arch: Arch,
+  inputs_TxB: Array,
+  hidden_BxH: Array,
+  tap: Tap = PLAIN,
+  *,
+  edges: dict[str, Sequence[Array]] | None = None,
+) -> tuple[Array, Array]:
+  """Eval-mode child forward of `enas_rnn.SharedRNN`, with taps.
+
+  The same function as `model.apply(variables, inputs, hidden, arch,
+  train=False)` (dropout off, running batch-norm statistics), written
+  against the tap protocol: node 0's input projection ("node0_x", examples
+  on axis 1), and in the time scan ("time") node 0's recurrent matmul
+  ("node0_h") and each node's edge matmul ("edge_j", j = 1..N-1).
+
+  Args:
+    model: the `SharedRNN` (its attributes are read, its code is not run).
+    variables: `{"params", "batch_stats"}` of the model.
+    arch: one `Arch` with int32[N] fields.
+    inputs_TxB: int32[T, B] tokens.
+    hidden_BxH: float32[B, H] initial hidden state.
+    tap: the tap (`PLAIN` for an ordinary forward).
+    edges: None to use the params' edge matrices of `arch`, or
+      `{"edge_h": [...], "edge_c": [...]}`, each a sequence of the N-1
+      [H, H] matrices node j = 1..N-1 reads (leaves the tap can see).
+
+  Returns:
+    `(logits, new_hidden)`: float32[T, B, V] and float32[B, H].
+  """
+  p = variables["params"]
+  n = model.num_nodes
+  if edges is None:
+    ids = search_space.edge_ids(arch)
+    edges = {
+      k: [p["cell"][k][ids[j]] for j in range(n - 1)] for k in _EDGE_KEYS
+    }
+  w0 = p["node0"]
+  x_TxBxH = p["embedding"][inputs_TxB]
+  xz_TxBx2H = tap.dense(
+    "node0_x",
+    x_TxBxH,
+    (w0["w_xc"], w0["w_xh"]),
+    (w0["b_xc"], w0["b_xh"]),
+    batch_axis=1,
+  )
+  acts, parents = arch.activations, arch.parents
+  leaf = search_space.leaf_mask(arch).astype(jnp.float32)
+  leaf_w = leaf / jnp.sum(leaf)
+  if model.use_batch_norm:
+    bn, stats = p["batch_norm"], variables["batch_stats"]["batch_norm"]
+    inv_std = jax.lax.rsqrt(stats["var"] + model.bn_epsilon)
+
+  def step(h_prev, xz_Bx2H):
+    z = xz_Bx2H + tap.dense("node0_h", h_prev, (w0["w_hc"], w0["w_hh"]))
+    nodes = jnp.zeros((n,) + h_prev.shape, h_prev.dtype)
+    nodes = nodes.at[0].set(_highway(z, h_prev, acts[0]))
+    for j in range(1, n):
+      h_in = nodes[parents[j]]
+      w_j = (edges["edge_c"][j - 1], edges["edge_h"][j - 1])
+      z = tap.dense(f"edge_{j}", h_in, w_j)
+      nodes = nodes.at[j].set(_highway(z, h_in, acts[j]))
+    leaf_mean = jnp.sum(nodes * leaf_w[:, None, None], axis=0)
+    out = leaf_mean
+    if model.use_batch_norm:
+      out = (out - stats["mean"][None]) * inv_std[None]
+      out = out * bn["scale"][None] + bn["bias"][None]
+    new_h = nodes[n - 1] if model.hidden_source == "last" else leaf_mean
+    # The per-example norm clip's factor is a constant for autodiff.
+    norm = jnp.linalg.norm(new_h, axis=-1, keepdims=True)
+    factor = jnp.where(
+      norm > model.clip_norm, model.clip_norm / jnp.maximum(norm, 1e-12), 1.0
+    )
+    return new_h * jax.lax.stop_gradient(factor), out
+
+  new_hidden, out_TxBxH = tap.scan("time", step, hidden_BxH, xz_TxBx2H)
+  logits = jnp.einsum("tbh,vh->tbv", out_TxBxH, p["embedding"])
+  return logits + p["decoder_bias"][None, None], new_hidden
+
+
+def enas_edge_fisher(
+  model,
+  variables: PyTree,
+  arch: Arch,
+  batch: dict[str, Array],
+  *,
+  chunk_size: int | None = None,
+) -> dict[str, Array]:
+  """Per-example Fisher of the edge matrices an architecture uses.
+
+  Equals `wpl_jax.enas.wpl.estimate_fisher(loss, params, arch, batch,
+  estimator="per_example")` for the eval-mode mean token loss, at about
+  the cost of one backward pass (see the module docstring).
+
+  Args:
+    model: the `SharedRNN`.
+    variables: its `{"params", "batch_stats"}` (eval mode: batch-norm on
+      running statistics keeps the sequences separable).
+    arch: one `Arch` with int32[N] fields.
+    batch: example-major `{"inputs", "targets"}`: int32[B, T] and
+      `"hidden"`: float32[B, H]. One example is one sequence; its loss is
+      the mean over its T tokens.
+    chunk_size: sequences per chunk of the per-example sums.
+
+  Returns:
+    `{"edge_h", "edge_c"}`: float32[E, H, H], zero outside the arch's edges.
+  """
+  ids = search_space.edge_ids(arch)
+  cell = variables["params"]["cell"]
+  n = model.num_nodes
+  sub = {k: [cell[k][ids[j]] for j in range(n - 1)] for k in _EDGE_KEYS}
+
+  def loss(edges, b, tap):
+    logits, _ = enas_forward(
+      model, variables, arch, b["inputs"].T, b["hidden"], tap, edges=edges
+    )
+    return enas_rnn.cross_entropy(logits, b["targets"].T)
+
+  f = per_example_fisher(loss, sub, batch, chunk_size=chunk_size)
+  return {
+    k: jnp.zeros(cell[k].shape, jnp.float32).at[ids].set(jnp.stack(f[k]))
+    for k in _EDGE_KEYS
+  }
