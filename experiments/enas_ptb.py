@@ -1,0 +1,171 @@
+"""ENAS RNN-cell search on Penn Treebank, with and without WPL.
+
+Variants (the `:arg` string; join several with commas, e.g. `cpu,wpl`):
+  paper   REFERENCE.md §4 sizes (H = 1000, 12 nodes, 150 epochs): accelerators.
+  cpu     a faithful scaled-down search + retrain for a 2-core CPU.
+  smoke   seconds: tiny sizes, 2 epochs, everything on.
+  wpl     WPL on, reference mode (REFERENCE.md §2 constants, scaled epochs).
+  clean   WPL on, clean mode (EMA Fisher, α only in the loss).
+
+Run (from the project root):
+  python main.py --config=experiments/enas_ptb.py:cpu \
+      --data_dir=../shared/data/ptb --workdir=workdir/enas_cpu
+  python main.py --config=experiments/enas_ptb.py:cpu,wpl \
+      --data_dir=../shared/data/ptb --workdir=workdir/enas_cpu_wpl
+  python main.py --config=experiments/enas_ptb.py:smoke \
+      --data_dir=../shared/data/ptb --workdir=/tmp/enas_smoke
+
+Outputs: metrics.jsonl (per epoch: reward, forgetting mean/best-5/max,
+tokens/s, derived cell), tb/, checkpoints/ (a rerun resumes), retrain.jsonl,
+results.{json,md}, figure.png. Measured results: WORKSPACE.md §4–5.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the config for the comma-separated variants in `arg`."""
+  c = ml_collections.ConfigDict()
+  c.experiment = "enas_ptb"
+  c.seed = 0
+  c.data_dir = ""  # Folder with ptb.{train,valid,test}.txt; set --data_dir.
+
+  c.model = m = ml_collections.ConfigDict()
+  m.vocab_size = 10000  # Set from the data at run time.
+  m.hidden = 1000  # Embedding = hidden size (tied decoder).
+  m.num_nodes = 12  # Nodes per cell.
+  m.dropout_output = 0.4
+  m.dropout_input = 0.65
+  m.dropout_embed = 0.1
+  m.dropconnect = 0.5  # On W_hc and W_hh.
+  m.clip_norm = 25.0  # Per-example hidden-norm clip.
+  m.init_range = 0.025
+  m.hidden_source = "last"  # Reference quirk: next hidden = last node.
+  m.batch_norm = True
+
+  c.data = d = ml_collections.ConfigDict()
+  d.batch_size = 64
+  d.bptt = 35
+
+  c.shared = s = ml_collections.ConfigDict()
+  s.lr = 20.0
+  s.lr_decay = 0.96  # × per epoch after `lr_decay_after`.
+  s.lr_decay_after = 15
+  s.grad_clip = 0.25  # Global gradient norm.
+  s.weight_decay = 1e-7
+
+  c.search = se = ml_collections.ConfigDict()
+  se.epochs = 150
+  se.archs_per_epoch = 61  # S architectures per epoch ...
+  se.batches_per_arch = 7  # ... × B training batches each.
+  se.derive_every = 30  # Derive every D epochs (and at the end).
+  se.derive_samples = 100  # Best of M sampled cells.
+  se.eval_chunk = 16  # Archs per vmapped evaluation call.
+
+  c.controller = ct = ml_collections.ConfigDict()
+  ct.hidden = 100
+  ct.lr = 3.5e-4
+  ct.steps_per_epoch = 2000
+  ct.batch_size = 1  # Archs per REINFORCE step (vmapped).
+  ct.temperature = 5.0
+  ct.tanh_constant = 2.5
+  ct.reward_c = 80.0  # reward = c / valid ppl.
+  ct.entropy_coef = 1e-4
+  ct.baseline_decay = 0.95
+
+  c.wpl = w = ml_collections.ConfigDict()
+  w.enabled = False
+  w.mode = "reference"  # "reference" (α folded into F) or "clean".
+  w.estimator = "batch_grad_squared"  # Or "per_example", "sampled".
+  w.alpha = 60.0
+  w.start_epoch = 5  # Fisher updates and penalty from this epoch on.
+  w.reset_every = 2  # Zero F at the start of every k-th epoch (0 = never).
+  w.alpha_decay_after = 14  # α − alpha_decay·(epoch − 14) after epoch 14.
+  w.alpha_decay = 1.0
+  w.ema_new = 0.9  # Weight of the new estimate in the running Fisher.
+  w.clip = 10.0  # Per-matrix Frobenius clip (0 = none).
+  w.chunk_size = 16  # Examples per chunk for per-example estimators.
+
+  c.retrain = r = ml_collections.ConfigDict()
+  r.arch = ""  # A cell string to retrain instead of the derived one.
+  r.epochs = 40
+  r.random_archs = 1  # Uniformly sampled cells retrained with the same budget.
+  r.lr = 20.0
+  r.lr_decay = 0.96
+  r.lr_decay_after = 15
+  r.grad_clip = 0.25
+  r.weight_decay = 1e-7
+  r.eval_batch_size = 1  # 1 = every token scored.
+  r.max_batches_per_epoch = 0  # 0 = full passes over train.
+  r.log_every = 200
+
+  for variant in filter(None, (arg or "paper").split(",")):
+    if variant not in _VARIANTS:
+      raise ValueError(
+        f"unknown variant {variant!r}; choose from {sorted(_VARIANTS)}"
+      )
+    _VARIANTS[variant](c)
+  return c
+
+
+def _paper(c):
+  del c  # The defaults are the paper's.
+
+
+def _cpu(c):
+  """About an hour on 2 cores: H = 64, 6 nodes, 10 short epochs."""
+  c.model.hidden = 64
+  c.model.num_nodes = 6
+  c.search.epochs = 10
+  c.search.archs_per_epoch = 20
+  c.search.batches_per_arch = 5
+  c.search.derive_every = 5
+  c.search.derive_samples = 32
+  c.controller.steps_per_epoch = 50
+  c.shared.lr_decay_after = 6
+  c.wpl.start_epoch = 2
+  c.wpl.alpha_decay_after = 6
+  c.retrain.epochs = 2
+  c.retrain.random_archs = 1
+  c.retrain.eval_batch_size = 1
+
+
+def _smoke(c):
+  c.model.hidden = 16
+  c.model.num_nodes = 3
+  c.data.batch_size = 8
+  c.data.bptt = 10
+  c.search.epochs = 2
+  c.search.archs_per_epoch = 3
+  c.search.batches_per_arch = 2
+  c.search.derive_every = 1
+  c.search.derive_samples = 4
+  c.search.eval_chunk = 4
+  c.controller.steps_per_epoch = 3
+  c.controller.hidden = 16
+  c.wpl.start_epoch = 0
+  c.retrain.epochs = 1
+  c.retrain.random_archs = 1
+  c.retrain.max_batches_per_epoch = 5
+  c.retrain.eval_batch_size = 64
+  c.retrain.log_every = 2
+
+
+def _wpl(c):
+  c.wpl.enabled = True
+  c.wpl.mode = "reference"
+
+
+def _clean(c):
+  c.wpl.enabled = True
+  c.wpl.mode = "clean"
+  c.wpl.clip = 0.0
+
+
+_VARIANTS = {
+  "paper": _paper,
+  "cpu": _cpu,
+  "smoke": _smoke,
+  "wpl": _wpl,
+  "clean": _clean,
+}

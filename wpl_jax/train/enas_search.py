@@ -1,0 +1,479 @@
+"""ENAS RNN-cell search on PTB, with or without WPL; then derive and retrain.
+
+Per epoch (REFERENCE.md §4): shared training (S sampled architectures × B
+batches each; with WPL, after each architecture a Fisher estimate on one
+validation batch, the running update on its edges and re-anchoring of all
+edges, REFERENCE.md §2), the forgetting metric (each architecture's
+validation perplexity on a fixed batch right after its training, err1,
+and again at the end of the epoch in one vmapped call, err2), then C
+controller steps; every D epochs, derive the best of M sampled cells.
+Checkpoints every epoch; a rerun with the same workdir resumes.
+"""
+
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from wpl_jax import checkpoint as checkpoint_lib
+from wpl_jax import metrics as metrics_lib
+from wpl_jax.data import ptb
+from wpl_jax.enas import search_space
+from wpl_jax.enas import wpl as enas_wpl
+from wpl_jax.models import controller as controller_lib
+from wpl_jax.models import enas_rnn
+from wpl_jax.train import enas_steps, retrain
+from wpl_jax.train.enas_steps import ControllerState, SharedState
+
+# Independent random streams, folded into the run's base key.
+_INIT, _SHARED, _CONTROLLER, _DERIVE, _FISHER = range(5)
+
+
+def lr_at(config: ml_collections.ConfigDict, epoch: int) -> float:
+  """Shared lr: constant, then × decay per epoch after `decay_after`."""
+  s = config.shared
+  return s.lr * s.lr_decay ** max(0, epoch - s.lr_decay_after)
+
+
+def wpl_alpha_at(config: ml_collections.ConfigDict, epoch: int) -> float:
+  """α(epoch): 0 before `start_epoch`, then α, minus 1/epoch after decay."""
+  w = config.wpl
+  if not w.enabled or epoch < w.start_epoch:
+    return 0.0
+  return max(0.0, w.alpha - w.alpha_decay * max(0, epoch - w.alpha_decay_after))
+
+
+def forgetting_stats(err1: np.ndarray, err2: np.ndarray) -> dict[str, float]:
+  """Mean, best-5 (mean of the 5 largest) and max of err2 − err1 (ppl)."""
+  diff = np.asarray(err2, np.float64) - np.asarray(err1, np.float64)
+  top = np.sort(diff)[::-1][:5]
+  return {
+    "diff_mean": float(diff.mean()),
+    "diff_best5": float(top.mean()),
+    "diff_max": float(diff.max()),
+  }
+
+
+class _Windows:
+  """Rotating fixed-length BPTT windows over a batchified [N, B] stream."""
+
+  def __init__(self, source: np.ndarray, bptt: int):
+    if len(source) < bptt + 1:
+      raise ValueError(
+        f"a stream of {len(source)} rows is shorter than one bptt window"
+      )
+    self.source, self.bptt = source, bptt
+
+  def get(self, pos: int) -> tuple[int, np.ndarray, np.ndarray, bool]:
+    """Returns (next_pos, inputs, targets, wrapped) for window at `pos`."""
+    wrapped = pos + self.bptt + 1 > len(self.source)
+    if wrapped:
+      pos = 0
+    x, y = ptb.get_batch(self.source, pos, self.bptt)
+    return pos + self.bptt, x, y, wrapped
+
+
+def _init_state(config, model, steps, key):
+  k_model, k_ctrl = jax.random.split(jax.random.fold_in(key, _INIT))
+  variables = enas_rnn.init_variables(model, key=k_model)
+  params = variables["params"]
+  tx = enas_steps.shared_optimizer(
+    config.shared.grad_clip, config.shared.weight_decay
+  )
+  shared = SharedState(
+    params=params,
+    batch_stats=variables.get("batch_stats", {}),
+    opt_state=tx.init(params),
+  )
+  ctrl_params = controller_lib.init_params(
+    key=k_ctrl,
+    num_nodes=config.model.num_nodes,
+    hidden_size=config.controller.hidden,
+  )
+  ctrl = ControllerState(
+    params=ctrl_params,
+    opt_state=enas_steps.controller_optimizer(config.controller.lr).init(
+      ctrl_params
+    ),
+    baseline=jnp.zeros([], jnp.float32),
+    step=jnp.zeros([], jnp.int32),
+  )
+  b, h = config.data.batch_size, config.model.hidden
+  return {
+    "shared": shared,
+    "controller": ctrl,
+    "wpl": enas_wpl.init_state(params),
+    "train_hidden": jnp.zeros((b, h), jnp.float32),
+    "fisher_hidden": jnp.zeros((b, h), jnp.float32),
+    "ctrl_hidden": jnp.zeros((b, h), jnp.float32),
+    "pos": jnp.zeros((3,), jnp.int32),  # train, fisher, controller windows
+  }
+
+
+def _eval_chunked(eval_fn, shared, archs, x, y, hidden, chunk):
+  """Perplexities of K archs in vmapped chunks of a fixed size (1 compile)."""
+  k = archs.activations.shape[0]
+  pad = (-k) % chunk
+  if pad:
+    archs = jax.tree.map(
+      lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), archs
+    )
+  out = []
+  for i in range(0, k + pad, chunk):
+    part = jax.tree.map(lambda a, i=i: a[i : i + chunk], archs)
+    out.append(np.asarray(eval_fn(shared, part, x, y, hidden)))
+  return np.concatenate(out)[:k]
+
+
+def search(
+  config: ml_collections.ConfigDict, workdir: pathlib.Path, data: ptb.PTBData
+) -> dict:
+  """Runs the search; returns {"derived": arch string, "history": [...]}.
+
+  Writes metrics.jsonl (one record per epoch), TensorBoard events under
+  tb/, and checkpoints under checkpoints/ (resumed if present).
+  """
+  with config.unlocked():
+    config.model.vocab_size = len(data.vocab)
+  model = enas_steps.make_model(config)
+  steps = enas_steps.Steps(model=model, config=config)
+  key = jax.random.key(config.seed)
+  b, bptt = config.data.batch_size, config.data.bptt
+  train_w = _Windows(ptb.batchify(data.train, b), bptt)
+  valid_w = _Windows(ptb.batchify(data.valid, b), bptt)
+  _, fixed_x, fixed_y, _ = valid_w.get(0)  # the forgetting metric's batch
+  zero_h = jnp.zeros((b, config.model.hidden), jnp.float32)
+  s = config.search
+
+  shared_step = jax.jit(steps.shared_step, donate_argnums=(0,))
+  fisher_step = jax.jit(steps.fisher_step)
+  eval_archs = jax.jit(steps.eval_archs)
+  ctrl_step = jax.jit(steps.controller_step)
+  sample = jax.jit(steps.sample, static_argnames="k")
+
+  state = _init_state(config, model, steps, key)
+  ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
+  start_epoch, history = 0, []
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(state)
+    start_epoch, history = meta["epoch"] + 1, meta["history"]
+    logging.info("resumed from epoch %d in %s", meta["epoch"], ckpt.directory)
+  log = metrics_lib.JsonlWriter(workdir / "metrics.jsonl")
+  tb = _tensorboard(workdir / "tb")
+
+  for epoch in range(start_epoch, s.epochs):
+    t_epoch = time.time()
+    lr = lr_at(config, epoch)
+    alpha = wpl_alpha_at(config, epoch)
+    use_fisher = config.wpl.enabled and alpha > 0
+    w = config.wpl
+    if w.enabled and w.reset_every > 0 and epoch % w.reset_every == 0:
+      state["wpl"] = state["wpl"]._replace(
+        fisher=jax.tree.map(jnp.zeros_like, state["wpl"].fisher)
+      )
+    # In reference mode α lives in F and the loss has none (REFERENCE §2).
+    loss_alpha = 1.0 if w.mode == "reference" else alpha
+    if not use_fisher:
+      loss_alpha = 0.0
+    pos = [int(p) for p in np.asarray(state["pos"])]
+    ep_key = jax.random.fold_in(key, epoch)
+    archs, err1, losses = [], [], []
+    tokens, t_train = 0, 0.0
+    for a in range(s.archs_per_epoch):
+      k_arch = jax.random.fold_in(jax.random.fold_in(ep_key, _SHARED), a)
+      k_sample, k_fisher, k_steps = jax.random.split(k_arch, 3)
+      arch = jax.tree.map(
+        lambda x: x[0], sample(state["controller"].params, key=k_sample, k=1)
+      )
+      t0 = time.time()
+      for i in range(s.batches_per_arch):
+        pos[0], x, y, wrapped = train_w.get(pos[0])
+        if wrapped:
+          state["train_hidden"] = zero_h
+        shared, state["train_hidden"], m = shared_step(
+          state["shared"],
+          state["wpl"],
+          arch,
+          x,
+          y,
+          state["train_hidden"],
+          jnp.float32(lr),
+          jnp.float32(loss_alpha),
+          key=jax.random.fold_in(k_steps, i),
+        )
+        state["shared"] = shared
+        losses.append(m["loss"])
+        tokens += x.size
+      jax.block_until_ready(state["shared"].params)
+      t_train += time.time() - t0
+      err1.append(
+        float(
+          eval_archs(state["shared"], _one(arch), fixed_x, fixed_y, zero_h)[0]
+        )
+      )
+      if use_fisher:
+        pos[1], fx, fy, wrapped = valid_w.get(pos[1])
+        if wrapped:
+          state["fisher_hidden"] = zero_h
+        state["wpl"], state["fisher_hidden"] = fisher_step(
+          state["shared"],
+          state["wpl"],
+          arch,
+          fx,
+          fy,
+          state["fisher_hidden"],
+          jnp.float32(alpha),
+          key=k_fisher,
+        )
+      archs.append(jax.device_get(arch))
+    stacked = search_space.stack(archs)
+    err2 = _eval_chunked(
+      eval_archs,
+      state["shared"],
+      stacked,
+      fixed_x,
+      fixed_y,
+      zero_h,
+      s.eval_chunk,
+    )
+    forget = forgetting_stats(np.array(err1), err2)
+
+    rewards, ppls = [], []
+    c_key = jax.random.fold_in(ep_key, _CONTROLLER)
+    for c in range(config.controller.steps_per_epoch):
+      pos[2], vx, vy, wrapped = valid_w.get(pos[2])
+      if wrapped:
+        state["ctrl_hidden"] = zero_h
+      state["controller"], state["ctrl_hidden"], cm = ctrl_step(
+        state["controller"],
+        state["shared"],
+        vx,
+        vy,
+        state["ctrl_hidden"],
+        key=jax.random.fold_in(c_key, c),
+      )
+      rewards.append(cm["reward"])
+      ppls.append(cm["ppl"])
+    state["pos"] = jnp.asarray(pos, jnp.int32)
+
+    record = {
+      "epoch": epoch,
+      "lr": lr,
+      "wpl_alpha": alpha,
+      "train_loss": float(np.mean(jax.device_get(losses))),
+      "train_tokens_per_s": tokens / max(t_train, 1e-9),
+      "reward": float(np.mean(jax.device_get(rewards))) if rewards else None,
+      "controller_ppl": float(np.mean(jax.device_get(ppls))) if ppls else None,
+      "err1_mean": float(np.mean(err1)),
+      "err2_mean": float(np.mean(err2)),
+      **forget,
+      "fisher_norm": _fisher_norm(state["wpl"]),
+      "archs": [search_space.to_string(a) for a in archs],
+    }
+    if (epoch + 1) % s.derive_every == 0 or epoch + 1 == s.epochs:
+      best, best_ppl = _derive(
+        config,
+        state,
+        sample,
+        eval_archs,
+        jax.random.fold_in(ep_key, _DERIVE),
+        fixed_x,
+        fixed_y,
+        zero_h,
+      )
+      record["derived"], record["derived_ppl"] = best, best_ppl
+    record["epoch_seconds"] = time.time() - t_epoch
+    history.append({k: v for k, v in record.items() if k != "archs"})
+    ckpt.save(epoch, state, {"epoch": epoch, "history": history})
+    log.write(record)
+    _tb_write(tb, record, epoch)
+    logging.info(
+      "epoch %d: loss %.3f  reward %s  ppl(ctrl) %s  forget mean %.1f best5 "
+      "%.1f max %.1f  %.0f tok/s  %.0fs",
+      epoch,
+      record["train_loss"],
+      _fmt(record["reward"]),
+      _fmt(record["controller_ppl"]),
+      forget["diff_mean"],
+      forget["diff_best5"],
+      forget["diff_max"],
+      record["train_tokens_per_s"],
+      record["epoch_seconds"],
+    )
+  log.close()
+  ckpt.close()
+  if tb is not None:
+    tb.close()
+  derived = next(
+    (h["derived"] for h in reversed(history) if "derived" in h), None
+  )
+  return {"derived": derived, "history": history}
+
+
+def _one(arch):
+  return jax.tree.map(lambda x: x[None], arch)
+
+
+def _fmt(v):
+  return "-" if v is None else f"{v:.3f}"
+
+
+def _fisher_norm(wpl_state) -> float:
+  return float(
+    sum(jnp.sum(f * f) for f in jax.tree.leaves(wpl_state.fisher)) ** 0.5
+  )
+
+
+def _derive(config, state, sample, eval_archs, key, x, y, hidden):
+  """Best of M controller samples by validation perplexity on one batch."""
+  m = config.search.derive_samples
+  archs = jax.device_get(sample(state["controller"].params, key=key, k=m))
+  ppl = _eval_chunked(
+    eval_archs, state["shared"], archs, x, y, hidden, config.search.eval_chunk
+  )
+  best = int(np.argmin(ppl))
+  arch = jax.tree.map(lambda a: a[best], archs)
+  return search_space.to_string(arch), float(ppl[best])
+
+
+def _tensorboard(path):
+  try:
+    from tensorboardX import SummaryWriter  # Optional: only for TB logs.
+  except ImportError:
+    logging.warning("tensorboardX not installed: no TensorBoard logs")
+    return None
+  return SummaryWriter(str(path))
+
+
+def _tb_write(tb, record, epoch):
+  if tb is None:
+    return
+  for k, v in record.items():
+    if isinstance(v, (int, float)) and k != "epoch":
+      tb.add_scalar(k, v, epoch)
+  tb.flush()
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError (one line) on an inconsistent config."""
+  w = config.wpl
+  if w.mode not in ("reference", "clean"):
+    raise ValueError(f"config.wpl.mode must be reference or clean: {w.mode!r}")
+  if w.estimator not in ("batch_grad_squared", "per_example", "sampled"):
+    raise ValueError(f"unknown config.wpl.estimator {w.estimator!r}")
+  if config.model.num_nodes < 2:
+    raise ValueError("config.model.num_nodes must be >= 2")
+  if config.search.archs_per_epoch < 1 or config.search.epochs < 0:
+    raise ValueError("config.search needs archs_per_epoch >= 1, epochs >= 0")
+  if config.retrain.arch:
+    search_space.validate(search_space.from_string(config.retrain.arch))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Search (unless `search.epochs == 0`), then retrain; writes results.
+
+  Outputs in `workdir`: metrics.jsonl, tb/, checkpoints/, retrain.jsonl,
+  results.json and results.md, figure.png (reward and forgetting curves).
+  """
+  validate(config)
+  if not config.data_dir:
+    raise ValueError("set --data_dir to the folder with the PTB text files")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  data = ptb.load_ptb(config.data_dir)
+  logging.info(
+    "PTB: %d/%d/%d tokens, vocab %d",
+    len(data.train),
+    len(data.valid),
+    len(data.test),
+    len(data.vocab),
+  )
+  t0 = time.time()
+  result = search(config, workdir, data)
+  search_s = time.time() - t0
+  out = {"search_seconds": search_s, "derived": result["derived"]}
+  r = config.retrain
+  if r.epochs > 0:
+    to_train = []
+    arch = r.arch or result["derived"]
+    if arch:
+      to_train.append(("derived" if not r.arch else "given", arch))
+    rng = jax.random.key(config.seed + 10_000)
+    for i in range(r.random_archs):
+      a = search_space.sample_uniform(
+        jax.random.fold_in(rng, i), config.model.num_nodes
+      )
+      to_train.append((f"random_{i}", search_space.to_string(a)))
+    out["retrained"] = []
+    for name, arch_str in to_train:
+      res = retrain.retrain(
+        config,
+        search_space.from_string(arch_str),
+        data,
+        workdir=workdir,
+        name=name,
+      )
+      out["retrained"].append({"name": name, "arch": arch_str, **res})
+  out["total_seconds"] = time.time() - t0
+  metrics_lib.write_json(workdir / "results.json", out)
+  (workdir / "results.md").write_text(_results_md(out, result["history"]))
+  _plot(result["history"], workdir / "figure.png")
+  print(_results_md(out, result["history"]))
+  return out
+
+
+def _results_md(out, history) -> str:
+  lines = [f"search: {out['search_seconds']:.0f} s; derived: {out['derived']}"]
+  if history:
+    last = history[-1]
+    lines.append(
+      f"last epoch {last['epoch']}: reward {_fmt(last['reward'])}, "
+      f"forgetting mean/best5/max {last['diff_mean']:.1f}/"
+      f"{last['diff_best5']:.1f}/{last['diff_max']:.1f}"
+    )
+  rows = out.get("retrained", [])
+  if rows:
+    lines.append("")
+    lines.append(
+      metrics_lib.markdown_table(
+        [
+          {
+            **r,
+            "valid_ppl": f"{r['valid_ppl']:.2f}",
+            "test_ppl": f"{r['test_ppl']:.2f}",
+          }
+          for r in rows
+        ],
+        [
+          ("name", "run"),
+          ("arch", "architecture"),
+          ("valid_ppl", "valid ppl"),
+          ("test_ppl", "test ppl"),
+        ],
+      )
+    )
+  return "\n".join(lines) + "\n"
+
+
+def _plot(history, path):
+  if not history:
+    return
+  x = [h["epoch"] for h in history]
+  panels = [
+    {
+      "title": t,
+      "curves": [{"label": "run", "x": x, "mean": [h[k] for h in history]}],
+    }
+    for k, t in (
+      ("diff_mean", "mean diff (ppl)"),
+      ("diff_best5", "best-5 diff (ppl)"),
+      ("diff_max", "max diff (ppl)"),
+      ("reward", "controller reward"),
+    )
+    if all(h.get(k) is not None for h in history)
+  ]
+  metrics_lib.plot_panels(panels, path, xlabel="epoch", ylabel="", ncols=4)

@@ -1,0 +1,356 @@
+"""Pure, jit-once step functions of the ENAS search (shared, WPL, controller).
+
+Every function takes the architecture as data, so each is compiled once per
+search whatever architectures are sampled (DESIGN.md "Architecture is
+data"). The caller (`train.enas_search`) owns `jax.jit`.
+"""
+
+import dataclasses
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from wpl_jax import fisher as fisher_lib
+from wpl_jax.enas import sampler
+from wpl_jax.enas import wpl as enas_wpl
+from wpl_jax.enas.search_space import Arch
+from wpl_jax.models import controller as controller_lib
+from wpl_jax.models import enas_rnn
+from wpl_jax.types import Array, Params, PRNGKey, PyTree
+
+
+@flax.struct.dataclass
+class SharedState:
+  """The supernet: params, batch-norm statistics and optimizer state."""
+
+  params: Params
+  batch_stats: PyTree
+  opt_state: optax.OptState
+
+
+@flax.struct.dataclass
+class ControllerState:
+  """The controller: params, Adam state, REINFORCE baseline and step."""
+
+  params: Params
+  opt_state: optax.OptState
+  baseline: Array  # float32 scalar, moving average of the reward
+  step: Array  # int32 scalar
+
+
+def make_model(config: ml_collections.ConfigDict) -> enas_rnn.SharedRNN:
+  """The shared RNN of `config.model` (vocabulary set by the data)."""
+  m = config.model
+  return enas_rnn.SharedRNN(
+    vocab_size=m.vocab_size,
+    hidden_size=m.hidden,
+    num_nodes=m.num_nodes,
+    dropout_output=m.dropout_output,
+    dropout_input=m.dropout_input,
+    dropout_embed=m.dropout_embed,
+    dropconnect=m.dropconnect,
+    clip_norm=m.clip_norm,
+    init_range=m.init_range,
+    hidden_source=m.hidden_source,
+    use_batch_norm=m.batch_norm,
+  )
+
+
+def shared_optimizer(
+  grad_clip: float, weight_decay: float
+) -> optax.GradientTransformation:
+  """Global-norm clip, then weight decay, then −gradient (times lr later).
+
+  The learning rate multiplies the result in the step, so changing it per
+  epoch does not recompile. Order as in the reference: the gradient is
+  clipped first and SGD's weight decay is added after.
+  """
+  return optax.chain(
+    optax.clip_by_global_norm(grad_clip),
+    optax.add_decayed_weights(weight_decay),
+    optax.scale(-1.0),
+  )
+
+
+def controller_optimizer(lr: float) -> optax.GradientTransformation:
+  """Adam for the controller (3.5e-4 in the reference)."""
+  return optax.adam(lr)
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """The search's step functions, bound to a model and config.
+
+  Attributes:
+    model: the shared RNN.
+    config: the experiment config (read at trace time only).
+  """
+
+  model: enas_rnn.SharedRNN
+  config: ml_collections.ConfigDict
+
+  # -- forward helpers -------------------------------------------------------
+
+  def _train_forward(self, params, batch_stats, inputs, hidden, arch, key):
+    variables = {"params": params, "batch_stats": batch_stats}
+    (logits, new_hidden), mutated = self.model.apply(
+      variables,
+      inputs,
+      hidden,
+      arch,
+      train=True,
+      rngs={"dropout": key},
+      mutable=["batch_stats"],
+    )
+    return logits, new_hidden, mutated.get("batch_stats", batch_stats)
+
+  def _eval_forward(self, params, batch_stats, inputs, hidden, arch):
+    variables = {"params": params, "batch_stats": batch_stats}
+    return self.model.apply(variables, inputs, hidden, arch, train=False)
+
+  # -- shared training -------------------------------------------------------
+
+  def shared_step(
+    self,
+    shared: SharedState,
+    wpl_state: fisher_lib.FisherState,
+    arch: Arch,
+    inputs_TxB: Array,
+    targets_TxB: Array,
+    hidden_BxH: Array,
+    lr: Array,
+    wpl_alpha: Array,
+    *,
+    key: PRNGKey,
+  ) -> tuple[SharedState, Array, dict[str, Array]]:
+    """One SGD step of the child `arch` on one training batch.
+
+    Loss = mean token cross-entropy + WPL penalty on the arch's edges
+    (`wpl_alpha` = 1 in reference mode, where α lives in F; α(epoch) in
+    clean mode; 0 when WPL is off).
+
+    Returns:
+      `(shared, new_hidden, metrics)`; metrics hold "loss" (cross-entropy,
+      nats/token) and "wpl" (the penalty).
+    """
+    use_wpl = self.config.wpl.enabled
+
+    def loss_fn(params):
+      logits, new_hidden, new_stats = self._train_forward(
+        params, shared.batch_stats, inputs_TxB, hidden_BxH, arch, key
+      )
+      ce = enas_rnn.cross_entropy(logits, targets_TxB)
+      pen = (
+        enas_wpl.edge_penalty(params, wpl_state, arch, alpha=wpl_alpha)
+        if use_wpl
+        else jnp.zeros([], jnp.float32)
+      )
+      return ce + pen, (ce, pen, new_hidden, new_stats)
+
+    grads, (ce, pen, new_hidden, new_stats) = jax.grad(loss_fn, has_aux=True)(
+      shared.params
+    )
+    tx = shared_optimizer(
+      self.config.shared.grad_clip, self.config.shared.weight_decay
+    )
+    updates, opt_state = tx.update(grads, shared.opt_state, shared.params)
+    updates = jax.tree.map(lambda u: lr * u, updates)
+    params = optax.apply_updates(shared.params, updates)
+    new_shared = SharedState(
+      params=params, batch_stats=new_stats, opt_state=opt_state
+    )
+    # The hidden state is carried to the next batch without its history.
+    new_hidden = jax.lax.stop_gradient(new_hidden)
+    return new_shared, new_hidden, {"loss": ce, "wpl": pen}
+
+  # -- WPL: Fisher and anchor after an architecture's turn -------------------
+
+  def fisher_step(
+    self,
+    shared: SharedState,
+    wpl_state: fisher_lib.FisherState,
+    arch: Arch,
+    inputs_TxB: Array,
+    targets_TxB: Array,
+    hidden_BxH: Array,
+    alpha: Array,
+    *,
+    key: PRNGKey,
+  ) -> tuple[fisher_lib.FisherState, Array]:
+    """Fisher on one validation batch, running update, re-anchor all edges.
+
+    ``batch_grad_squared`` runs the arch in training mode (dropout on,
+    batch statistics), as the reference does; the per-example estimators
+    need examples that do not interact, so they run with the batch-norm's
+    running statistics and no dropout (a named deviation). No optimizer
+    step is taken on this batch.
+
+    Returns:
+      `(wpl_state, new_hidden)`: the hidden state after this batch (eval
+      mode) for the next Fisher batch.
+    """
+    w = self.config.wpl
+    estimator = w.estimator
+    params, stats = shared.params, shared.batch_stats
+    batch = {
+      "inputs": inputs_TxB.T,
+      "targets": targets_TxB.T,
+      "hidden": hidden_BxH,
+    }
+    k_drop, k_sample = jax.random.split(key)
+
+    def logits_of(p, b):
+      """Example-major logits [B, T, V] of the arch on batch `b`."""
+      if estimator == "batch_grad_squared":
+        logits, _, _ = self._train_forward(
+          p, stats, b["inputs"].T, b["hidden"], arch, k_drop
+        )
+      else:
+        logits, _ = self._eval_forward(
+          p, stats, b["inputs"].T, b["hidden"], arch
+        )
+      return jnp.swapaxes(logits, 0, 1)
+
+    def loss_of(p, b):
+      return enas_rnn.cross_entropy(logits_of(p, b), b["targets"])
+
+    new_fisher = enas_wpl.estimate_fisher(
+      loss_of,
+      params,
+      arch,
+      batch,
+      estimator=estimator,
+      key=k_sample,
+      logits_fn=logits_of,
+      chunk_size=w.get("chunk_size", None),
+    )
+    wpl_state = enas_wpl.update_after_arch(
+      wpl_state,
+      params,
+      new_fisher,
+      arch,
+      mode=w.mode,
+      alpha=alpha,
+      decay=w.ema_new,
+      clip=w.clip if w.clip > 0 else None,
+    )
+    _, new_hidden = self._eval_forward(
+      params, stats, inputs_TxB, hidden_BxH, arch
+    )
+    return wpl_state, new_hidden
+
+  # -- evaluation -------------------------------------------------------------
+
+  def eval_archs(
+    self,
+    shared: SharedState,
+    archs: Arch,
+    inputs_TxB: Array,
+    targets_TxB: Array,
+    hidden_BxH: Array,
+  ) -> Array:
+    """Validation perplexities float32[K] of K archs on one batch (vmapped)."""
+    variables = {"params": shared.params, "batch_stats": shared.batch_stats}
+    return sampler.evaluate_architectures(
+      self.model,
+      variables,
+      archs,
+      inputs_TxB,
+      targets_TxB,
+      hidden_BxH,
+      metric="perplexity",
+    )
+
+  # -- controller -------------------------------------------------------------
+
+  def controller_step(
+    self,
+    ctrl: ControllerState,
+    shared: SharedState,
+    inputs_TxB: Array,
+    targets_TxB: Array,
+    hidden_BxH: Array,
+    *,
+    key: PRNGKey,
+  ) -> tuple[ControllerState, Array, dict[str, Array]]:
+    """One REINFORCE step on K sampled archs (K = 1 in the reference).
+
+    reward = c / perplexity + entropy_coef · entropy (REFERENCE.md §4); the
+    moving-average baseline is updated first, then advantage = reward −
+    baseline, loss = −mean(log_prob · advantage).
+
+    Returns:
+      `(ctrl, new_hidden, metrics)`: the hidden state of the first arch
+      after this validation batch (carried to the next reward batch).
+    """
+    c = self.config.controller
+    n = self.config.model.num_nodes
+    archs, _, entropies = sampler.sample_architectures(
+      ctrl.params,
+      key=key,
+      k=c.batch_size,
+      num_nodes=n,
+      temperature=c.temperature,
+      tanh_constant=c.tanh_constant,
+    )
+    variables = {"params": shared.params, "batch_stats": shared.batch_stats}
+    ppl, hiddens = sampler.evaluate_architectures(
+      self.model,
+      variables,
+      archs,
+      inputs_TxB,
+      targets_TxB,
+      hidden_BxH,
+      metric="perplexity",
+      return_hidden=True,
+    )
+    reward = c.reward_c / ppl + c.entropy_coef * entropies
+    mean_r = jnp.mean(reward)
+    baseline = jnp.where(
+      ctrl.step == 0,
+      mean_r,
+      c.baseline_decay * ctrl.baseline + (1 - c.baseline_decay) * mean_r,
+    )
+    adv = jax.lax.stop_gradient(reward - baseline)
+
+    def loss_fn(cp):
+      logp, _ = jax.vmap(
+        lambda a: controller_lib.log_prob(
+          cp, a, temperature=c.temperature, tanh_constant=c.tanh_constant
+        )
+      )(archs)
+      return -jnp.mean(logp * adv)
+
+    loss, grads = jax.value_and_grad(loss_fn)(ctrl.params)
+    tx = controller_optimizer(c.lr)
+    updates, opt_state = tx.update(grads, ctrl.opt_state, ctrl.params)
+    new_ctrl = ControllerState(
+      params=optax.apply_updates(ctrl.params, updates),
+      opt_state=opt_state,
+      baseline=baseline,
+      step=ctrl.step + 1,
+    )
+    metrics = {
+      "reward": mean_r,
+      "ppl": jnp.mean(ppl),
+      "entropy": jnp.mean(entropies),
+      "loss": loss,
+      "baseline": baseline,
+    }
+    return new_ctrl, hiddens[0], metrics
+
+  def sample(self, ctrl_params: Params, *, key: PRNGKey, k: int) -> Arch:
+    """K architectures sampled from the controller (one vmapped call)."""
+    c = self.config.controller
+    archs, _, _ = sampler.sample_architectures(
+      ctrl_params,
+      key=key,
+      k=k,
+      num_nodes=self.config.model.num_nodes,
+      temperature=c.temperature,
+      tanh_constant=c.tanh_constant,
+    )
+    return archs
