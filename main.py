@@ -61,7 +61,8 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or os.path.join(
       "workdir", f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    if os.path.isdir(workdir) and os.listdir(workdir):
+    resumable = os.path.isdir(os.path.join(workdir, "checkpoints"))
+    if os.path.isdir(workdir) and os.listdir(workdir) and not resumable:
       raise ValueError(f"workdir {workdir} is not empty; choose a new one")
     if _DOWNLOAD.value:
       importlib.import_module("wpl_jax.data").download_mnist(config.data_dir)

@@ -151,6 +151,9 @@ def search(
 
   shared_step = jax.jit(steps.shared_step, donate_argnums=(0,))
   fisher_step = jax.jit(steps.fisher_step)
+  # Two jitted objects of one function: one shape each (K = 1 right after
+  # an arch's training, K = eval_chunk for the end-of-epoch and derive).
+  eval_one = jax.jit(steps.eval_archs)
   eval_archs = jax.jit(steps.eval_archs)
   ctrl_step = jax.jit(steps.controller_step)
   sample = jax.jit(steps.sample, static_argnames="k")
@@ -212,7 +215,7 @@ def search(
       t_train += time.time() - t0
       err1.append(
         float(
-          eval_archs(state["shared"], _one(arch), fixed_x, fixed_y, zero_h)[0]
+          eval_one(state["shared"], _one(arch), fixed_x, fixed_y, zero_h)[0]
         )
       )
       if use_fisher:
@@ -287,6 +290,17 @@ def search(
       )
       record["derived"], record["derived_ppl"] = best, best_ppl
     record["epoch_seconds"] = time.time() - t_epoch
+    # Compilations so far of each jitted step (1 each: archs are data).
+    record["compiles"] = {
+      name: _cache_size(fn)
+      for name, fn in (
+        ("shared_step", shared_step),
+        ("fisher_step", fisher_step),
+        ("eval_one", eval_one),
+        ("eval_archs", eval_archs),
+        ("controller_step", ctrl_step),
+      )
+    }
     history.append({k: v for k, v in record.items() if k != "archs"})
     ckpt.save(epoch, state, {"epoch": epoch, "history": history})
     log.write(record)
@@ -312,6 +326,12 @@ def search(
     (h["derived"] for h in reversed(history) if "derived" in h), None
   )
   return {"derived": derived, "history": history}
+
+
+def _cache_size(fn) -> int | None:
+  """Number of compiled versions of a jitted function (private JAX API)."""
+  size = getattr(fn, "_cache_size", None)
+  return size() if size is not None else None
 
 
 def _one(arch):
@@ -409,13 +429,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       )
       to_train.append((f"random_{i}", search_space.to_string(a)))
     out["retrained"] = []
+    retrainer = retrain.Retrainer(config, data)
     for name, arch_str in to_train:
-      res = retrain.retrain(
-        config,
-        search_space.from_string(arch_str),
-        data,
-        workdir=workdir,
-        name=name,
+      res = retrainer.run(
+        search_space.from_string(arch_str), workdir=workdir, name=name
       )
       out["retrained"].append({"name": name, "arch": arch_str, **res})
   out["total_seconds"] = time.time() - t0

@@ -1,5 +1,6 @@
 """Retrains one ENAS cell from scratch; scores every token."""
 
+import functools
 import pathlib
 import time
 import zlib
@@ -59,117 +60,125 @@ def perplexity(
   return float(np.exp(total / count))
 
 
-def retrain(
-  config: ml_collections.ConfigDict,
-  arch: Arch,
-  data: ptb.PTBData,
-  *,
-  workdir: pathlib.Path,
-  name: str,
-) -> dict:
-  """Trains `arch` from scratch for `config.retrain.epochs` passes over train.
+class Retrainer:
+  """Retrains cells from scratch; its jitted step and evaluation are built
+  once and serve every architecture (the cell is an argument)."""
 
-  The standalone model is the shared RNN with the cell fixed (only the
-  arch's edges receive gradients). After every epoch the validation
-  perplexity is computed on every token; the best-validation params give
-  the test perplexity.
+  def __init__(self, config: ml_collections.ConfigDict, data: ptb.PTBData):
+    self.config, self.data = config, data
+    r = config.retrain
+    self.model = enas_steps.make_model(config)
+    # The search's step with WPL off and the retraining optimizer.
+    rconfig = ml_collections.ConfigDict(config.to_dict())
+    rconfig.wpl.enabled = False
+    rconfig.shared.grad_clip = r.grad_clip
+    rconfig.shared.weight_decay = r.weight_decay
+    self.tx = enas_steps.shared_optimizer(r.grad_clip, r.weight_decay)
+    steps = enas_steps.Steps(model=self.model, config=rconfig)
+    self.step = jax.jit(steps.shared_step, donate_argnums=(0,))
+    self.eval_fn = jax.jit(functools.partial(_nll_sum, self.model))
 
-  Returns:
-    {"valid_ppl", "test_ppl", "best_epoch", "seconds", "tokens_per_s"}.
-  """
-  search_space.validate(arch)
-  r = config.retrain
-  model = enas_steps.make_model(config)
-  key = jax.random.fold_in(
-    jax.random.key(config.seed), zlib.crc32(name.encode())
-  )
-  k_init, k_train = jax.random.split(key)
-  variables = enas_rnn.init_variables(model, key=k_init)
-  tx = enas_steps.shared_optimizer(r.grad_clip, r.weight_decay)
-  shared = SharedState(
-    params=variables["params"],
-    batch_stats=variables.get("batch_stats", {}),
-    opt_state=tx.init(variables["params"]),
-  )
-  # Retraining uses the search's step with WPL off and its own optimizer.
-  rconfig = ml_collections.ConfigDict(config.to_dict())
-  rconfig.wpl.enabled = False
-  rconfig.shared.grad_clip, rconfig.shared.weight_decay = (
-    r.grad_clip,
-    r.weight_decay,
-  )
-  steps = enas_steps.Steps(model=model, config=rconfig)
-  step = jax.jit(steps.shared_step, donate_argnums=(0,))
-  eval_fn = jax.jit(lambda *a: _nll_sum(model, *a))
-  dummy_wpl = None
-  b, bptt, h = config.data.batch_size, config.data.bptt, config.model.hidden
-  train_src = ptb.batchify(data.train, b)
-  n_windows = (len(train_src) - 1) // bptt
-  if r.get("max_batches_per_epoch", 0):
-    n_windows = min(n_windows, r.max_batches_per_epoch)
-  ppl_kw = dict(batch_size=r.eval_batch_size, bptt=bptt, hidden_size=h)
-  best = (np.inf, None, -1)
-  log = metrics_lib.JsonlWriter(workdir / "retrain.jsonl")
-  t0, tokens = time.time(), 0
-  for epoch in range(r.epochs):
-    lr = r.lr * r.lr_decay ** max(0, epoch - r.lr_decay_after)
-    hidden = jnp.zeros((b, h), jnp.float32)
-    losses, t_ep = [], time.time()
-    for i in range(n_windows):
-      x, y = ptb.get_batch(train_src, i * bptt, bptt)
-      shared, hidden, m = step(
-        shared,
-        dummy_wpl,
-        arch,
-        x,
-        y,
-        hidden,
-        jnp.float32(lr),
-        jnp.float32(0.0),
-        key=jax.random.fold_in(k_train, epoch * 10**6 + i),
-      )
-      losses.append(m["loss"])
-      tokens += x.size
-      if (i + 1) % r.log_every == 0:
-        logging.info(
-          "retrain %s epoch %d batch %d/%d loss %.3f (%.0f tok/s)",
-          name,
-          epoch,
-          i + 1,
-          n_windows,
-          float(m["loss"]),
-          (i + 1) * x.size / (time.time() - t_ep),
+  def run(self, arch: Arch, *, workdir: pathlib.Path, name: str) -> dict:
+    """Trains `arch` from scratch for `config.retrain.epochs` passes.
+
+    The standalone model is the shared RNN with the cell fixed (only the
+    arch's edges receive gradients). After every epoch the validation
+    perplexity is computed on every token; the best-validation params give
+    the test perplexity. Per-epoch records go to `workdir/retrain.jsonl`.
+
+    Returns:
+      {"valid_ppl", "test_ppl", "best_epoch", "seconds", "tokens_per_s"}.
+    """
+    search_space.validate(arch)
+    config, data, r = self.config, self.data, self.config.retrain
+    seed = zlib.crc32(name.encode())
+    key = jax.random.fold_in(jax.random.key(config.seed), seed)
+    k_init, k_train = jax.random.split(key)
+    variables = enas_rnn.init_variables(self.model, key=k_init)
+    shared = SharedState(
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=self.tx.init(variables["params"]),
+    )
+    b, bptt, h = config.data.batch_size, config.data.bptt, config.model.hidden
+    train_src = ptb.batchify(data.train, b)
+    n_windows = (len(train_src) - 1) // bptt
+    if r.get("max_batches_per_epoch", 0):
+      n_windows = min(n_windows, r.max_batches_per_epoch)
+    ppl_kw = dict(batch_size=r.eval_batch_size, bptt=bptt, hidden_size=h)
+    best = (np.inf, None, -1)
+    log = metrics_lib.JsonlWriter(workdir / "retrain.jsonl")
+    t0, tokens = time.time(), 0
+    for epoch in range(r.epochs):
+      lr = r.lr * r.lr_decay ** max(0, epoch - r.lr_decay_after)
+      hidden = jnp.zeros((b, h), jnp.float32)
+      losses, t_ep = [], time.time()
+      for i in range(n_windows):
+        x, y = ptb.get_batch(train_src, i * bptt, bptt)
+        k = jax.random.fold_in(jax.random.fold_in(k_train, epoch), i)
+        shared, hidden, m = self.step(
+          shared,
+          None,
+          arch,
+          x,
+          y,
+          hidden,
+          jnp.float32(lr),
+          jnp.float32(0.0),
+          key=k,
         )
-    valid = perplexity(
-      eval_fn, shared.params, shared.batch_stats, data.valid, arch, **ppl_kw
-    )
-    train_loss = float(np.mean(jax.device_get(losses)))
-    log.write(
-      {
-        "name": name,
-        "epoch": epoch,
-        "train_loss": train_loss,
-        "valid_ppl": valid,
-        "lr": lr,
-      }
-    )
-    logging.info(
-      "retrain %s epoch %d: train loss %.3f valid ppl %.2f",
-      name,
-      epoch,
-      train_loss,
-      valid,
-    )
-    if valid < best[0]:
-      best = (valid, jax.device_get((shared.params, shared.batch_stats)), epoch)
-  log.close()
-  seconds = time.time() - t0
-  params, stats = best[1]
-  test = perplexity(eval_fn, params, stats, data.test, arch, **ppl_kw)
-  return {
-    "valid_ppl": best[0],
-    "test_ppl": test,
-    "best_epoch": best[2],
-    "seconds": seconds,
-    "tokens_per_s": tokens / seconds,
-  }
+        losses.append(m["loss"])
+        tokens += x.size
+        if (i + 1) % r.log_every == 0:
+          logging.info(
+            "retrain %s epoch %d batch %d/%d loss %.3f (%.0f tok/s)",
+            name,
+            epoch,
+            i + 1,
+            n_windows,
+            float(m["loss"]),
+            (i + 1) * x.size / (time.time() - t_ep),
+          )
+      valid = perplexity(
+        self.eval_fn,
+        shared.params,
+        shared.batch_stats,
+        data.valid,
+        arch,
+        **ppl_kw,
+      )
+      train_loss = float(np.mean(jax.device_get(losses)))
+      log.write(
+        {
+          "name": name,
+          "arch": search_space.to_string(arch),
+          "epoch": epoch,
+          "train_loss": train_loss,
+          "valid_ppl": valid,
+          "lr": lr,
+        }
+      )
+      logging.info(
+        "retrain %s epoch %d: train loss %.3f valid ppl %.2f",
+        name,
+        epoch,
+        train_loss,
+        valid,
+      )
+      if valid < best[0]:
+        best = (
+          valid,
+          jax.device_get((shared.params, shared.batch_stats)),
+          epoch,
+        )
+    log.close()
+    seconds = time.time() - t0
+    params, stats = best[1]
+    test = perplexity(self.eval_fn, params, stats, data.test, arch, **ppl_kw)
+    return {
+      "valid_ppl": best[0],
+      "test_ppl": test,
+      "best_epoch": best[2],
+      "seconds": seconds,
+      "tokens_per_s": tokens / seconds,
+    }

@@ -1,0 +1,346 @@
+"""Tests for the ENAS search steps (WPL reference mode) and the search loop."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import absltest, parameterized
+from conftest import DATA_DIR
+
+from experiments import enas_ptb
+from wpl_jax import loss
+from wpl_jax.enas import search_space
+from wpl_jax.enas import wpl as enas_wpl
+from wpl_jax.models import enas_rnn
+from wpl_jax.train import enas_search, enas_steps
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _tiny_config(**wpl):
+  c = enas_ptb.get_config("smoke,wpl")
+  c.model.vocab_size = 20
+  c.model.hidden = 4
+  c.model.num_nodes = 3
+  c.data.batch_size = 3
+  c.data.bptt = 4
+  for name in ("dropout_output", "dropout_input", "dropout_embed"):
+    c.model[name] = 0.0
+  c.model.dropconnect = 0.0
+  c.wpl.update(wpl)
+  return c
+
+
+def _setup(config, seed=0):
+  model = enas_steps.make_model(config)
+  steps = enas_steps.Steps(model=model, config=config)
+  state = enas_search._init_state(config, model, steps, jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+  t, b = config.data.bptt, config.data.batch_size
+  x = rng.integers(0, 20, size=(t, b)).astype(np.int32)
+  y = rng.integers(0, 20, size=(t, b)).astype(np.int32)
+  h = (0.1 * rng.normal(size=(b, config.model.hidden))).astype(np.float32)
+  return model, steps, state, x, y, h, rng
+
+
+def _ce_grad(model, params, stats, x, y, h, arch):
+  """Independent path: jax.grad of the training-mode cross-entropy only."""
+
+  def ce(p):
+    (logits, _), _ = model.apply(
+      {"params": p, "batch_stats": stats},
+      x,
+      h,
+      arch,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return enas_rnn.cross_entropy(logits, y)
+
+  return jax.device_get(jax.grad(ce)(params))
+
+
+class ReferenceModeTest(parameterized.TestCase):
+  """One architecture's full turn in reference mode against NumPy."""
+
+  def test_shared_step_and_fisher_update_match_numpy(self):
+    config = _tiny_config(mode="reference", estimator="batch_grad_squared")
+    model, steps, state, x, y, h, rng = _setup(config)
+    arch = search_space.from_string("tanh|0:relu|0:sigmoid")
+    ids = np.asarray(search_space.edge_ids(arch))
+    params = jax.device_get(state["shared"].params)
+    stats = state["shared"].batch_stats
+    e, hid = params["cell"]["edge_h"].shape[:2]
+    # A running state with a non-zero Fisher and an anchor off the weights.
+    fisher = {
+      k: np.abs(rng.normal(size=(e, hid, hid))).astype(np.float32)
+      for k in enas_wpl.EDGE_KEYS
+    }
+    anchor = {
+      k: params["cell"][k]
+      + 0.05 * rng.normal(size=(e, hid, hid)).astype(np.float32)
+      for k in enas_wpl.EDGE_KEYS
+    }
+    wpl_state = enas_wpl.init_state(params)._replace(
+      fisher=fisher, anchor=anchor
+    )
+
+    # --- loss term and SGD step: NumPy transcription of REFERENCE.md §2/§4.
+    lr, wd, clip_g = 0.5, config.shared.weight_decay, config.shared.grad_clip
+    pen_np = 0.5 * sum(
+      np.sum(fisher[k][ids] * (params["cell"][k][ids] - anchor[k][ids]) ** 2)
+      for k in enas_wpl.EDGE_KEYS
+    )
+    g = _ce_grad(model, params, stats, x, y, h, arch)
+    for k in enas_wpl.EDGE_KEYS:
+      g_wpl = np.zeros_like(fisher[k])
+      g_wpl[ids] = fisher[k][ids] * (params["cell"][k][ids] - anchor[k][ids])
+      g["cell"][k] = g["cell"][k] + g_wpl
+    gnorm = np.sqrt(sum(np.sum(np.square(v)) for v in jax.tree.leaves(g)))
+    scale = min(1.0, clip_g / gnorm)
+    want_params = jax.tree.map(
+      lambda p, gi: p - lr * (scale * gi + wd * p), params, g
+    )
+
+    new_shared, _, m = jax.jit(steps.shared_step)(
+      state["shared"],
+      wpl_state,
+      arch,
+      x,
+      y,
+      h,
+      jnp.float32(lr),
+      jnp.float32(1.0),
+      key=jax.random.key(0),
+    )
+    np.testing.assert_allclose(m["wpl"], pen_np, rtol=1e-5)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+      jax.device_get(new_shared.params),
+      want_params,
+    )
+
+    # --- Fisher on a validation batch, clip, α, reset, re-anchor.
+    alpha, clip = 60.0, config.wpl.clip
+    new_params = jax.device_get(new_shared.params)
+    vx, vy = y[::-1].copy(), x[::-1].copy()
+    gv = _ce_grad(model, new_params, new_shared.batch_stats, vx, vy, h, arch)
+    want_f = {}
+    for k in enas_wpl.EDGE_KEYS:
+      want_f[k] = np.zeros_like(fisher[k])
+      for i in ids:
+        mixed = 0.1 * fisher[k][i] + 0.9 * gv["cell"][k][i] ** 2
+        norm = np.linalg.norm(mixed)
+        want_f[k][i] = alpha * mixed * (clip / norm if norm > clip else 1.0)
+    got, _ = jax.jit(steps.fisher_step)(
+      new_shared,
+      wpl_state,
+      arch,
+      vx,
+      vy,
+      h,
+      jnp.float32(alpha),
+      key=jax.random.key(1),
+    )
+    for k in enas_wpl.EDGE_KEYS:
+      np.testing.assert_allclose(got.fisher[k], want_f[k], rtol=1e-4, atol=1e-9)
+      np.testing.assert_array_equal(got.anchor[k], new_params["cell"][k])
+
+  def test_gathered_penalty_equals_masked_penalty(self):
+    """Gathering the arch's edges = masking the stacked leaves."""
+    config = _tiny_config()
+    _, _, state, *_ = _setup(config)
+    params = state["shared"].params
+    rng = np.random.default_rng(1)
+    f = jax.tree.map(
+      lambda a: np.abs(rng.normal(size=a.shape)).astype(np.float32),
+      enas_wpl.edge_params(params),
+    )
+    a = jax.tree.map(lambda w: w + 0.1, enas_wpl.edge_params(params))
+    ws = enas_wpl.init_state(params)._replace(fisher=f, anchor=a)
+    for s in ("tanh|0:relu|0:sigmoid", "relu|0:tanh|1:identity"):
+      arch = search_space.from_string(s)
+      got = enas_wpl.edge_penalty(params, ws, arch, alpha=2.0)
+      mask = enas_wpl.arch_edge_mask(arch, f["edge_h"].shape[0])
+      want = loss.wpl_penalty(
+        enas_wpl.edge_params(params), a, f, alpha=2.0, mask=mask
+      )
+      np.testing.assert_allclose(got, want, rtol=1e-6)
+
+  @parameterized.parameters("per_example", "sampled")
+  def test_other_estimators_touch_only_arch_edges(self, estimator):
+    config = _tiny_config(mode="clean", estimator=estimator, clip=0.0)
+    _, steps, state, x, y, h, _ = _setup(config)
+    arch = search_space.from_string("tanh|0:relu|1:sigmoid")
+    ids = set(np.asarray(search_space.edge_ids(arch)).tolist())
+    got, _ = jax.jit(steps.fisher_step)(
+      state["shared"],
+      state["wpl"],
+      arch,
+      x,
+      y,
+      h,
+      jnp.float32(1.0),
+      key=jax.random.key(0),
+    )
+    norms = np.linalg.norm(
+      np.asarray(got.fisher["edge_h"]).reshape(3, -1), axis=1
+    )
+    for e in range(3):
+      self.assertEqual(norms[e] > 0, e in ids, msg=f"edge {e}")
+
+
+class CompileOnceTest(absltest.TestCase):
+  def test_one_compile_per_step_across_architectures(self):
+    config = _tiny_config()
+    _, steps, state, x, y, h, _ = _setup(config)
+    shared_step = jax.jit(steps.shared_step)
+    fisher_step = jax.jit(steps.fisher_step)
+    eval_archs = jax.jit(steps.eval_archs)
+    shared, ws = state["shared"], state["wpl"]
+    for i in range(4):
+      arch = search_space.sample_uniform(jax.random.key(i), 3)
+      shared, _, _ = shared_step(
+        shared,
+        ws,
+        arch,
+        x,
+        y,
+        h,
+        jnp.float32(0.1),
+        jnp.float32(1.0),
+        key=jax.random.key(i),
+      )
+      ws, _ = fisher_step(
+        shared, ws, arch, x, y, h, jnp.float32(60.0), key=jax.random.key(i)
+      )
+      batch = jax.tree.map(lambda a: jnp.stack([a, a]), arch)
+      eval_archs(shared, batch, x, y, h)
+    for fn in (shared_step, fisher_step, eval_archs):
+      self.assertEqual(fn._cache_size(), 1)
+
+
+class ScheduleTest(parameterized.TestCase):
+  @parameterized.parameters(
+    (0, 0.0),
+    (4, 0.0),
+    (5, 60.0),
+    (14, 60.0),
+    (15, 59.0),
+    (73, 1.0),
+    (74, 0.0),
+    (100, 0.0),
+  )
+  def test_reference_alpha_schedule(self, epoch, want):
+    config = enas_ptb.get_config("paper,wpl")
+    self.assertEqual(enas_search.wpl_alpha_at(config, epoch), want)
+
+  def test_forgetting_stats(self):
+    err1 = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
+    err2 = err1 + np.array([1.0, 2.0, 3.0, 4.0, 5.0, 100.0])
+    s = enas_search.forgetting_stats(err1, err2)
+    self.assertAlmostEqual(s["diff_mean"], 115 / 6)
+    self.assertAlmostEqual(s["diff_best5"], (100 + 5 + 4 + 3 + 2) / 5)
+    self.assertEqual(s["diff_max"], 100.0)
+
+
+class MainSmokeTest(absltest.TestCase):
+  @pytest.mark.slow
+  def test_smoke_search_retrain_and_resume(self):
+    workdir = pathlib.Path(tempfile.mkdtemp()) / "run"
+    base = [
+      sys.executable,
+      str(_ROOT / "main.py"),
+      "--config=" + str(_ROOT / "experiments/enas_ptb.py") + ":smoke,wpl",
+      f"--data_dir={DATA_DIR / 'ptb'}",
+      f"--workdir={workdir}",
+      "--config.retrain.random_archs=0",
+    ]
+    r = subprocess.run(
+      base + ["--config.search.epochs=1"],
+      capture_output=True,
+      text=True,
+      cwd=_ROOT,
+      check=False,
+    )
+    self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+    # Rerun with more epochs in the same workdir: resumes after epoch 0.
+    r = subprocess.run(
+      base + ["--config.search.epochs=2", "--config.retrain.epochs=0"],
+      capture_output=True,
+      text=True,
+      cwd=_ROOT,
+      check=False,
+    )
+    self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+    self.assertIn("resumed from epoch 0", r.stderr)
+    records = [
+      json.loads(line)
+      for line in (workdir / "metrics.jsonl").read_text().splitlines()
+    ]
+    self.assertEqual([rec["epoch"] for rec in records], [0, 1])
+    for rec in records:
+      self.assertTrue(np.isfinite(rec["diff_mean"]))
+      self.assertIn("derived", rec)
+    self.assertTrue(all(v == 1 for v in records[0]["compiles"].values()))
+    results = json.loads((workdir / "results.json").read_text())
+    self.assertIn("derived", results)
+    self.assertTrue(
+      (workdir / "figure.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    )
+
+  def test_smoke_search_and_retrain(self):
+    """One epoch of search with WPL, derive, a short retrain: all outputs."""
+    workdir = pathlib.Path(tempfile.mkdtemp()) / "run"
+    r = subprocess.run(
+      [
+        sys.executable,
+        str(_ROOT / "main.py"),
+        "--config=" + str(_ROOT / "experiments/enas_ptb.py") + ":smoke,wpl",
+        f"--data_dir={DATA_DIR / 'ptb'}",
+        f"--workdir={workdir}",
+        "--config.search.epochs=1",
+        "--config.retrain.random_archs=0",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=_ROOT,
+      check=False,
+    )
+    self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+    rec = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[0])
+    self.assertTrue(all(v == 1 for v in rec["compiles"].values()))
+    self.assertGreater(rec["fisher_norm"], 0.0)
+    results = json.loads((workdir / "results.json").read_text())
+    (row,) = results["retrained"]
+    self.assertEqual(row["arch"], results["derived"])
+    self.assertTrue(np.isfinite(row["test_ppl"]))
+    self.assertTrue((workdir / "tb").is_dir())
+
+  def test_missing_data_dir_is_one_line(self):
+    r = subprocess.run(
+      [
+        sys.executable,
+        str(_ROOT / "main.py"),
+        "--config=" + str(_ROOT / "experiments/enas_ptb.py") + ":smoke",
+        "--data_dir=/nonexistent/ptb",
+        f"--workdir={tempfile.mkdtemp()}/w",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=_ROOT,
+      check=False,
+    )
+    self.assertNotEqual(r.returncode, 0)
+    self.assertNotIn("Traceback", r.stderr)
+    self.assertIn("ptb", r.stderr.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+  absltest.main()
