@@ -2,7 +2,8 @@
 
 Variants (the `:arg` string; join several with commas, e.g. `cpu,wpl`):
   paper   REFERENCE.md §4 sizes (H = 1000, 12 nodes, 150 epochs): accelerators.
-  cpu     a faithful scaled-down search + retrain for a 2-core CPU.
+  cpu     a faithful scaled-down search + retrain for a 2-core CPU (about
+          half an hour; more when the machine is shared).
   smoke   seconds: tiny sizes, 2 epochs, everything on.
   wpl     WPL on, reference mode (REFERENCE.md §2 constants, scaled epochs).
   clean   WPL on, clean mode (EMA Fisher, α only in the loss).
@@ -113,18 +114,25 @@ def _paper(c):
 
 
 def _cpu(c):
-  """About an hour on 2 cores: H = 64, 6 nodes, 10 short epochs."""
+  """A faithful scaled-down run for 2 CPU cores: H = 64, 6 nodes, 10 epochs.
+
+  The WPL clip scales with H so that the saturated Fisher has the same
+  per-entry RMS as at H = 1000 (α·clip/H = 0.6): with the paper's clip of
+  10 a 64×64 matrix would carry a 16× stronger per-entry pull.
+  """
   c.model.hidden = 64
   c.model.num_nodes = 6
   c.search.epochs = 10
-  c.search.archs_per_epoch = 20
-  c.search.batches_per_arch = 5
+  c.search.archs_per_epoch = 16
+  c.search.batches_per_arch = 4
   c.search.derive_every = 5
-  c.search.derive_samples = 32
-  c.controller.steps_per_epoch = 50
+  c.search.derive_samples = 16
+  c.search.eval_chunk = 8
+  c.controller.steps_per_epoch = 40
   c.shared.lr_decay_after = 6
   c.wpl.start_epoch = 2
   c.wpl.alpha_decay_after = 6
+  c.wpl.clip = 10.0 * 64 / 1000
   c.retrain.epochs = 2
   c.retrain.random_archs = 1
   c.retrain.eval_batch_size = 1
