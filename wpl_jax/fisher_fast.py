@@ -415,7 +415,7 @@ def _sum_sq_outer(pairs: list, n: int, chunk_size: int | None) -> list:
       for a, g in chunk
     ]
 
-  if chunk_size is None or chunk_size >= n:
+  if not pairs or chunk_size is None or chunk_size >= n:
     return part(pairs)
   n_chunks, rest = divmod(n, chunk_size)
   head = jax.tree.map(

@@ -1,0 +1,395 @@
+"""Tests for wpl_jax.fisher_fast: the tapped Fisher equals vmap(grad)'s."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+
+from wpl_jax import fisher, fisher_fast
+from wpl_jax.enas import search_space as ss
+from wpl_jax.enas import wpl
+from wpl_jax.models import enas_rnn
+from wpl_jax.models import two_models as two_models_lib
+
+# Models -----------------------------------------------------------------------
+
+
+def _xent(logits, y):
+  logp = jax.nn.log_softmax(logits)
+  return -jnp.mean(jnp.take_along_axis(logp, y[..., None], axis=-1))
+
+
+def _normal(rng, shape, scale, dtype):
+  return jnp.asarray(rng.normal(size=shape) * scale, dtype)
+
+
+def _mlp_setup(seed, dtype=jnp.float32, n=6):
+  """Model A of the two-model study, tiny: 6-8-8-3."""
+  params = two_models_lib.init_a(
+    jax.random.key(seed), in_dim=6, width=8, num_classes=3, depth=2
+  )
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(
+    lambda p: p + _normal(rng, p.shape, 0.1, p.dtype), params
+  )
+  batch = {
+    "x": _normal(rng, (n, 6), 1.0, jnp.float32),
+    "y": jnp.asarray(rng.integers(0, 3, n), jnp.int32),
+  }
+  return jax.tree.map(lambda v: v.astype(dtype), params), {
+    "x": batch["x"].astype(dtype),
+    "y": batch["y"],
+  }
+
+
+def _mlp_logits(params, x, tap=fisher_fast.PLAIN):
+  """`two_models.forward_a` (A's tree) with its matmuls tapped."""
+  names = sorted(
+    (k for k in params if k[2:].isdigit()), key=lambda k: int(k[2:])
+  )
+  h = x
+  for name in names:
+    h = jax.nn.relu(
+      tap.dense(name, h, params[name]["kernel"], params[name]["bias"])
+    )
+  head = params["a_head"]
+  return tap.dense("a_head", h, head["kernel"], head["bias"])
+
+
+@fisher_fast.tapped
+def _mlp_loss(params, batch, tap):
+  return _xent(_mlp_logits(params, batch["x"], tap), batch["y"])
+
+
+def _rnn_setup(seed, dtype=jnp.float32, n=5, t=4):
+  rng = np.random.default_rng(seed)
+  params = {
+    "wx": _normal(rng, (3, 6), 0.5, dtype),
+    "wh": _normal(rng, (6, 6), 0.4, dtype),
+    "b": _normal(rng, (6,), 0.1, dtype),
+    "wo": _normal(rng, (6, 4), 0.5, dtype),
+    "h0": _normal(rng, (6,), 0.5, dtype),  # not tapped: the fallback's
+  }
+  batch = {
+    "x": _normal(rng, (n, t, 3), 1.0, dtype),
+    "y": jnp.asarray(rng.integers(0, 4, (n, t)), jnp.int32),
+  }
+  return params, batch
+
+
+def _make_rnn_loss(reverse=False):
+  """Elman RNN over time (`tap.scan`), time-major logits, mean over tokens."""
+
+  @fisher_fast.tapped
+  def loss(params, batch, tap):
+    x_TxBxD = jnp.swapaxes(batch["x"], 0, 1)
+
+    def step(h, x_BxD):
+      z = tap.dense("in", x_BxD, params["wx"], params["b"])
+      h = jnp.tanh(z + tap.dense("rec", h, params["wh"]))
+      return h, h
+
+    h0 = jnp.broadcast_to(params["h0"], (x_TxBxD.shape[1], 6))
+    _, h_TxBxH = tap.scan("time", step, h0, x_TxBxD, reverse=reverse)
+    logits = tap.dense("out", h_TxBxH, params["wo"], batch_axis=1)
+    return _xent(jnp.swapaxes(logits, 0, 1), batch["y"])
+
+  return loss
+
+
+V, H, N, T, B = 40, 8, 3, 4, 4
+
+
+def _enas_setup(seed=0, **kwargs):
+  base = dict(
+    vocab_size=V, hidden_size=H, num_nodes=N, init_range=0.5, clip_norm=1.5
+  )
+  model = enas_rnn.SharedRNN(**{**base, **kwargs})
+  k = jax.random.split(jax.random.key(seed), 5)
+  variables = enas_rnn.init_variables(model, key=k[0])
+  variables["batch_stats"] = {
+    "batch_norm": {
+      "mean": 0.1 * jax.random.normal(k[1], (H,)),
+      "var": jax.random.uniform(k[2], (H,), minval=0.5, maxval=2.0),
+    }
+  }
+  tokens = jax.random.randint(k[3], (B, T + 1), 0, V)
+  batch = {
+    "inputs": tokens[:, :-1],
+    "targets": tokens[:, 1:],
+    "hidden": jax.random.normal(k[4], (B, H)),
+  }
+  return model, variables, batch
+
+
+def _naive(loss_fn, params, batch, chunk_size=None):
+  return fisher.fisher_diagonal(
+    loss_fn, params, batch, chunk_size=chunk_size, method="vmap"
+  )
+
+
+def _fast(loss_fn, params, batch, chunk_size=None):
+  return fisher_fast.per_example_fisher(
+    loss_fn.fn, params, batch, chunk_size=chunk_size
+  )
+
+
+def _assert_close(got, want, rtol):
+  """Leafwise, relative to each leaf's largest entry."""
+  for path, g, w in zip(
+    jax.tree_util.tree_leaves_with_path(got),
+    jax.tree.leaves(got),
+    jax.tree.leaves(want),
+    strict=True,
+  ):
+    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    scale = max(np.max(np.abs(w)), 1e-30)
+    np.testing.assert_allclose(
+      g, w, rtol=rtol, atol=rtol * scale, err_msg=str(path[0])
+    )
+
+
+# Tests ------------------------------------------------------------------------
+
+
+class EqualsVmapTest(parameterized.TestCase):
+  @parameterized.parameters(
+    ("mlp", None), ("mlp", 2), ("rnn", 2), ("rnn_reverse", None)
+  )
+  def test_float64_within_1e6(self, model, chunk_size):
+    with jax.enable_x64(True):
+      if model == "mlp":
+        loss_fn = _mlp_loss
+        params, batch = _mlp_setup(0, jnp.float64)
+      else:
+        loss_fn = _make_rnn_loss(reverse=model == "rnn_reverse")
+        params, batch = _rnn_setup(0, jnp.float64)
+      got = jax.jit(_fast, static_argnums=(0, 3))(
+        loss_fn, params, batch, chunk_size
+      )
+      want = jax.jit(_naive, static_argnums=(0, 3))(
+        loss_fn, params, batch, chunk_size
+      )
+      _assert_close(got, want, rtol=1e-6)
+      chex.assert_trees_all_equal_shapes_and_dtypes(got, want)
+
+  def test_two_model_mlp_forward_is_model_a(self):
+    params, batch = _mlp_setup(1)
+    np.testing.assert_allclose(
+      _mlp_logits(params, batch["x"]),
+      two_models_lib.forward_a(params, batch["x"]),
+      rtol=1e-6,
+    )
+
+  @parameterized.parameters("mlp", "rnn")
+  def test_float32_through_fisher_diagonal(self, model):
+    if model == "mlp":
+      loss_fn, (params, batch) = _mlp_loss, _mlp_setup(2)
+    else:
+      loss_fn, (params, batch) = _make_rnn_loss(), _rnn_setup(2)
+    # method="auto" (the default) takes the tapped path for a TappedLoss.
+    got = jax.jit(lambda p, b: fisher.fisher_diagonal(loss_fn, p, b))(
+      params, batch
+    )
+    want = jax.jit(lambda p, b: _naive(loss_fn, p, b))(params, batch)
+    _assert_close(got, want, rtol=1e-5)
+
+
+class EnasTest(parameterized.TestCase):
+  @parameterized.parameters(("last", True), ("leaf_mean", False))
+  def test_forward_equals_model(self, source, batch_norm):
+    model, variables, batch = _enas_setup(
+      hidden_source=source, use_batch_norm=batch_norm
+    )
+    arch = ss.from_string("tanh|0:identity|1:sigmoid")
+    args = (batch["inputs"].T, batch["hidden"], arch)
+    want = jax.jit(model.apply)(variables, *args)
+    got = jax.jit(
+      lambda v, x, h, a: fisher_fast.enas_forward(model, v, a, x, h)
+    )(variables, *args)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+  def test_edge_fisher_equals_estimate_fisher(self):
+    """Chunked, and one trace serves every architecture."""
+    model, variables, batch = _enas_setup(seed=1)
+
+    def loss_fn(params, b, arch):
+      v = {"params": params, "batch_stats": variables["batch_stats"]}
+      return enas_rnn.eval_loss(
+        model, v, arch, b["inputs"].T, b["targets"].T, b["hidden"]
+      )[0]
+
+    @jax.jit
+    def naive(p, b, arch):
+      return wpl.estimate_fisher(
+        lambda q, c: loss_fn(q, c, arch),
+        p,
+        arch,
+        b,
+        estimator="per_example",
+      )
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def fast(v, b, arch):
+      return fisher_fast.enas_edge_fisher(model, v, arch, b, chunk_size=2)
+
+    for cell in (
+      "relu|0:sigmoid|1:tanh",
+      "identity|0:relu|0:tanh",
+    ):
+      arch = ss.from_string(cell)
+      got = fast(variables, batch, arch)
+      _assert_close(got, naive(variables["params"], batch, arch), rtol=2e-6)
+      unused = ~ss.edge_mask(arch)
+      np.testing.assert_array_equal(got["edge_h"][unused], 0.0)
+
+
+class FallbackTest(parameterized.TestCase):
+  def _setup(self):
+    rng = np.random.default_rng(3)
+    params = {
+      "emb": _normal(rng, (7, 5), 1.0, jnp.float32),  # gather and tied out
+      "w": _normal(rng, (5, 5), 0.5, jnp.float32),  # tapped only
+      "scale": _normal(rng, (5,), 1.0, jnp.float32),  # elementwise
+      "v": _normal(rng, (5, 5), 0.5, jnp.float32),  # tapped AND used raw
+      "u": _normal(rng, (5, 5), 0.5, jnp.float32),  # used transposed
+      "unused": _normal(rng, (3,), 1.0, jnp.float32),
+    }
+    batch = {
+      "ids": jnp.asarray(rng.integers(0, 7, (6, 3)), jnp.int32),
+      "y": jnp.asarray(rng.integers(0, 7, (6,)), jnp.int32),
+    }
+
+    @fisher_fast.tapped
+    def loss(p, b, tap):
+      x = p["emb"][b["ids"]]  # [B, S, D]
+      h = jnp.tanh(tap.dense("w", x, p["w"]) * p["scale"][None, None])
+      h = tap.dense("v", h, p["v"]) + jnp.einsum("bsd,de->bse", h, p["v"])
+      h = tap.dense("u", jnp.mean(h, axis=1), p["u"].T)
+      return _xent(tap.dense("out", h, p["emb"].T), b["y"])
+
+    return loss, params, batch
+
+  def test_plan(self):
+    loss, params, batch = self._setup()
+    self.assertEqual(
+      fisher_fast.plan(loss.fn, params, batch),
+      {
+        "emb": "vmap",
+        "w": "tap",
+        "scale": "vmap",
+        "v": "vmap",
+        "u": "vmap",
+        "unused": "unused",
+      },
+    )
+
+  def test_mixed_equals_vmap(self):
+    loss, params, batch = self._setup()
+    chunk_size = 4
+    got = jax.jit(lambda p, b: _fast(loss, p, b, chunk_size))(params, batch)
+    want = jax.jit(lambda p, b: _naive(loss, p, b, chunk_size))(params, batch)
+    _assert_close(got, want, rtol=1e-5)
+    np.testing.assert_array_equal(got["unused"], 0.0)
+
+
+class ProtocolTest(parameterized.TestCase):
+  def test_weight_shared_by_sites_and_nested_scans(self):
+    """One weight at several sites and in a scan within a scan: summed."""
+    rng = np.random.default_rng(4)
+    params = {
+      "w": _normal(rng, (3, 3), 0.6, jnp.float32),
+      "c": _normal(rng, (3, 2), 0.6, jnp.float32),
+      "d": _normal(rng, (3, 1), 0.6, jnp.float32),
+    }
+    batch = {"x": _normal(rng, (4, 2, 3, 3), 1.0, jnp.float32)}
+
+    @fisher_fast.tapped
+    def loss(p, b, tap):
+      x = jnp.moveaxis(b["x"], 0, 2)  # [outer, inner, B, D]
+
+      def outer(h, x_o):
+        def inner(g, x_i):
+          return jnp.tanh(tap.dense("wi", x_i + g, p["w"])), None
+
+        h, _ = tap.scan("inner", inner, h, x_o)
+        return h, None
+
+      h0 = jnp.tanh(tap.dense("w0", b["x"][:, 0, 0], p["w"]))
+      h, _ = tap.scan("outer", outer, h0, x)
+      # A weight and another in one matmul (concatenated outputs).
+      z = tap.dense("cd", h, (p["c"], p["d"]))
+      return jnp.mean(jnp.sum(z**2, axis=1))
+
+    self.assertEqual(
+      fisher_fast.plan(loss.fn, params, batch),
+      {"w": "tap", "c": "tap", "d": "tap"},
+    )
+    got = jax.jit(lambda p, b: _fast(loss, p, b, 3))(params, batch)
+    want = jax.jit(lambda p, b: _naive(loss, p, b))(params, batch)
+    _assert_close(got, want, rtol=1e-5)
+
+  def test_plain_tap_is_the_plain_loss(self):
+    params, batch = _mlp_setup(0)
+    self.assertEqual(
+      float(_mlp_loss(params, batch)),
+      float(_mlp_loss(params, batch, fisher_fast.PLAIN)),
+    )
+    self.assertIn("_mlp_loss", _mlp_loss.__name__)
+
+  def test_auto_keeps_plain_losses_on_vmap(self):
+    params, batch = _mlp_setup(0)
+    plain = lambda p, b: _mlp_loss(p, b)
+    got = fisher.fisher_diagonal(plain, params, batch)
+    want = _naive(_mlp_loss, params, batch)
+    chex.assert_trees_all_close(got, want)
+    with self.assertRaisesRegex(ValueError, "needs a tap-aware loss_fn"):
+      fisher.fisher_diagonal(plain, params, batch, method="taps")
+    with self.assertRaisesRegex(ValueError, "unknown method"):
+      fisher.fisher_diagonal(plain, params, batch, method="fast")
+
+  def test_no_retrace(self):
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def f(p, b):
+      return fisher.fisher_diagonal(_mlp_loss, p, b)
+
+    for seed in range(3):
+      f(*_mlp_setup(seed))
+
+  def test_errors(self):
+    params, batch = _mlp_setup(0)
+
+    def twice(p, b, tap):
+      h = tap.dense("same", b["x"], p["a_0"]["kernel"])
+      return jnp.mean(tap.dense("same", h, p["a_1"]["kernel"]))
+
+    def bad_shape(p, b, tap):
+      return jnp.mean(tap.dense("w", b["x"], p["a_1"]["kernel"]))
+
+    def last_axis(p, b, tap):
+      return jnp.mean(tap.dense("w", b["x"], p["a_0"]["kernel"], batch_axis=1))
+
+    for fn, msg in [
+      (twice, "used twice"),
+      (bad_shape, "does not map inputs"),
+      (last_axis, "must index a leading axis"),
+    ]:
+      with self.assertRaisesRegex(ValueError, msg):
+        fisher_fast.per_example_fisher(fn, params, batch)
+
+  def test_example_axis_mismatch(self):
+    params, batch = _mlp_setup(0)
+
+    def loss(p, b, tap):
+      x = jnp.concatenate([b["x"], b["x"]])  # 2B rows: not one per example
+      return jnp.mean(tap.dense("w", x, p["a_0"]["kernel"]))
+
+    with self.assertRaisesRegex(ValueError, "the batch has 6 examples"):
+      fisher_fast.per_example_fisher(loss, params, batch)
+
+
+if __name__ == "__main__":
+  absltest.main()
