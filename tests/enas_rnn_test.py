@@ -1,0 +1,278 @@
+"""Tests for wpl_jax.models.enas_rnn: the shared ENAS RNN child forward."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest, parameterized
+from flax import errors as flax_errors
+
+from wpl_jax.enas import search_space as ss
+from wpl_jax.models import enas_rnn
+
+V, H, N, T, B = 50, 8, 4, 5, 4
+_CELLS = (
+  "tanh|0:relu|0:identity|1:sigmoid",
+  "relu|0:sigmoid|1:tanh|2:identity",
+  "identity|0:identity|0:relu|0:tanh",
+  "sigmoid|0:tanh|1:relu|1:relu",
+)
+
+
+def _model(**kwargs):
+  # A wide init and a small clip make the test see non-linear activations
+  # and active clipping; no dropout unless asked.
+  base = dict(
+    vocab_size=V,
+    hidden_size=H,
+    num_nodes=N,
+    init_range=0.5,
+    clip_norm=1.0,
+    dropout_output=0.0,
+    dropout_input=0.0,
+    dropout_embed=0.0,
+    dropconnect=0.0,
+  )
+  base.update(kwargs)
+  return enas_rnn.SharedRNN(**base)
+
+
+@functools.cache
+def _setup(seed=0):
+  """Variables (with non-trivial running stats), inputs, targets, hidden."""
+
+  @jax.jit
+  def make(key):
+    k_init, k_tok, k_h, k_mu, k_var = jax.random.split(key, 5)
+    variables = enas_rnn.init_variables(_model(), key=k_init)
+    # Non-trivial running statistics, so eval mode really uses them.
+    variables["batch_stats"] = {
+      "batch_norm": {
+        "mean": 0.1 * jax.random.normal(k_mu, (H,)),
+        "var": jax.random.uniform(k_var, (H,), minval=0.5, maxval=2.0),
+      }
+    }
+    tokens = jax.random.randint(k_tok, (T + 1, B), 0, V)
+    hidden = 2.0 * jax.random.normal(k_h, (B, H))
+    return variables, tokens[:-1], tokens[1:], hidden
+
+  # Parameter shapes do not depend on dropout rates or hidden_source, so
+  # every test model can share these variables.
+  return make(jax.random.key(seed))
+
+
+def _np_forward(variables, tokens, hidden, cell, *, train, source="last"):
+  """Independent float64 NumPy ENAS cell, node by node (REFERENCE.md §4)."""
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), variables["params"])
+  st = jax.tree.map(
+    lambda x: np.asarray(x, np.float64), variables["batch_stats"]
+  )
+  mean_r, var_r = st["batch_norm"]["mean"], st["batch_norm"]["var"]
+  n0, bn = p["node0"], p["batch_norm"]
+  acts = [a for a in cell.split("|")]
+  act_names = [acts[0]] + [a.split(":")[1] for a in acts[1:]]
+  parents = [None] + [int(a.split(":")[0]) for a in acts[1:]]
+  funcs = {
+    "tanh": np.tanh,
+    "relu": lambda z: np.maximum(z, 0.0),
+    "identity": lambda z: z,
+    "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+  }
+  sig = funcs["sigmoid"]
+  # Edge (i -> j) is the k-th pair when listed child by child.
+  edge, k = {}, 0
+  for j in range(1, N):
+    for i in range(j):
+      edge[(i, j)], k = k, k + 1
+  h_prev = np.asarray(hidden, np.float64)
+  outs, clipped = [], 0
+  for t in range(tokens.shape[0]):
+    x = p["embedding"][np.asarray(tokens[t])]
+    c = sig(x @ n0["w_xc"] + n0["b_xc"] + h_prev @ n0["w_hc"])
+    f = funcs[act_names[0]]
+    h = {0: c * f(x @ n0["w_xh"] + n0["b_xh"] + h_prev @ n0["w_hh"])}
+    h[0] = h[0] + (1 - c) * h_prev
+    for j in range(1, N):
+      i = parents[j]
+      e = edge[(i, j)]
+      c = sig(h[i] @ p["cell"]["edge_c"][e])
+      f = funcs[act_names[j]]
+      h[j] = c * f(h[i] @ p["cell"]["edge_h"][e]) + (1 - c) * h[i]
+    leaves = [h[j] for j in range(N) if j not in parents[1:]]
+    out = np.mean(leaves, axis=0)
+    if train:
+      mu, var = out.mean(0), out.var(0)
+      mean_r = 0.9 * mean_r + 0.1 * mu
+      var_r = 0.9 * var_r + 0.1 * var * B / (B - 1)
+    else:
+      mu, var = mean_r, var_r
+    y = (out - mu) / np.sqrt(var + 1e-5) * bn["scale"] + bn["bias"]
+    outs.append(y)
+    new_h = h[N - 1] if source == "last" else out
+    norms = np.linalg.norm(new_h, axis=1, keepdims=True)
+    clipped += int(np.sum(norms > 1.0))
+    h_prev = np.where(norms > 1.0, new_h / norms, new_h)
+  logits = np.stack(outs) @ p["embedding"].T + p["decoder_bias"]
+  return logits, h_prev, (mean_r, var_r), clipped
+
+
+@functools.partial(
+  jax.jit, static_argnums=0, static_argnames=("train", "mutable")
+)
+def _apply(model, variables, inputs, hidden, arch, rngs=None, **kwargs):
+  """`model.apply` jitted once per model config (the model is static)."""
+  return model.apply(variables, inputs, hidden, arch, rngs=rngs, **kwargs)
+
+
+class SharedRNNTest(parameterized.TestCase):
+  def test_paper_size_parameter_count(self):
+    self.assertEqual(enas_rnn.paper_size_count(), 146_014_000)
+
+  def test_tiny_param_layout(self):
+    model = _model()
+    shapes = jax.eval_shape(
+      lambda k: enas_rnn.init_variables(model, key=k), jax.random.key(0)
+    )
+    p = shapes["params"]
+    e = ss.num_edges(N)
+    self.assertEqual(p["cell"]["edge_h"].shape, (e, H, H))
+    self.assertEqual(p["cell"]["edge_c"].shape, (e, H, H))
+    want = V * H + V + 4 * H * H + 2 * H + 2 * e * H * H + 2 * H
+    self.assertEqual(enas_rnn.count_params(p), want)
+    self.assertEqual(shapes["batch_stats"]["batch_norm"]["var"].shape, (H,))
+
+  @parameterized.product(cell=_CELLS[:3], source=enas_rnn.HIDDEN_SOURCES)
+  def test_eval_forward_matches_numpy(self, cell, source):
+    variables, inputs, _, hidden = _setup()
+    logits, new_h = _apply(
+      _model(hidden_source=source),
+      variables,
+      inputs,
+      hidden,
+      ss.from_string(cell),
+    )
+    want_logits, want_h, _, clipped = _np_forward(
+      variables, inputs, hidden, cell, train=False, source=source
+    )
+    self.assertGreater(clipped, 0)  # the norm clip was exercised
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new_h, want_h, rtol=1e-4, atol=1e-5)
+
+  def test_train_batch_norm_matches_numpy(self):
+    variables, inputs, _, hidden = _setup()
+    cell = _CELLS[3]
+    (logits, new_h), updates = _apply(
+      _model(),
+      variables,
+      inputs,
+      hidden,
+      ss.from_string(cell),
+      train=True,
+      mutable=("batch_stats",),
+    )
+    want_logits, want_h, (mean_r, var_r), _ = _np_forward(
+      variables, inputs, hidden, cell, train=True
+    )
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new_h, want_h, rtol=1e-4, atol=1e-5)
+    stats = updates["batch_stats"]["batch_norm"]
+    np.testing.assert_allclose(stats["mean"], mean_r, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats["var"], var_r, rtol=1e-4, atol=1e-6)
+
+  def test_one_trace_serves_every_architecture(self):
+    model = _model()
+    variables, inputs, targets, hidden = _setup()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def loss_fn(variables, arch):
+      return enas_rnn.eval_loss(model, variables, arch, inputs, targets, hidden)
+
+    losses = [float(loss_fn(variables, ss.from_string(c))[0]) for c in _CELLS]
+    self.assertLen(set(losses), len(_CELLS))  # really different children
+
+  def test_dropout(self):
+    model = _model(
+      dropout_output=0.4, dropout_input=0.65, dropout_embed=0.1, dropconnect=0.5
+    )
+    variables, inputs, _, hidden = _setup()
+    arch = ss.from_string(_CELLS[0])
+    k1, k2 = jax.random.split(jax.random.key(3))
+    a, b, a2 = (
+      _apply(model, variables, inputs, hidden, arch, {"dropout": k}, train=True)
+      for k in (k1, k2, k1)
+    )
+    np.testing.assert_array_equal(a[0], a2[0])
+    self.assertGreater(float(jnp.max(jnp.abs(a[0] - b[0]))), 1e-3)
+    with self.assertRaises(flax_errors.InvalidRngError):  # no dropout key
+      model.apply(variables, inputs, hidden, arch, train=True)
+
+  def test_gradients_reach_only_the_cell_edges(self):
+    model = _model()
+    variables, inputs, targets, hidden = _setup()
+    arch = ss.from_string(_CELLS[1])
+
+    def loss(params):
+      (logits, _), _ = model.apply(
+        {"params": params, "batch_stats": variables["batch_stats"]},
+        inputs,
+        hidden,
+        arch,
+        train=True,
+        mutable=["batch_stats"],
+      )
+      return enas_rnn.cross_entropy(logits, targets)
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    for g in jax.tree.leaves(grads):
+      self.assertTrue(np.all(np.isfinite(g)))
+    # Only the N-1 edges of the cell get gradient (what WPL relies on).
+    used = np.asarray(ss.edge_mask(arch))
+    for name in ("edge_h", "edge_c"):
+      per_edge = np.abs(np.asarray(grads["cell"][name])).sum(axis=(1, 2))
+      np.testing.assert_array_equal(per_edge > 0, used, err_msg=name)
+
+  def test_validation_perplexity_carries_hidden(self):
+    model = _model()
+    variables, _, _, hidden = _setup()
+    arch = ss.from_string(_CELLS[2])
+    toks = np.random.default_rng(0).integers(0, V, (3, T + 1, B), np.int32)
+    inputs, targets = toks[:, :-1], toks[:, 1:]
+    ppl = jax.jit(
+      lambda v: enas_rnn.validation_perplexity(
+        model, v, arch, inputs, targets, hidden
+      )
+    )(variables)
+    h, losses = hidden, []
+    for i in range(3):
+      logits, h = _apply(model, variables, inputs[i], h, arch)
+      lp = jax.nn.log_softmax(np.asarray(logits, np.float64))
+      losses.append(-np.take_along_axis(lp, targets[i][..., None], -1).mean())
+    np.testing.assert_allclose(ppl, np.exp(np.mean(losses)), rtol=1e-5)
+
+  def test_cross_entropy(self):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(T, B, V)).astype(np.float32)
+    targets = rng.integers(0, V, (T, B), np.int32)
+    z = logits - logits.max(-1, keepdims=True)
+    lp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    want = -np.mean(np.take_along_axis(lp, targets[..., None], -1))
+    got = jax.jit(enas_rnn.cross_entropy)(logits, targets)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    with self.assertRaisesRegex(ValueError, "do not match"):
+      enas_rnn.cross_entropy(logits, targets[:, :2])
+
+  def test_shape_errors(self):
+    model = _model()
+    variables, inputs, _, hidden = _setup()
+    arch = ss.from_string(_CELLS[0])
+    with self.assertRaisesRegex(ValueError, "hidden"):
+      model.apply(variables, inputs, hidden[:2], arch)
+    with self.assertRaisesRegex(ValueError, "arch"):
+      model.apply(variables, inputs, hidden, ss.stack([arch, arch]))
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,438 @@
+"""ENAS shared RNN (the supernet): one compiled child forward for every cell."""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from wpl_jax.enas import search_space
+from wpl_jax.enas.search_space import Arch
+from wpl_jax.types import Array, PRNGKey, PyTree
+
+# Where the hidden state passed to the next time step comes from.
+HIDDEN_SOURCES = ("last", "leaf_mean")
+
+
+def _uniform(scale: float):
+  """Initializer drawing U(-scale, scale), as the reference's reset does."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+
+  return init
+
+
+def _activate(act_id: Array, z: Array) -> Array:
+  """Applies ACTIVATIONS[act_id] (a traced int32 scalar) elementwise.
+
+  All four are computed and one is selected, so no branch depends on the
+  architecture (and `vmap` over architectures needs no rewrite).
+  """
+  return jnp.where(
+    act_id == 0,
+    jnp.tanh(z),
+    jnp.where(
+      act_id == 1,
+      jax.nn.relu(z),
+      jnp.where(act_id == 2, z, jax.nn.sigmoid(z)),
+    ),
+  )
+
+
+def _highway(z_Bx2H: Array, h_in_BxH: Array, act_id: Array) -> Array:
+  """ENAS node update: c = σ(z_c), h = c·f(z_h) + (1 − c)·h_in (REF §4)."""
+  hidden = h_in_BxH.shape[-1]
+  c = jax.nn.sigmoid(z_Bx2H[:, :hidden])
+  return c * _activate(act_id, z_Bx2H[:, hidden:]) + (1.0 - c) * h_in_BxH
+
+
+class _Node0(nn.Module):
+  """Node 0's weights: W_xc, W_xh (with biases), W_hc, W_hh (no bias)."""
+
+  hidden_size: int
+  init_range: float
+
+  @nn.compact
+  def __call__(self) -> dict[str, Array]:
+    init, h = _uniform(self.init_range), self.hidden_size
+    # The reference keeps one bias for each pair (W_xc, W_hc), (W_xh, W_hh)
+    # since the two products are always summed.
+    shapes = {
+      "w_xc": (h, h),
+      "b_xc": (h,),
+      "w_xh": (h, h),
+      "b_xh": (h,),
+      "w_hc": (h, h),
+      "w_hh": (h, h),
+    }
+    return {name: self.param(name, init, s) for name, s in shapes.items()}
+
+
+class _Cell(nn.Module):
+  """Stacked per-edge matrices W^h[e], W^c[e]: [E, H, H], no bias (REF §4)."""
+
+  num_nodes: int
+  hidden_size: int
+  init_range: float
+
+  @nn.compact
+  def __call__(self) -> tuple[Array, Array]:
+    shape = (
+      search_space.num_edges(self.num_nodes),
+      self.hidden_size,
+      self.hidden_size,
+    )
+    init = _uniform(self.init_range)
+    return self.param("edge_h", init, shape), self.param("edge_c", init, shape)
+
+
+class _BatchNorm(nn.Module):
+  """Batch-norm scale/bias and running statistics of the cell output."""
+
+  features: int
+  init_range: float
+
+  def setup(self):
+    # The reference re-initialises every parameter U(±init_range), the
+    # batch-norm scale and bias included.
+    init = _uniform(self.init_range)
+    self.scale = self.param("scale", init, (self.features,))
+    self.bias = self.param("bias", init, (self.features,))
+    self.mean = self.variable("batch_stats", "mean", jnp.zeros, self.features)
+    self.var = self.variable("batch_stats", "var", jnp.ones, self.features)
+
+  def __call__(self) -> tuple[Array, Array, Array, Array]:
+    return self.scale, self.bias, self.mean.value, self.var.value
+
+  def update(self, mean: Array, var: Array) -> None:
+    if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+      self.mean.value = mean
+      self.var.value = var
+
+
+class SharedRNN(nn.Module):
+  """The ENAS shared RNN: tied embedding, node-0 weights, edge matrices.
+
+  `apply(variables, inputs, hidden, arch, train=..., rngs=..., mutable=...)`
+  runs the child network `arch` over a time-major batch. The architecture
+  is data: one compiled forward serves every `Arch` (REFERENCE.md §4).
+
+  Variables:
+    params:
+      embedding [V, H]   tied input embedding and decoder weight
+      decoder_bias [V]
+      node0/{w_xc, b_xc, w_xh, b_xh, w_hc, w_hh}   [H, H] and [H]
+      cell/edge_h, cell/edge_c [E, H, H]   edge e = `edge_index(i, j)`,
+                                           used as h_i @ W[e] (no bias)
+      batch_norm/{scale, bias} [H]
+    batch_stats:
+      batch_norm/{mean, var} [H]
+  With V = 10000, H = 1000, N = 12 this is 146,014,000 parameters.
+
+  Reference behaviours kept (REFERENCE.md §4), named here once:
+  * Batch-norm runs per time step on the [B, H] cell output (the reference
+    calls BatchNorm1d inside the time loop): training normalises with the
+    biased batch variance and moves the running stats once per step with
+    `bn_momentum` (PyTorch convention, unbiased variance); eval uses the
+    running stats. Stats are written only when "batch_stats" is mutable.
+  * `hidden_source="last"`: the next hidden state is h of node N-1, not the
+    cell output ("leaf_mean" passes the pre-norm mean of the leaves).
+  * The hidden state is rescaled to norm <= `clip_norm` per example, with
+    the scale factor treated as a constant in the backward pass.
+  * DropConnect masks on W_hc and W_hh and the locked input/output dropout
+    masks are drawn once per call and shared over time steps; embedding
+    dropout drops whole words (rows of the table) for the input lookup
+    only, not for the tied decoder.
+
+  Attributes:
+    vocab_size: V.
+    hidden_size: H (embedding size = hidden size, required by the tying).
+    num_nodes: N, nodes per cell; E = N(N-1)/2 edges.
+    dropout_output: locked dropout on cell outputs before the decoder.
+    dropout_input: locked dropout on the embedded inputs.
+    dropout_embed: word-level dropout on embedding rows.
+    dropconnect: DropConnect rate on W_hc and W_hh.
+    clip_norm: per-example max L2 norm of the carried hidden state.
+    init_range: every parameter ~ U(±init_range), decoder bias 0.
+    hidden_source: "last" (reference) or "leaf_mean".
+    use_batch_norm: normalise the cell output (the reference search does).
+    bn_momentum: weight of the new batch statistics in the running ones.
+    bn_epsilon: variance epsilon.
+    node_unroll: `unroll` of the scan over nodes 1..N-1 inside a time step;
+      1 keeps compile time flat in N (~0.5 s on CPU), True unrolls fully
+      (longer compile; may run faster on accelerators).
+  """
+
+  vocab_size: int
+  hidden_size: int
+  num_nodes: int
+  dropout_output: float = 0.4
+  dropout_input: float = 0.65
+  dropout_embed: float = 0.1
+  dropconnect: float = 0.5
+  clip_norm: float = 25.0
+  init_range: float = 0.025
+  hidden_source: str = "last"
+  use_batch_norm: bool = True
+  bn_momentum: float = 0.1
+  bn_epsilon: float = 1e-5
+  node_unroll: int | bool = 1
+
+  def _dropout_masks(self, train: bool, batch: int) -> dict:
+    """Scaled keep-masks (None when off) from one draw of the dropout rng."""
+    h, v = self.hidden_size, self.vocab_size
+    specs = {
+      "embed": (self.dropout_embed, (v,)),
+      "input": (self.dropout_input, (batch, h)),
+      "w_hc": (self.dropconnect, (h, h)),
+      "w_hh": (self.dropconnect, (h, h)),
+      "output": (self.dropout_output, (batch, h)),
+    }
+    masks = dict.fromkeys(specs)
+    active = [k for k, (rate, _) in specs.items() if train and rate > 0]
+    if not active:
+      return masks
+    # One uniform draw split five ways compiles much faster on CPU than five
+    # separate `bernoulli` calls; the masks are still independent.
+    sizes = [math.prod(specs[k][1]) for k in active]
+    u = jax.random.uniform(self.make_rng("dropout"), (sum(sizes),))
+    offsets = np.cumsum([0] + sizes)
+    for i, k in enumerate(active):
+      rate, shape = specs[k]
+      keep = 1.0 - rate
+      u_k = u[offsets[i] : offsets[i + 1]].reshape(shape)
+      masks[k] = (u_k < keep).astype(jnp.float32) / keep
+    return masks
+
+  @nn.compact
+  def __call__(
+    self,
+    inputs_TxB: Array,
+    hidden_BxH: Array,
+    arch: Arch,
+    *,
+    train: bool = False,
+  ) -> tuple[Array, Array]:
+    """Runs the child `arch` over a time-major batch of tokens.
+
+    Args:
+      inputs_TxB: int32[T, B] token ids.
+      hidden_BxH: float32[B, H] hidden state from the previous batch (zeros
+        at the start); the caller stops its gradient between batches.
+      arch: one `Arch` with int32[N] fields (`vmap` for several).
+      train: dropout on and batch statistics in the batch-norm. Needs
+        `rngs={"dropout": key}` when any dropout rate is non-zero.
+
+    Returns:
+      `(logits, new_hidden)`: float32[T, B, V] next-token logits and the
+      float32[B, H] hidden state after the last step.
+    """
+    n, h, v = self.num_nodes, self.hidden_size, self.vocab_size
+    if inputs_TxB.ndim != 2:
+      raise ValueError(f"inputs must be [T, B] tokens, got {inputs_TxB.shape}")
+    t_len, batch = inputs_TxB.shape
+    if hidden_BxH.shape != (batch, h):
+      raise ValueError(f"hidden must be {(batch, h)}, got {hidden_BxH.shape}")
+    if arch.activations.shape != (n,) or arch.parents.shape != (n,):
+      raise ValueError(
+        f"arch must have [{n}] fields (vmap over batches), got "
+        f"{arch.activations.shape} and {arch.parents.shape}"
+      )
+    if self.hidden_source not in HIDDEN_SOURCES:
+      raise ValueError(f"hidden_source must be one of {HIDDEN_SOURCES}")
+    del t_len
+
+    embedding = self.param("embedding", _uniform(self.init_range), (v, h))
+    decoder_bias = self.param("decoder_bias", nn.initializers.zeros, (v,))
+    w0 = _Node0(h, self.init_range, name="node0")()
+    edge_h, edge_c = _Cell(n, h, self.init_range, name="cell")()
+    if self.use_batch_norm:
+      bn = _BatchNorm(h, self.init_range, name="batch_norm")
+      bn_scale, bn_bias, run_mean, run_var = bn()
+    else:  # Placeholders threaded through the scan unchanged.
+      bn_scale = bn_bias = run_mean = run_var = jnp.zeros((h,), jnp.float32)
+
+    masks = self._dropout_masks(train, batch)
+    # Embedding dropout drops whole words: one keep flag per vocabulary row.
+    x_TxBxH = embedding[inputs_TxB]
+    row_mask = masks["embed"]
+    if row_mask is not None:
+      x_TxBxH = x_TxBxH * row_mask[inputs_TxB][..., None]
+    in_mask = masks["input"]  # locked: the same mask at every step
+    if in_mask is not None:
+      x_TxBxH = x_TxBxH * in_mask[None]
+
+    w_hc, w_hh = w0["w_hc"], w0["w_hh"]
+    hc_mask, hh_mask = masks["w_hc"], masks["w_hh"]
+    if hc_mask is not None:
+      w_hc = w_hc * hc_mask
+    if hh_mask is not None:
+      w_hh = w_hh * hh_mask
+
+    # Input projections for all steps at once; [.., :H] is the gate c,
+    # [.., H:] the candidate, for node 0 and every edge alike.
+    w_x = jnp.concatenate([w0["w_xc"], w0["w_xh"]], axis=1)
+    b_x = jnp.concatenate([w0["b_xc"], w0["b_xh"]])
+    xz_TxBx2H = jnp.einsum("tbh,hk->tbk", x_TxBxH, w_x) + b_x[None, None]
+    w_h0 = jnp.concatenate([w_hc, w_hh], axis=1)
+    ids = search_space.edge_ids(arch)
+    w_edges = jnp.concatenate([edge_c[ids], edge_h[ids]], axis=2)  # [N-1,H,2H]
+
+    acts, parents = arch.activations, arch.parents
+    leaf = search_space.leaf_mask(arch).astype(jnp.float32)
+    leaf_w = leaf / jnp.sum(leaf)
+    momentum, eps = self.bn_momentum, self.bn_epsilon
+    unbiased = batch / max(batch - 1, 1)
+
+    def node_step(nodes_NxBxH, xs):
+      # Node j reads node parents[j] through edge (parents[j] -> j).
+      j, w_Hx2H, act, parent = xs
+      h_in = jax.lax.dynamic_index_in_dim(nodes_NxBxH, parent, keepdims=False)
+      h_j = _highway(h_in @ w_Hx2H, h_in, act)
+      return jax.lax.dynamic_update_index_in_dim(nodes_NxBxH, h_j, j, 0), None
+
+    def step(carry, xz_Bx2H):
+      h_prev, mean, var = carry
+      # Node 0 reads x_t and h_{t-1} (REFERENCE.md §4).
+      z = xz_Bx2H + h_prev @ w_h0
+      nodes = jnp.zeros((n, batch, h), h_prev.dtype)
+      nodes = nodes.at[0].set(_highway(z, h_prev, acts[0]))
+      nodes, _ = jax.lax.scan(
+        node_step,
+        nodes,
+        (jnp.arange(1, n), w_edges, acts[1:], parents[1:]),
+        unroll=self.node_unroll,
+      )
+      leaf_mean = jnp.sum(nodes * leaf_w[:, None, None], axis=0)
+      out = leaf_mean
+      if self.use_batch_norm:
+        if train:
+          mu, sig2 = jnp.mean(out, axis=0), jnp.var(out, axis=0)
+          mean = (1 - momentum) * mean + momentum * mu
+          var = (1 - momentum) * var + momentum * sig2 * unbiased
+        else:
+          mu, sig2 = mean, var
+        out = (out - mu[None]) * jax.lax.rsqrt(sig2[None] + eps)
+        out = out * bn_scale[None] + bn_bias[None]
+      new_h = nodes[n - 1] if self.hidden_source == "last" else leaf_mean
+      # Per-example norm clip; the factor is a constant for autodiff.
+      norm = jnp.linalg.norm(new_h, axis=-1, keepdims=True)
+      factor = jnp.where(
+        norm > self.clip_norm, self.clip_norm / jnp.maximum(norm, 1e-12), 1.0
+      )
+      new_h = new_h * jax.lax.stop_gradient(factor)
+      return (new_h, mean, var), out
+
+    (new_hidden, run_mean, run_var), out_TxBxH = jax.lax.scan(
+      step, (hidden_BxH, run_mean, run_var), xz_TxBx2H
+    )
+    if train and self.use_batch_norm:
+      bn.update(run_mean, run_var)
+
+    out_mask = masks["output"]  # locked output dropout
+    if out_mask is not None:
+      out_TxBxH = out_TxBxH * out_mask[None]
+    logits = jnp.einsum("tbh,vh->tbv", out_TxBxH, embedding)
+    return logits + decoder_bias[None, None], new_hidden
+
+
+def init_variables(model: SharedRNN, *, key: PRNGKey) -> PyTree:
+  """Initialises `{"params", "batch_stats"}` of `model` (no data needed).
+
+  Args:
+    model: the module.
+    key: PRNG key for parameter initialisation.
+
+  Returns:
+    The variables dict; its shapes do not depend on T, B or the cell.
+  """
+  n = model.num_nodes
+  arch = Arch(
+    activations=jnp.zeros((n,), jnp.int32),
+    parents=jnp.arange(-1, n - 1, dtype=jnp.int32),
+  )
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  hidden = jnp.zeros((1, model.hidden_size), jnp.float32)
+  return model.init({"params": key}, tokens, hidden, arch, train=False)
+
+
+def count_params(tree: PyTree) -> int:
+  """Total number of scalars in `tree` (arrays or `jax.ShapeDtypeStruct`)."""
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def cross_entropy(logits_TxBxV: Array, targets_TxB: Array) -> Array:
+  """Mean next-token cross-entropy (nats) over all T·B tokens: a scalar."""
+  if logits_TxBxV.shape[:-1] != targets_TxB.shape:
+    raise ValueError(
+      f"logits {logits_TxBxV.shape} do not match targets {targets_TxB.shape}"
+    )
+  return jnp.mean(
+    optax.softmax_cross_entropy_with_integer_labels(logits_TxBxV, targets_TxB)
+  )
+
+
+def eval_loss(
+  model: SharedRNN,
+  variables: PyTree,
+  arch: Arch,
+  inputs_TxB: Array,
+  targets_TxB: Array,
+  hidden_BxH: Array,
+) -> tuple[Array, Array]:
+  """Eval-mode mean token loss of one child on one batch.
+
+  Dropout off, running batch-norm statistics, nothing mutated.
+
+  Returns:
+    `(loss, new_hidden)`: the scalar mean cross-entropy over T·B tokens and
+    the float32[B, H] hidden state to carry to the next batch.
+  """
+  logits, new_hidden = model.apply(
+    variables, inputs_TxB, hidden_BxH, arch, train=False
+  )
+  return cross_entropy(logits, targets_TxB), new_hidden
+
+
+def validation_perplexity(
+  model: SharedRNN,
+  variables: PyTree,
+  arch: Arch,
+  inputs_NxTxB: Array,
+  targets_NxTxB: Array,
+  hidden_BxH: Array,
+) -> Array:
+  """Eval-mode perplexity of one child over consecutive batches.
+
+  The hidden state is carried from batch to batch (`lax.scan`), and every
+  token counts once: exp of the mean cross-entropy over all N·T·B tokens
+  (unlike the reference's `evaluate()`, REFERENCE.md §4 "known faults").
+
+  Args:
+    model, variables: the shared model and its variables.
+    arch: one `Arch`.
+    inputs_NxTxB, targets_NxTxB: int32[N, T, B] consecutive batches.
+    hidden_BxH: float32[B, H] initial hidden state.
+
+  Returns:
+    A float32 scalar perplexity.
+  """
+
+  def body(hidden, batch):
+    loss, hidden = eval_loss(model, variables, arch, *batch, hidden)
+    return hidden, loss
+
+  _, losses = jax.lax.scan(body, hidden_BxH, (inputs_NxTxB, targets_NxTxB))
+  return jnp.exp(jnp.mean(losses))
+
+
+def paper_size_count() -> int:
+  """Parameter count at V=10000, H=1000, N=12 via `jax.eval_shape`."""
+  model = SharedRNN(vocab_size=10000, hidden_size=1000, num_nodes=12)
+  shapes = jax.eval_shape(
+    lambda k: init_variables(model, key=k), jax.random.key(0)
+  )
+  return count_params(shapes["params"])
