@@ -185,7 +185,7 @@ def search(
     pos = [int(p) for p in np.asarray(state["pos"])]
     ep_key = jax.random.fold_in(key, epoch)
     archs, err1, losses = [], [], []
-    tokens, t_train = 0, 0.0
+    tokens, t_train, t_log = 0, 0.0, time.time()
     for a in range(s.archs_per_epoch):
       k_arch = jax.random.fold_in(jax.random.fold_in(ep_key, _SHARED), a)
       k_sample, k_fisher, k_steps = jax.random.split(k_arch, 3)
@@ -233,6 +233,18 @@ def search(
           key=k_fisher,
         )
       archs.append(jax.device_get(arch))
+      if time.time() - t_log > s.get("log_seconds", 10.0):
+        t_log = time.time()
+        logging.info(
+          "epoch %d arch %d/%d %s: loss %.3f err1 %.1f  %.0f tok/s",
+          epoch,
+          a + 1,
+          s.archs_per_epoch,
+          search_space.to_string(arch),
+          float(losses[-1]),
+          err1[-1],
+          tokens / max(t_train, 1e-9),
+        )
     stacked = search_space.stack(archs)
     err2 = _eval_chunked(
       eval_archs,
