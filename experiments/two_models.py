@@ -73,12 +73,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.wpl = ml_collections.ConfigDict()
   c.wpl.alpha = 10.0  # Headline WPL strength (figure, headline table).
-  c.wpl.alphas = (1.0, 10.0, 100.0, 1000.0)  # Sweep, for every estimator.
+  c.wpl.alphas = (1.0, 10.0, 100.0)  # Sweep, for every estimator.
   c.wpl.estimator = "per_example"  # Headline Fisher estimator.
 
   c.l2 = ml_collections.ConfigDict()
   c.l2.strength = 10.0  # Headline uniform-pull strength (F = 1 on shared).
-  c.l2.strengths = (1.0, 10.0, 100.0, 1000.0)  # Its sweep.
+  c.l2.strengths = (1.0, 10.0, 100.0)  # Its sweep.
 
   c.fisher = ml_collections.ConfigDict()
   c.fisher.estimators = ("per_example", "batch_grad_squared", "sampled")
@@ -94,6 +94,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.protocol.a_log_every = 1000
     c.protocol.batch_size = 128
     c.protocol.eval_every = 100
+    # MNIST's forgetting regime for B (measured sweep, two_models_results.md):
+    # sgd 0.01-0.1 and adam 1e-3 leave a converged A intact.
+    c.opt_b.lr = 1e-2
+    c.wpl.alphas = (1.0,)  # With alpha = 10: a 2-point sweep fits 2 CPUs.
+    c.l2.strengths = (1.0,)
   if arg in ("smoke", "smoke_mnist"):
     c.num_seeds = 2
     c.model.width = 32
