@@ -301,16 +301,18 @@ def train_a(config, data, seeds: list[int]) -> dict[str, Params]:
   while rest > 0:
     segments.append(min(rest, p.a_log_every))
     rest -= segments[-1]
-  snapshots, done = {}, 0
+  snapshots, done, chunks = {}, 0, {}
   for n in segments:
-    chunk = jax.jit(
-      jax.vmap(
-        functools.partial(
-          _train_chunk, step_fn=step_fn, num_steps=n, batch_size=p.batch_size
-        ),
-        in_axes=(0, 0, None, None),
+    if n not in chunks:  # One compile per distinct segment length.
+      chunks[n] = jax.jit(
+        jax.vmap(
+          functools.partial(
+            _train_chunk, step_fn=step_fn, num_steps=n, batch_size=p.batch_size
+          ),
+          in_axes=(0, 0, None, None),
+        )
       )
-    )
+    chunk = chunks[n]
     t0 = time.time()
     state, stats = chunk(state, keys, data.x_train, data.y_train)
     acc = np.asarray(accuracy(state.params, data.x_test, data.y_test))
