@@ -8,29 +8,24 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
 # config.experiment -> module exposing train_and_evaluate(config, workdir).
 _EXPERIMENTS = {
   "two_models": "wpl_jax.train.two_models",
   "enas_ptb": "wpl_jax.train.enas_search",
 }
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DEFAULT = os.path.join(_HERE, "experiments", "two_models.py")
 _CONFIG = config_flags.DEFINE_config_file(
-  "config",
-  os.path.join(_HERE, "experiments", "two_models.py"),
-  "Experiment config file, optionally with :arg.",
-  lock_config=True,
+  "config", _DEFAULT, "Config file[:arg].", lock_config=True
 )
-_WORKDIR = flags.DEFINE_string(
-  "workdir",
-  None,
-  "Output folder; must be new or empty. Default: workdir/<experiment>-<time>.",
-)
+_WORKDIR = flags.DEFINE_string("workdir", None, "New or empty output folder.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data_dir.")
 _DOWNLOAD = flags.DEFINE_bool("download", False, "Fetch MNIST into data_dir.")
 
 
-def _fail(message: str) -> None:
+def _fail(error: Exception | str) -> None:
   """Ends the program with one line on stderr and exit status 1."""
+  message = (str(error).splitlines() or [type(error).__name__])[0]
   print(f"error: {message}", file=sys.stderr)
   sys.exit(1)
 
@@ -40,19 +35,15 @@ def _parse(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, ValueError) as e:
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    _fail(e)
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   config = _CONFIG.value
-  from wpl_jax.data import DataError  # noqa: PLC0415 (after flag parsing)
-
-  if config.experiment not in _EXPERIMENTS:
+  if len(argv) > 1 or config.experiment not in _EXPERIMENTS:
     _fail(
-      f"unknown experiment {config.experiment!r}; known: "
-      f"{', '.join(_EXPERIMENTS)}"
+      f"unexpected arguments {argv[1:]} or unknown experiment "
+      f"{config.experiment!r} (known: {', '.join(_EXPERIMENTS)})"
     )
   try:
     module = importlib.import_module(_EXPERIMENTS[config.experiment])
@@ -67,8 +58,8 @@ def main(argv: list[str]) -> None:
     if _DOWNLOAD.value:
       importlib.import_module("wpl_jax.data").download_mnist(config.data_dir)
     module.train_and_evaluate(config, workdir)
-  except (DataError, ValueError, OSError) as e:
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except (ValueError, OSError) as e:  # wpl_jax.data.DataError is a ValueError.
+    _fail(e)
 
 
 if __name__ == "__main__":
