@@ -7,6 +7,7 @@ Variants (the `:arg` string; join several with commas, e.g. `cpu,wpl`):
   smoke   seconds: tiny sizes, 2 epochs, everything on.
   wpl     WPL on, reference mode (REFERENCE.md §2 constants, scaled epochs).
   clean   WPL on, clean mode (EMA Fisher, α only in the loss).
+  bnbatch search evaluations normalise with each child's batch statistics.
 
 Run (from the project root):
   python main.py --config=experiments/enas_ptb.py:cpu \
@@ -62,6 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   se.derive_every = 30  # Derive every D epochs (and at the end).
   se.derive_samples = 100  # Best of M sampled cells.
   se.eval_chunk = 16  # Archs per vmapped evaluation call.
+  # Batch-norm in search evaluations (forgetting, reward, derive): "running"
+  # statistics (reference) or each child's own "batch" statistics.
+  se.eval_bn = "running"
 
   c.controller = ct = ml_collections.ConfigDict()
   ct.hidden = 100
@@ -170,7 +174,12 @@ def _clean(c):
   c.wpl.clip = 0.0
 
 
+def _bnbatch(c):
+  c.search.eval_bn = "batch"
+
+
 _VARIANTS = {
+  "bnbatch": _bnbatch,
   "paper": _paper,
   "cpu": _cpu,
   "smoke": _smoke,

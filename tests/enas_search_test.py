@@ -196,6 +196,34 @@ class ReferenceModeTest(parameterized.TestCase):
       self.assertEqual(norms[e] > 0, e in ids, msg=f"edge {e}")
 
 
+class EvalBatchNormTest(parameterized.TestCase):
+  @parameterized.parameters("running", "batch")
+  def test_eval_archs_matches_single_forward(self, eval_bn):
+    config = _tiny_config()
+    config.search.eval_bn = eval_bn
+    model, steps, state, x, y, h, _ = _setup(config)
+    archs = [
+      search_space.from_string(s)
+      for s in ("tanh|0:relu|0:sigmoid", "sigmoid|0:identity|1:relu")
+    ]
+    got = jax.jit(steps.eval_archs)(
+      state["shared"], search_space.stack(archs), x, y, h
+    )
+    variables = {
+      "params": state["shared"].params,
+      "batch_stats": state["shared"].batch_stats,
+    }
+    for arch, g in zip(archs, got, strict=True):
+      if eval_bn == "running":
+        logits, _ = model.apply(variables, x, h, arch, train=False)
+      else:  # The tiny config has no dropout: train mode = batch stats.
+        (logits, _), _ = model.apply(
+          variables, x, h, arch, train=True, mutable=["batch_stats"]
+        )
+      want = np.exp(float(enas_rnn.cross_entropy(logits, y)))
+      np.testing.assert_allclose(g, want, rtol=1e-5)
+
+
 class CompileOnceTest(absltest.TestCase):
   def test_one_compile_per_step_across_architectures(self):
     config = _tiny_config()

@@ -397,6 +397,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.wpl.mode must be reference or clean: {w.mode!r}")
   if w.estimator not in ("batch_grad_squared", "per_example", "sampled"):
     raise ValueError(f"unknown config.wpl.estimator {w.estimator!r}")
+  if config.search.get("eval_bn", "running") not in ("running", "batch"):
+    raise ValueError("config.search.eval_bn must be 'running' or 'batch'")
   if config.model.num_nodes < 2:
     raise ValueError("config.model.num_nodes must be >= 2")
   if config.search.archs_per_epoch < 1 or config.search.epochs < 0:

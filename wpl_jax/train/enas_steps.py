@@ -253,16 +253,49 @@ class Steps:
     hidden_BxH: Array,
   ) -> Array:
     """Validation perplexities float32[K] of K archs on one batch (vmapped)."""
+    ppl, _ = self._eval_many(shared, archs, inputs_TxB, targets_TxB, hidden_BxH)
+    return ppl
+
+  def _eval_many(self, shared, archs, inputs_TxB, targets_TxB, hidden_BxH):
+    """(perplexity [K], final hidden [K, B, H]) of K archs, one vmapped call.
+
+    `config.search.eval_bn` = "running" (reference): eval mode with the
+    batch-norm's running statistics, which the last trained architecture
+    set. "batch": no dropout, but each child normalised by its own batch
+    statistics, so the score reflects the weights and not a statistics
+    mismatch between architectures.
+    """
     variables = {"params": shared.params, "batch_stats": shared.batch_stats}
-    return sampler.evaluate_architectures(
-      self.model,
-      variables,
-      archs,
-      inputs_TxB,
-      targets_TxB,
-      hidden_BxH,
-      metric="perplexity",
+    if self.config.search.get("eval_bn", "running") == "running":
+      return sampler.evaluate_architectures(
+        self.model,
+        variables,
+        archs,
+        inputs_TxB,
+        targets_TxB,
+        hidden_BxH,
+        metric="perplexity",
+        return_hidden=True,
+      )
+    model = self.model.clone(
+      dropout_output=0.0,
+      dropout_input=0.0,
+      dropout_embed=0.0,
+      dropconnect=0.0,
     )
+
+    def one(arch):
+      (logits, new_hidden), _ = model.apply(
+        variables,
+        inputs_TxB,
+        hidden_BxH,
+        arch,
+        train=True,
+        mutable=["batch_stats"],
+      )
+      return jnp.exp(enas_rnn.cross_entropy(logits, targets_TxB)), new_hidden
+
+    return jax.vmap(one)(archs)
 
   # -- controller -------------------------------------------------------------
 
@@ -296,16 +329,8 @@ class Steps:
       temperature=c.temperature,
       tanh_constant=c.tanh_constant,
     )
-    variables = {"params": shared.params, "batch_stats": shared.batch_stats}
-    ppl, hiddens = sampler.evaluate_architectures(
-      self.model,
-      variables,
-      archs,
-      inputs_TxB,
-      targets_TxB,
-      hidden_BxH,
-      metric="perplexity",
-      return_hidden=True,
+    ppl, hiddens = self._eval_many(
+      shared, archs, inputs_TxB, targets_TxB, hidden_BxH
     )
     reward = c.reward_c / ppl + c.entropy_coef * entropies
     mean_r = jnp.mean(reward)
