@@ -113,7 +113,8 @@ class Controller(nn.Module):
     """Runs `setup` only: `init(..., method="declare")` skips the forward."""
     return self.embedding.shape
 
-  def _shape(self, logits: Array) -> Array:
+  def _squash(self, logits: Array) -> Array:
+    """tanh_constant · tanh(logits / temperature) (REFERENCE.md §4)."""
     logits = logits / self.temperature
     if self.tanh_constant is not None:
       logits = self.tanh_constant * jnp.tanh(logits)
@@ -167,14 +168,14 @@ class Controller(nn.Module):
 
     zeros = jnp.zeros((h,), jnp.float32)
     carry, out = _lstm_step(kernel, bias, (zeros, zeros), zeros)
-    act0_logits = self._shape(out @ self.act_kernel[0] + self.act_bias[0])
+    act0_logits = self._squash(out @ self.act_kernel[0] + self.act_bias[0])
     act0, lp0, ent0 = decide(act0_logits, key0, forced_act0)
 
     def node_step(state, xs):
       carry, inputs = state
       j, keys, forced_j, w_p, b_p, w_a, b_a = xs
       carry, out = _lstm_step(kernel, bias, carry, inputs)
-      p_logits = self._shape(out @ w_p + b_p)
+      p_logits = self._squash(out @ w_p + b_p)
       p_logits = jnp.where(jnp.arange(n - 1) < j, p_logits, -1e9)
       parent, lp_p, ent_p = decide(
         p_logits, None if keys is None else keys[0], forced_j[0]
@@ -182,7 +183,7 @@ class Controller(nn.Module):
       carry, out = _lstm_step(
         kernel, bias, carry, embedding[_NUM_ACTS + parent]
       )
-      a_logits = self._shape(out @ w_a + b_a)
+      a_logits = self._squash(out @ w_a + b_a)
       act, lp_a, ent_a = decide(
         a_logits, None if keys is None else keys[1], forced_j[1]
       )
