@@ -3,8 +3,13 @@
 import os
 import pathlib
 
-import jax
-from absl import flags
+# Tests are dominated by XLA compile time on CPU; the backend's optimization
+# passes roughly double it and buy nothing at test sizes. Set before JAX
+# starts (subprocesses such as main.py smoke runs inherit it).
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_enable_x64", False)
