@@ -359,6 +359,15 @@ class ProtocolTest(parameterized.TestCase):
     for seed in range(3):
       f(*_mlp_setup(seed))
 
+  def test_under_vmap_over_params(self):
+    """Discovery traces inside an outer vmap (e.g. over seeds) too."""
+    setups = [_mlp_setup(seed) for seed in range(2)]
+    params = jax.tree.map(lambda *v: jnp.stack(v), *[p for p, _ in setups])
+    batch = setups[0][1]
+    got = jax.jit(jax.vmap(lambda p: _fast(_mlp_loss, p, batch)))(params)
+    want = jax.vmap(lambda p: _naive(_mlp_loss, p, batch))(params)
+    _assert_close(got, want, rtol=1e-5)
+
   def test_errors(self):
     params, batch = _mlp_setup(0)
 

@@ -1,0 +1,224 @@
+"""Timing, memory and table helpers shared by the benchmark groups."""
+
+import dataclasses
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+
+import jax
+import jax.monitoring
+
+
+@dataclasses.dataclass
+class Case:
+  """One thing to time.
+
+  Attributes:
+    name: row label.
+    fn: for JAX cases the function to jit; otherwise a no-argument callable
+      that runs the work to completion (blocking).
+    args: arguments of `fn` (JAX cases only).
+    jax: whether `fn` is jitted here (compile time is then measured apart).
+    units: work items per call, for a throughput column (e.g. tokens).
+    unit_name: their name ("tokens", "steps", "archs").
+  """
+
+  name: str
+  fn: Callable
+  args: tuple = ()
+  jax: bool = True
+  units: float | None = None
+  unit_name: str = ""
+
+
+@dataclasses.dataclass
+class Row:
+  """One measured case of a group at a size."""
+
+  group: str
+  size: str
+  case: str
+  median_ms: float
+  min_ms: float
+  reps: int
+  calls_per_rep: int = 1
+  compile_s: float | None = None
+  temp_mb: float | None = None
+  ratio: float | None = None
+  baseline: str = ""
+  throughput: str = ""
+  note: str = ""
+
+
+def _block(x):
+  return jax.block_until_ready(x)
+
+
+def measure(
+  group: str,
+  size: str,
+  cases: list[Case],
+  *,
+  reps: int,
+  baseline: str | None = None,
+  slow_s: float = 2.0,
+  min_reps: int = 3,
+  min_time_s: float = 0.05,
+) -> list[Row]:
+  """Compiles, warms up, then times `cases` interleaved; median per case.
+
+  Repetitions run round-robin over the cases so that load from other
+  processes on the machine falls on all of them alike. A case whose warm-up
+  call took more than `slow_s` seconds gets `min_reps` repetitions only; a
+  case faster than `min_time_s` is timed over enough back-to-back calls
+  per repetition to last about that long (the time per call is reported).
+
+  Returns:
+    One `Row` per case; `ratio` is median / the `baseline` case's median.
+  """
+  runners, compile_s, temp_mb, want, inner = {}, {}, {}, {}, {}
+  for c in cases:
+    if c.jax:
+      t0 = time.perf_counter()
+      compiled = jax.jit(c.fn).lower(*c.args).compile()
+      compile_s[c.name] = time.perf_counter() - t0
+      mem = compiled.memory_analysis()
+      if mem is not None:
+        temp_mb[c.name] = mem.temp_size_in_bytes / 2**20
+      runners[c.name] = lambda n, compiled=compiled, c=c: _block(
+        [compiled(*c.args) for _ in range(n)]
+      )
+    else:
+      runners[c.name] = lambda n, c=c: [c.fn() for _ in range(n)]
+    runners[c.name](1)  # warm-up (eager cases: includes first-call setup)
+    t0 = time.perf_counter()
+    runners[c.name](1)
+    first = time.perf_counter() - t0
+    want[c.name] = min_reps if first > slow_s else reps
+    inner[c.name] = max(1, math.ceil(min_time_s / max(first, 1e-6)))
+  times = {c.name: [] for c in cases}
+  for r in range(max(want.values())):
+    for c in cases:
+      if r < want[c.name]:
+        n = inner[c.name]
+        t0 = time.perf_counter()
+        runners[c.name](n)
+        times[c.name].append((time.perf_counter() - t0) / n)
+  med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+  rows = []
+  for c in cases:
+    ratio = med[c.name] / med[baseline] if baseline in med else None
+    thr = ""
+    if c.units:
+      thr = f"{c.units / (med[c.name] / 1e3):,.0f} {c.unit_name}/s"
+    rows.append(
+      Row(
+        group=group,
+        size=size,
+        case=c.name,
+        median_ms=med[c.name],
+        min_ms=min(times[c.name]) * 1e3,
+        reps=len(times[c.name]),
+        calls_per_rep=inner[c.name],
+        compile_s=compile_s.get(c.name),
+        temp_mb=temp_mb.get(c.name),
+        ratio=ratio,
+        baseline=baseline or "",
+        throughput=thr,
+      )
+    )
+  return rows
+
+
+class CompileCounter:
+  """Counts XLA backend compilations (a `jax.monitoring` listener)."""
+
+  _EVENT = "/jax/core/compile/backend_compile_duration"
+
+  def __init__(self):
+    self.count = 0
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if event == self._EVENT:
+      self.count += 1
+
+
+def peak_rss_mb() -> float:
+  """Peak resident memory of this process so far (ru_maxrss, MiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+  """What the numbers were measured on."""
+  try:
+    commit = subprocess.run(
+      ["git", "rev-parse", "--short", "HEAD"],
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "status", "--porcelain", "--untracked-files=no"],
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    commit, dirty = "unknown", ""
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return {
+    "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+    "cpu": cpu,
+    "cores": os.cpu_count(),
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "commit": commit + (" (tracked files modified)" if dirty else ""),
+    "load_avg_start": os.getloadavg(),
+  }
+
+
+def _fmt(v, spec):
+  return "" if v is None else format(v, spec)
+
+
+def markdown(rows: list[Row]) -> str:
+  """The rows as one Markdown table."""
+  head = (
+    "| group | size | case | median ms | min ms | reps×calls | × baseline "
+    "| compile s | XLA temp MiB | throughput | note |"
+  )
+  lines = [head, "|" + "---|" * 11]
+  for r in rows:
+    ratio = "" if r.ratio is None else f"{r.ratio:.2f}× {r.baseline}"
+    lines.append(
+      f"| {r.group} | {r.size} | {r.case} | {r.median_ms:.2f} "
+      f"| {r.min_ms:.2f} | {r.reps}×{r.calls_per_rep} | {ratio} "
+      f"| {_fmt(r.compile_s, '.1f')} "
+      f"| {_fmt(r.temp_mb, '.1f')} | {r.throughput} | {r.note} |"
+    )
+  return "\n".join(lines)
+
+
+def facts_markdown(facts: list[dict]) -> str:
+  """A list of flat dicts with the same keys as one Markdown table."""
+  keys = list(facts[0])
+  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+  lines += ["| " + " | ".join(str(f[k]) for k in keys) + " |" for f in facts]
+  return "\n".join(lines)
