@@ -74,9 +74,10 @@ def measure(
 
   Repetitions run round-robin over the cases so that load from other
   processes on the machine falls on all of them alike. A case whose warm-up
-  call took more than `slow_s` seconds gets `min_reps` repetitions only; a
-  case faster than `min_time_s` is timed over enough back-to-back calls
-  per repetition to last about that long (the time per call is reported).
+  call took more than `slow_s` seconds gets `min_reps` repetitions only,
+  one faster than `min_time_s` three times `reps` (cheap, and the noisiest)
+  of enough back-to-back calls to last about `min_time_s` each (the time
+  per call is reported).
 
   Returns:
     One `Row` per case; `ratio` is median / the `baseline` case's median.
@@ -99,7 +100,9 @@ def measure(
     t0 = time.perf_counter()
     runners[c.name](1)
     first = time.perf_counter() - t0
-    want[c.name] = min_reps if first > slow_s else reps
+    want[c.name] = (
+      min_reps if first > slow_s else 3 * reps if first < min_time_s else reps
+    )
     inner[c.name] = max(1, math.ceil(min_time_s / max(first, 1e-6)))
   times = {c.name: [] for c in cases}
   for r in range(max(want.values())):

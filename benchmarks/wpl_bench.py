@@ -18,6 +18,10 @@ PLAIN = "step without WPL"
 NUM_SHARED = 3  # B shares A's first 3 of 4 hidden layers (the study's max).
 
 
+STEPS_PER_CALL = 20  # MLP steps per jitted call, as `train.two_models`
+# scans them: the per-call dispatch cost stays out of the comparison.
+
+
 def _mlp_step(
   params, opt_state, batch, anchor, fisher, *, tx, penalty, mask, extra
 ):
@@ -36,6 +40,17 @@ def _mlp_step(
   return optax.apply_updates(params, updates), opt_state, loss
 
 
+def _scanned(step, params, opt_state, *args):
+  """`STEPS_PER_CALL` steps in one `lax.scan`; returns the final state."""
+
+  def body(carry, _):
+    p, o = carry
+    p, o, loss = step(p, o, *args)
+    return (p, o), loss
+
+  return jax.lax.scan(body, (params, opt_state), None, STEPS_PER_CALL)
+
+
 def mlp_cases(width: int, batch_size: int) -> list[Case]:
   """Model B of the two-model study, 784-width×6-10, k shared layers."""
   params_a, batch = fisher_bench.mlp_setup(width, batch_size)
@@ -49,37 +64,50 @@ def mlp_cases(width: int, batch_size: int) -> list[Case]:
   with_wpl = optax.chain(loss_lib.add_wpl(10.0, mask), optax.adam(1e-3))
 
   def case(name, tx, *, penalty=False, extra=False):
-    fn = functools.partial(
+    step = functools.partial(
       _mlp_step, tx=tx, penalty=penalty, mask=mask, extra=extra
     )
     args = (params, tx.init(params), batch, anchor, fisher)
-    return Case(name, fn, args)
+    return Case(
+      name,
+      functools.partial(_scanned, step),
+      args,
+      units=STEPS_PER_CALL,
+      unit_name="steps",
+    )
 
-  def penalty_alone(p, a, f):
-    return jax.value_and_grad(
+  def penalty_alone(p, o, a, f):
+    """SGD on the penalty alone: its value_and_grad and an update."""
+    value, g = jax.value_and_grad(
       lambda q: loss_lib.wpl_penalty(q, a, f, alpha=10.0, mask=mask)
     )(p)
+    return jax.tree.map(lambda x, d: x - 1e-3 * d, p, g), o, value
 
   transform = loss_lib.add_wpl(10.0, mask)
 
-  def transform_alone(p, u, a, f):
-    return transform.update(
-      u, transform.init(p), p, wpl_anchor=a, wpl_fisher=f
-    )[0]
+  def transform_alone(p, o, a, f):
+    """add_wpl's update on zero updates, applied."""
+    u, o = transform.update(
+      jax.tree.map(jnp.zeros_like, p), o, p, wpl_anchor=a, wpl_fisher=f
+    )
+    return optax.apply_updates(p, u), o, jnp.zeros([])
+
+  def alone(name, fn, opt_state):
+    return Case(
+      name,
+      functools.partial(_scanned, fn),
+      (params, opt_state, anchor, fisher),
+      units=STEPS_PER_CALL,
+      unit_name="steps",
+    )
 
   return [
     case(PLAIN, adam),
     case("step without WPL (again: noise control)", adam),
     case("+ wpl_penalty in the loss", adam, penalty=True),
     case("+ add_wpl transform", with_wpl, extra=True),
-    Case(
-      "wpl_penalty value_and_grad alone",
-      penalty_alone,
-      (params, anchor, fisher),
-    ),
-    Case(
-      "add_wpl update alone", transform_alone, (params, fisher, anchor, fisher)
-    ),
+    alone("wpl_penalty value_and_grad alone", penalty_alone, ()),
+    alone("add_wpl update alone", transform_alone, transform.init(params)),
   ]
 
 
@@ -103,7 +131,10 @@ def run(sizes: list[str], reps: int) -> list:
   rows = []
   for size in sizes:
     width, b = fisher_bench.MLP_SIZES[size]
-    label = f"{size}: B model 784-{width}×6-10, {NUM_SHARED} shared, B={b}"
+    label = (
+      f"{size}: B model 784-{width}×6-10, {NUM_SHARED} shared, B={b}; "
+      f"{STEPS_PER_CALL} steps per call"
+    )
     rows += measure(
       "WPL overhead, MLP", label, mlp_cases(width, b), reps=reps, baseline=PLAIN
     )
