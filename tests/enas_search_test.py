@@ -40,7 +40,7 @@ def _tiny_config(**wpl):
 def _setup(config, seed=0):
   model = enas_steps.make_model(config)
   steps = enas_steps.Steps(model=model, config=config)
-  state = enas_search._init_state(config, model, steps, jax.random.key(seed))
+  state = enas_search._init_state(config, model, jax.random.key(seed))
   rng = np.random.default_rng(seed)
   t, b = config.data.bptt, config.data.batch_size
   x = rng.integers(0, 20, size=(t, b)).astype(np.int32)

@@ -77,7 +77,7 @@ class _Windows:
     return pos + self.bptt, x, y, wrapped
 
 
-def _init_state(config, model, steps, key):
+def _init_state(config, model, key):
   k_model, k_ctrl = jax.random.split(jax.random.fold_in(key, _INIT))
   variables = enas_rnn.init_variables(model, key=k_model)
   params = variables["params"]
@@ -158,7 +158,7 @@ def search(
   ctrl_step = jax.jit(steps.controller_step)
   sample = jax.jit(steps.sample, static_argnames="k")
 
-  state = _init_state(config, model, steps, key)
+  state = _init_state(config, model, key)
   ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
   start_epoch, history = 0, []
   if ckpt.latest_step() is not None:
