@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from wpl_jax import data as data_lib
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import loss as loss_lib
 from wpl_jax import metrics as metrics_lib
@@ -92,7 +93,18 @@ def train_step(
   loss_fn,
   tx: optax.GradientTransformation,
 ) -> tuple[TrainState, dict[str, Array]]:
-  """One optimiser step on `loss_fn(params, batch) -> (loss, aux)`."""
+  """One optimiser step; jitted (and vmapped over runs) by the caller.
+
+  Args:
+    state: params, optimiser state and step of one run.
+    batch: (x [B, D] float32, y [B] int32).
+    key: per-step PRNG key (unused: the MLPs have no dropout).
+    loss_fn: `(params, batch) -> (scalar loss, aux dict)`.
+    tx: the optax optimiser.
+
+  Returns:
+    The new state and {"loss": scalar, **aux}.
+  """
   del key  # The MLPs are deterministic: no dropout.
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
     state.params, batch
@@ -250,8 +262,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _load_data(config: ml_collections.ConfigDict):
   """The ClassificationData named by `config.data.name`."""
-  from wpl_jax import data as data_lib  # noqa: PLC0415
-
   if config.data.name == "mnist":
     return data_lib.load_mnist(config.data_dir)
   return data_lib.load_digits(
