@@ -101,7 +101,12 @@ def _enas_torch(torch, model, variables, arch):
     return c * funcs[act](z[:, hid:]) + (1 - c) * h_in
 
   def loss(edges, inputs_TxB, targets_TxB, hidden_BxH):
-    w_e = torch.cat([edges["edge_c"], edges["edge_h"]], 2)  # [N-1, H, 2H]
+    # One [H, 2H] matrix per node, as the reference keeps one Linear per
+    # edge: gradients then accumulate per node, not into a stacked copy.
+    w_e = [
+      torch.cat([edges[f"c{j}"], edges[f"h{j}"]], 1)
+      for j in range(1, len(acts))
+    ]
     xz = p["embedding"][inputs_TxB] @ w_x + b_x
     h, outs = hidden_BxH, []
     for t in range(inputs_TxB.shape[0]):
@@ -129,7 +134,11 @@ def enas_cases(torch, model, variables, arch, batch, chunk):
   loss = _enas_torch(torch, model, variables, arch)
   ids = np.asarray(search_space.edge_ids(arch))
   cell = variables["params"]["cell"]
-  edges = {k: _t(torch, np.asarray(cell[k])[ids]) for k in ("edge_c", "edge_h")}
+  edges = {
+    f"{k[-1]}{j + 1}": _t(torch, np.asarray(cell[k])[i])
+    for k in ("edge_c", "edge_h")
+    for j, i in enumerate(ids)
+  }
   inputs = _t(torch, batch["inputs"], torch.long)  # [B, T]
   targets = _t(torch, batch["targets"], torch.long)
   hidden = _t(torch, batch["hidden"])
@@ -153,7 +162,11 @@ def enas_cases(torch, model, variables, arch, batch, chunk):
     return torch.autograd.grad(value, list(leaves.values()))
 
   want = fisher_fast.enas_edge_fisher(model, variables, arch, batch)
-  want = {k: np.asarray(v)[ids] for k, v in want.items()}
+  want = {
+    f"{k[-1]}{j + 1}": np.asarray(want[k])[i]
+    for k in ("edge_c", "edge_h")
+    for j, i in enumerate(ids)
+  }
   note = f"Fisher = JAX's to {_rel_diff(fisher(), want):.0e}"
   cases = [
     Case(BASELINE, batch_grad, jax=False),
