@@ -68,7 +68,12 @@ def summarize(
       row[f"{key}_end"] = metrics_lib.format_mean_std(ends, 3)
     derived = [
       next(
-        (x for x in res.get("retrained", []) if x["name"] != "random_0"), None
+        (
+          x
+          for x in res.get("retrained", [])
+          if x["name"] in ("derived", "given")
+        ),
+        None,
       )
       for _, res in runs
     ]

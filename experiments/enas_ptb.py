@@ -136,7 +136,7 @@ def _cpu(c):
   c.shared.lr_decay_after = 6
   c.wpl.start_epoch = 2
   c.wpl.alpha_decay_after = 6
-  c.wpl.clip = 10.0 * 64 / 1000
+  c.wpl.clip *= 64 / 1000  # Any order of variants: scales what is set.
   c.retrain.epochs = 2
   c.retrain.random_archs = 1
   c.retrain.eval_batch_size = 1

@@ -269,6 +269,28 @@ class ScheduleTest(parameterized.TestCase):
     config = enas_ptb.get_config("paper,wpl")
     self.assertEqual(enas_search.wpl_alpha_at(config, epoch), want)
 
+  def test_resume_refuses_another_config(self):
+    saved = enas_search._comparable(enas_ptb.get_config("cpu,wpl"))
+    longer = enas_ptb.get_config("cpu,wpl")
+    longer.search.epochs = 20  # Extending a run is allowed.
+    enas_search._check_same_config(longer, json.loads(json.dumps(saved)))
+    with self.assertRaisesRegex(ValueError, "wpl.enabled"):
+      enas_search._check_same_config(enas_ptb.get_config("cpu"), saved)
+
+  def test_truncate_jsonl_drops_epochs_after_checkpoint(self):
+    path = pathlib.Path(tempfile.mkdtemp()) / "m.jsonl"
+    path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(4)))
+    enas_search._truncate_jsonl(path, 1)
+    self.assertEqual(
+      [json.loads(x)["epoch"] for x in path.read_text().splitlines()], [0, 1]
+    )
+
+  def test_variant_order_does_not_matter(self):
+    self.assertEqual(
+      enas_ptb.get_config("clean,cpu").wpl.clip,
+      enas_ptb.get_config("cpu,clean").wpl.clip,
+    )
+
   def test_forgetting_stats(self):
     err1 = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
     err2 = err1 + np.array([1.0, 2.0, 3.0, 4.0, 5.0, 100.0])

@@ -235,6 +235,19 @@ class EnasTest(parameterized.TestCase):
     def fast(v, b, arch):
       return fisher_fast.enas_edge_fisher(model, v, arch, b, chunk_size=2)
 
+    ids = ss.edge_ids(ss.from_string("relu|0:sigmoid|1:tanh"))
+    sub = {k: variables["params"]["cell"][k][ids] for k in wpl.EDGE_KEYS}
+
+    def sub_loss(edges, b, tap):
+      logits, _ = fisher_fast.enas_forward(
+        model, variables, arch, b["inputs"].T, b["hidden"], tap, edges=edges
+      )
+      return enas_rnn.cross_entropy(logits, b["targets"].T)
+
+    arch = ss.from_string("relu|0:sigmoid|1:tanh")
+    self.assertEqual(
+      fisher_fast.plan(sub_loss, sub, batch), {"edge_h": "tap", "edge_c": "tap"}
+    )
     for cell in (
       "relu|0:sigmoid|1:tanh",
       "identity|0:relu|0:tanh",
@@ -328,6 +341,33 @@ class ProtocolTest(parameterized.TestCase):
       {"w": "tap", "c": "tap", "d": "tap"},
     )
     got = jax.jit(lambda p, b: _fast(loss, p, b, 3))(params, batch)
+    want = jax.jit(lambda p, b: _naive(loss, p, b))(params, batch)
+    _assert_close(got, want, rtol=1e-5)
+
+  def test_scan_over_stacked_layers(self):
+    """Leaves in a tap.scan's xs are tapped slice by slice."""
+    rng = np.random.default_rng(5)
+    params = {
+      "w": _normal(rng, (3, 4, 4), 0.5, jnp.float32),  # [layers, in, out]
+      "b": _normal(rng, (3, 4), 0.1, jnp.float32),
+      "s": _normal(rng, (3, 4), 1.0, jnp.float32),  # elementwise: fallback
+    }
+    batch = {"x": _normal(rng, (5, 2, 4), 1.0, jnp.float32)}
+
+    @fisher_fast.tapped
+    def loss(p, b, tap):
+      def layer(h, wbs):
+        w, bias, s = wbs
+        return jnp.tanh(tap.dense("l", h, w, bias) * s[None, None]), None
+
+      h, _ = tap.scan("layers", layer, b["x"], (p["w"], p["b"], p["s"]))
+      return jnp.mean(jnp.sum(h**2, axis=(1, 2)))
+
+    self.assertEqual(
+      fisher_fast.plan(loss.fn, params, batch),
+      {"w": "tap", "b": "tap", "s": "vmap"},
+    )
+    got = jax.jit(lambda p, b: _fast(loss, p, b, 2))(params, batch)
     want = jax.jit(lambda p, b: _naive(loss, p, b))(params, batch)
     _assert_close(got, want, rtol=1e-5)
 

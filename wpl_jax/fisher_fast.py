@@ -158,6 +158,11 @@ class _Site:
 
   weights: tuple  # flat params index of each weight; None = not a leaf
   biases: tuple
+  # Per weight (bias): None when it is the whole leaf; k when it is the
+  # leaf's slice taken by the k-th enclosing `tap.scan` (the leaf is in
+  # that scan's xs, so it has one slice per step).
+  weight_axes: tuple
+  bias_axes: tuple
   widths: tuple[int, ...]  # D_out of each weight
   bias_widths: tuple[int, ...]
   out: jax.ShapeDtypeStruct  # output in the frame of its scope
@@ -170,6 +175,7 @@ class _Scope:
 
   sites: dict = dataclasses.field(default_factory=dict)
   scans: dict = dataclasses.field(default_factory=dict)  # name: (L, _Scope)
+  slices: dict = dataclasses.field(default_factory=dict)  # id: leaf index
 
   def claim(self, name: str) -> None:
     if name in self.sites or name in self.scans:
@@ -180,7 +186,7 @@ class _Recorder(Tap):
   """Discovery: records sites; tapped leaves enter their matmuls as zeros.
 
   With the zeros, the traced jaxpr depends on a leaf only through its uses
-  outside taps, which `_reaching` then finds.
+  outside taps, which `_dependencies` then finds.
   """
 
   def __init__(self, leaves):
@@ -188,23 +194,36 @@ class _Recorder(Tap):
     self.root = _Scope()
     self._stack = [self.root]
 
+  def _resolve(self, v) -> tuple[int | None, int | None]:
+    """`(leaf index, slicing scan axis)` of a weight; `(None, None)` if none."""
+    i = self._ids.get(id(v))
+    if i is not None:
+      return i, None
+    for depth in range(len(self._stack) - 1, 0, -1):
+      i = self._stack[depth].slices.get(id(v))
+      if i is not None:
+        return i, depth - 1
+    return None, None
+
   def dense(self, name, x, w, b=None, *, batch_axis=0):
     ws, bs = _as_tuple(w), _as_tuple(b)
     _check_dense(name, x, ws, bs)
-    scope = self._stack[-1]
-    scope.claim(name)
-    wi = tuple(self._ids.get(id(v)) for v in ws)
-    bi = tuple(self._ids.get(id(v)) for v in bs)
     if not -x.ndim <= batch_axis < x.ndim - 1 or batch_axis == -1:
       raise ValueError(
         f"tap.dense({name!r}): batch_axis={batch_axis} must index a leading "
         f"axis of inputs {x.shape}"
       )
+    scope = self._stack[-1]
+    scope.claim(name)
+    wi, wa = zip(*map(self._resolve, ws), strict=True)
+    bi, ba = zip(*map(self._resolve, bs), strict=True) if bs else ((), ())
     zero = lambda v, i: v if i is None else jnp.zeros(v.shape, v.dtype)
     y = _dense(x, tuple(map(zero, ws, wi)), tuple(map(zero, bs, bi)))
     scope.sites[name] = _Site(
       weights=wi,
       biases=bi,
+      weight_axes=wa,
+      bias_axes=ba,
       widths=tuple(v.shape[1] for v in ws),
       bias_widths=tuple(v.shape[0] for v in bs),
       out=jax.ShapeDtypeStruct(y.shape, y.dtype),
@@ -218,11 +237,20 @@ class _Recorder(Tap):
     scope = self._stack[-1]
     scope.claim(name)
     n = _scan_length(xs, length)
+    # Params leaves scanned over (stacked layers, per-node edges): a tap in
+    # the body that reads their slice taps the leaf, one slice per step.
+    scanned = {
+      pos: self._ids[id(v)]
+      for pos, v in enumerate(jax.tree.leaves(xs))
+      if id(v) in self._ids
+    }
 
     def body(carry, x):
       # A fresh scope per trace of the body: JAX may trace it more than
       # once, and the last trace is the one that runs.
       child = _Scope()
+      x_leaves = jax.tree.leaves(x)
+      child.slices = {id(x_leaves[pos]): i for pos, i in scanned.items()}
       scope.scans[name] = (n, child)
       self._stack.append(child)
       try:
@@ -280,30 +308,42 @@ class _Prober(Tap):
     return carry, ys
 
 
-def _reaching(jaxpr: jex_core.Jaxpr, num_leaves: int) -> set[int]:
-  """Leaves (the first `num_leaves` invars) that the outputs depend on.
+def _dependencies(jaxpr: jex_core.Jaxpr, deps_in: list) -> list:
+  """Which leaves each output of `jaxpr` depends on, given its inputs'.
 
-  Conservative: an equation with any dependent input makes all of its
-  outputs dependent (scan, jit and custom-rule bodies are not entered), so
-  a leaf may be reported that is not needed, never the other way round.
+  `scan` bodies are followed (carries to a fixed point); any other
+  equation with a sub-jaxpr (jit, custom rules, cond, while) counts as
+  depending on all of its inputs: conservative, so a leaf may be reported
+  that is not needed, never the other way round.
   """
-  deps = {v: frozenset([i]) for i, v in enumerate(jaxpr.invars[:num_leaves])}
+  none = frozenset()
+  env = {v: d for v, d in zip(jaxpr.invars, deps_in, strict=True) if d}
+  get = lambda v: none if isinstance(v, jex_core.Literal) else env.get(v, none)
   for eqn in jaxpr.eqns:
-    found = [
-      deps[v]
-      for v in eqn.invars
-      if not isinstance(v, jex_core.Literal) and v in deps
-    ]
-    if found:
-      union = frozenset().union(*found)
-      for v in eqn.outvars:
-        deps[v] = union
-  out = [
-    deps.get(v, frozenset())
-    for v in jaxpr.outvars
-    if not isinstance(v, jex_core.Literal)
-  ]
-  return set(frozenset().union(*out))
+    ins = [get(v) for v in eqn.invars]
+    if not any(ins):
+      continue
+    if eqn.primitive.name == "scan":
+      outs = _scan_dependencies(eqn, ins)
+    else:
+      outs = [frozenset().union(*ins)] * len(eqn.outvars)
+    env.update((v, d) for v, d in zip(eqn.outvars, outs, strict=True) if d)
+  return [get(v) for v in jaxpr.outvars]
+
+
+def _scan_dependencies(eqn, ins: list) -> list:
+  """`_dependencies` of a scan equation's outputs (final carry, then ys)."""
+  body = eqn.params["jaxpr"].jaxpr
+  n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+  consts = ins[:n_consts]
+  carry = ins[n_consts : n_consts + n_carry]
+  xs = ins[n_consts + n_carry :]
+  while True:
+    outs = _dependencies(body, consts + carry + xs)
+    grown = [c | o for c, o in zip(carry, outs[:n_carry], strict=True)]
+    if grown == carry:
+      return carry + outs[n_carry:]
+    carry = grown
 
 
 def _walk(scope: _Scope, depth: int = 0):
@@ -340,15 +380,22 @@ def _discover(loss_fn, params: PyTree, batch: PyTree) -> _Plan:
   closed = jax.make_jaxpr(traced)(avals)
   if jnp.shape(closed.out_avals[0]) != ():
     raise ValueError("loss_fn must return a scalar (the mean loss)")
-  reaching = _reaching(closed.jaxpr, len(leaves))
-  weights, biases = set(), set()
+  start = [frozenset([i]) for i in range(len(leaves))]
+  (reaching,) = _dependencies(closed.jaxpr, start)
+  # How each tapped leaf is used: ("weight" or "bias", slicing scan axis
+  # or None). A leaf used in two ways (a weight here, a bias there; whole
+  # here, scanned there) has no single per-example form: the fallback's.
+  uses = {}
   for _, site, _ in _walk(recorder.root):
-    weights.update(i for i in site.weights if i is not None)
-    biases.update(i for i in site.biases if i is not None)
-  # A leaf used as a weight at one site and a bias at another has no
-  # single per-example form here: leave it to the fallback.
-  mixed = weights & biases
-  tapped = (weights | biases) - reaching - mixed
+    for role, idx, axes in (
+      ("weight", site.weights, site.weight_axes),
+      ("bias", site.biases, site.bias_axes),
+    ):
+      for i, axis in zip(idx, axes, strict=True):
+        if i is not None:
+          uses.setdefault(i, set()).add((role, axis is None))
+  mixed = {i for i, u in uses.items() if len(u) > 1}
+  tapped = set(uses) - reaching - mixed
   return _Plan(
     root=recorder.root,
     tapped=frozenset(tapped),
@@ -394,12 +441,21 @@ def _lookup(tree: dict, path: tuple) -> Array | None:
   return tree["sites"].get(path[-1])
 
 
-def _spans(indices: tuple, widths: tuple):
-  """Yields `(leaf index, lo, hi)`: each leaf's columns of a site's output."""
+def _spans(indices: tuple, axes: tuple, widths: tuple):
+  """Yields `(leaf index, scan axis, lo, hi)`: each leaf's output columns."""
   lo = 0
-  for i, width in zip(indices, widths, strict=True):
-    yield i, lo, lo + width
+  for i, axis, width in zip(indices, axes, widths, strict=True):
+    yield i, axis, lo, lo + width
     lo += width
+
+
+def _per_slice(x: Array, batch_axis: int, axis: int | None) -> Array:
+  """[n, S, P, D]: examples, leaf slices (S = 1: whole leaf), positions."""
+  if axis is None:
+    x = jnp.moveaxis(x, batch_axis, 0)[:, None]
+  else:
+    x = jnp.moveaxis(x, (batch_axis, axis), (0, 1))
+  return _upcast(x.reshape(x.shape[:2] + (-1, x.shape[-1])))
 
 
 def _upcast(x: Array) -> Array:
@@ -407,11 +463,11 @@ def _upcast(x: Array) -> Array:
 
 
 def _sum_sq_outer(pairs: list, n: int, chunk_size: int | None) -> list:
-  """`Σ_b (Σ_p a_bp g_bpᵀ)²` of each (a [n, P, I], g [n, P, O]) pair."""
+  """`Σ_b (Σ_p a_bsp g_bspᵀ)²`: [S, I, O] of each (a [n,S,P,I], g [n,S,P,O])."""
 
   def part(chunk):
     return [
-      jnp.sum(jnp.square(jnp.einsum("bpi,bpo->bio", a, g)), axis=0)
+      jnp.sum(jnp.square(jnp.einsum("bspi,bspo->bsio", a, g)), axis=0)
       for a, g in chunk
     ]
 
@@ -428,7 +484,9 @@ def _sum_sq_outer(pairs: list, n: int, chunk_size: int | None) -> list:
   def body(acc, chunk):
     return [s + t for s, t in zip(acc, part(chunk), strict=True)], None
 
-  zeros = [jnp.zeros((a.shape[-1], g.shape[-1]), a.dtype) for a, g in pairs]
+  zeros = [
+    jnp.zeros((a.shape[1], a.shape[-1], g.shape[-1]), a.dtype) for a, g in pairs
+  ]
   total, _ = jax.lax.scan(body, zeros, head)
   if rest:
     tail = jax.tree.map(lambda x: x[n_chunks * chunk_size :], pairs)
@@ -458,36 +516,41 @@ def _tapped_fisher(loss_fn, params, batch, p: _Plan, n: int, chunk_size):
         f"tap site {'/'.join(path)!r}: axis {site.batch_axis} has "
         f"{a.shape[axis]} entries, the batch has {n} examples"
       )
-    # [n, P, D]: examples first, every other leading axis is a position.
-    a = _upcast(jnp.moveaxis(a, axis, 0).reshape(n, -1, a.shape[-1]))
-    g = _upcast(jnp.moveaxis(g, axis, 0).reshape(n, -1, g.shape[-1]))
-    for i, lo, hi in _spans(site.weights, site.widths):
+    # Every leading axis but the examples' (and the slicing scan's, for a
+    # scanned leaf) is a position within an example.
+    for i, k, lo, hi in _spans(site.weights, site.weight_axes, site.widths):
       if i in p.tapped:
-        weight_parts.setdefault(i, []).append((a, g[..., lo:hi]))
-    for i, lo, hi in _spans(site.biases, site.bias_widths):
+        weight_parts.setdefault(i, []).append(
+          (_per_slice(a, axis, k), _per_slice(g[..., lo:hi], axis, k))
+        )
+    for i, k, lo, hi in _spans(site.biases, site.bias_axes, site.bias_widths):
       if i in p.tapped:
         # A bias's per-example gradient is the cotangent summed over the
         # example's positions.
-        bias_parts.setdefault(i, []).append(jnp.sum(g[..., lo:hi], axis=1))
+        gi = _per_slice(g[..., lo:hi], axis, k)
+        bias_parts.setdefault(i, []).append(jnp.sum(gi, axis=2))
 
   out, pending = {}, []
   for i, parts in weight_parts.items():
-    if len(parts) == 1 and parts[0][0].shape[1] == 1:
+    if len(parts) == 1 and parts[0][0].shape[2] == 1:
       # One position per example: Σ_b (a_b g_bᵀ)² = (A∘A)ᵀ(G∘G), no
       # per-example tensor.
-      a, g = parts[0][0][:, 0], parts[0][1][:, 0]
-      out[i] = jnp.einsum("bi,bo->io", a * a, g * g)
+      a, g = parts[0][0][:, :, 0], parts[0][1][:, :, 0]
+      out[i] = jnp.einsum("bsi,bso->sio", a * a, g * g)
     else:
-      a = jnp.concatenate([a for a, _ in parts], axis=1)
-      g = jnp.concatenate([g for _, g in parts], axis=1)
+      a = jnp.concatenate([a for a, _ in parts], axis=2)
+      g = jnp.concatenate([g for _, g in parts], axis=2)
       pending.append((i, (a, g)))
   sums = _sum_sq_outer([pair for _, pair in pending], n, chunk_size)
   out.update({i: s for (i, _), s in zip(pending, sums, strict=True)})
   for i, parts in bias_parts.items():
     out[i] = jnp.sum(jnp.square(sum(parts)), axis=0)
+  shapes = [jnp.shape(v) for v in jax.tree.leaves(params)]
   # The probes carry d(mean loss)/dy = g_b / n: the per-example gradient is
   # n times the sums above, and F = (1/n) Σ_b (n ·)² = n Σ_b (·)².
-  return {i: (n * f).astype(jnp.float32) for i, f in out.items()}
+  return {
+    i: (n * f).reshape(shapes[i]).astype(jnp.float32) for i, f in out.items()
+  }
 
 
 def _num_examples(batch: PyTree) -> int:
@@ -626,15 +689,17 @@ def enas_forward(
   hidden_BxH: Array,
   tap: Tap = PLAIN,
   *,
-  edges: dict[str, Sequence[Array]] | None = None,
+  edges: dict[str, Array] | None = None,
 ) -> tuple[Array, Array]:
   """Eval-mode child forward of `enas_rnn.SharedRNN`, with taps.
 
   The same function as `model.apply(variables, inputs, hidden, arch,
   train=False)` (dropout off, running batch-norm statistics), written
-  against the tap protocol: node 0's input projection ("node0_x", examples
-  on axis 1), and in the time scan ("time") node 0's recurrent matmul
-  ("node0_h") and each node's edge matmul ("edge_j", j = 1..N-1).
+  against the tap protocol, with the model's scans: node 0's input
+  projection ("node0_x", examples on axis 1); in the time scan ("time")
+  node 0's recurrent matmul ("node0_h") and the scan over nodes 1..N-1
+  ("nodes"), whose step's edge matmul ("edge") reads that node's slice of
+  the gathered edge matrices (tapped when `edges` holds params leaves).
 
   Args:
     model: the `SharedRNN` (its attributes are read, its code is not run).
@@ -643,9 +708,9 @@ def enas_forward(
     inputs_TxB: int32[T, B] tokens.
     hidden_BxH: float32[B, H] initial hidden state.
     tap: the tap (`PLAIN` for an ordinary forward).
-    edges: None to use the params' edge matrices of `arch`, or
-      `{"edge_h": [...], "edge_c": [...]}`, each a sequence of the N-1
-      [H, H] matrices node j = 1..N-1 reads (leaves the tap can see).
+    edges: None to gather the arch's edge matrices from the params, or
+      `{"edge_h", "edge_c"}`: [N-1, H, H] each, row j-1 the matrix node j
+      reads (as `wpl_jax.enas.wpl` gathers them).
 
   Returns:
     `(logits, new_hidden)`: float32[T, B, V] and float32[B, H].
@@ -654,9 +719,7 @@ def enas_forward(
   n = model.num_nodes
   if edges is None:
     ids = search_space.edge_ids(arch)
-    edges = {
-      k: [p["cell"][k][ids[j]] for j in range(n - 1)] for k in _EDGE_KEYS
-    }
+    edges = {k: p["cell"][k][ids] for k in _EDGE_KEYS}
   w0 = p["node0"]
   x_TxBxH = p["embedding"][inputs_TxB]
   xz_TxBx2H = tap.dense(
@@ -673,15 +736,30 @@ def enas_forward(
     bn, stats = p["batch_norm"], variables["batch_stats"]["batch_norm"]
     inv_std = jax.lax.rsqrt(stats["var"] + model.bn_epsilon)
 
+  def node_step(nodes_NxBxH, xs):
+    # Node j reads node parents[j] through edge (parents[j] -> j).
+    j, w_c, w_h, act, parent = xs
+    h_in = jax.lax.dynamic_index_in_dim(nodes_NxBxH, parent, keepdims=False)
+    h_j = _highway(tap.dense("edge", h_in, (w_c, w_h)), h_in, act)
+    return jax.lax.dynamic_update_index_in_dim(nodes_NxBxH, h_j, j, 0), None
+
   def step(h_prev, xz_Bx2H):
     z = xz_Bx2H + tap.dense("node0_h", h_prev, (w0["w_hc"], w0["w_hh"]))
     nodes = jnp.zeros((n,) + h_prev.shape, h_prev.dtype)
     nodes = nodes.at[0].set(_highway(z, h_prev, acts[0]))
-    for j in range(1, n):
-      h_in = nodes[parents[j]]
-      w_j = (edges["edge_c"][j - 1], edges["edge_h"][j - 1])
-      z = tap.dense(f"edge_{j}", h_in, w_j)
-      nodes = nodes.at[j].set(_highway(z, h_in, acts[j]))
+    nodes, _ = tap.scan(
+      "nodes",
+      node_step,
+      nodes,
+      (
+        jnp.arange(1, n),
+        edges["edge_c"],
+        edges["edge_h"],
+        acts[1:],
+        parents[1:],
+      ),
+      unroll=getattr(model, "node_unroll", 1),
+    )
     leaf_mean = jnp.sum(nodes * leaf_w[:, None, None], axis=0)
     out = leaf_mean
     if model.use_batch_norm:
@@ -729,8 +807,7 @@ def enas_edge_fisher(
   """
   ids = search_space.edge_ids(arch)
   cell = variables["params"]["cell"]
-  n = model.num_nodes
-  sub = {k: [cell[k][ids[j]] for j in range(n - 1)] for k in _EDGE_KEYS}
+  sub = {k: cell[k][ids] for k in _EDGE_KEYS}
 
   def loss(edges, b, tap):
     logits, _ = enas_forward(
@@ -740,6 +817,6 @@ def enas_edge_fisher(
 
   f = per_example_fisher(loss, sub, batch, chunk_size=chunk_size)
   return {
-    k: jnp.zeros(cell[k].shape, jnp.float32).at[ids].set(jnp.stack(f[k]))
+    k: jnp.zeros(cell[k].shape, jnp.float32).at[ids].set(f[k])
     for k in _EDGE_KEYS
   }

@@ -10,6 +10,7 @@ controller steps; every D epochs, derive the best of M sampled cells.
 Checkpoints every epoch; a rerun with the same workdir resumes.
 """
 
+import json
 import pathlib
 import time
 
@@ -30,7 +31,9 @@ from wpl_jax.train import enas_steps, retrain
 from wpl_jax.train.enas_steps import ControllerState, SharedState
 
 # Independent random streams, folded into the run's base key.
-_INIT, _SHARED, _CONTROLLER, _DERIVE, _FISHER = range(5)
+_INIT, _SHARED, _CONTROLLER, _DERIVE, _FISHER, _EPOCHS = range(6)
+# Config fields that may change when a run is resumed (e.g. to extend it).
+_RESUMABLE = ("search.epochs", "retrain", "data_dir")
 
 
 def lr_at(config: ml_collections.ConfigDict, epoch: int) -> float:
@@ -163,8 +166,12 @@ def search(
   start_epoch, history = 0, []
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(state)
+    _check_same_config(config, meta.get("config"))
     start_epoch, history = meta["epoch"] + 1, meta["history"]
     logging.info("resumed from epoch %d in %s", meta["epoch"], ckpt.directory)
+    # Lines of epochs after the checkpoint (a kill between the metrics line
+    # and the checkpoint) are dropped: those epochs run again.
+    _truncate_jsonl(workdir / "metrics.jsonl", meta["epoch"])
   log = metrics_lib.JsonlWriter(workdir / "metrics.jsonl")
   tb = _tensorboard(workdir / "tb")
 
@@ -183,7 +190,7 @@ def search(
     if not use_fisher:
       loss_alpha = 0.0
     pos = [int(p) for p in np.asarray(state["pos"])]
-    ep_key = jax.random.fold_in(key, epoch)
+    ep_key = jax.random.fold_in(jax.random.fold_in(key, _EPOCHS), epoch)
     archs, err1, losses = [], [], []
     tokens, t_train, t_log = 0, 0.0, time.time()
     for a in range(s.archs_per_epoch):
@@ -314,8 +321,12 @@ def search(
       )
     }
     history.append({k: v for k, v in record.items() if k != "archs"})
-    ckpt.save(epoch, state, {"epoch": epoch, "history": history})
     log.write(record)
+    ckpt.save(
+      epoch,
+      state,
+      {"epoch": epoch, "history": history, "config": _comparable(config)},
+    )
     _tb_write(tb, record, epoch)
     logging.info(
       "epoch %d: loss %.3f  reward %s  ppl(ctrl) %s  forget mean %.1f best5 "
@@ -338,6 +349,52 @@ def search(
     (h["derived"] for h in reversed(history) if "derived" in h), None
   )
   return {"derived": derived, "history": history}
+
+
+def _comparable(config: ml_collections.ConfigDict) -> dict:
+  """The config as a dict, without the fields a resume may change."""
+  d = config.to_dict()
+  for field in _RESUMABLE:
+    *parents, leaf = field.split(".")
+    node = d
+    for p in parents:
+      node = node.get(p, {})
+    node.pop(leaf, None)
+  return d
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _check_same_config(config, saved: dict | None) -> None:
+  """Raises ValueError if a checkpoint was written under another config."""
+  if saved is None:
+    return
+  now = _flat(json.loads(json.dumps(_comparable(config))))
+  old = _flat(saved)
+  diff = sorted(k for k in set(now) | set(old) if now.get(k) != old.get(k))
+  if diff:
+    raise ValueError(
+      "the checkpoint in this workdir was written with a different config "
+      f"({', '.join(diff[:4])}); use a new --workdir"
+    )
+
+
+def _truncate_jsonl(path: pathlib.Path, last_epoch: int) -> None:
+  """Keeps the lines of `path` whose epoch is <= `last_epoch`."""
+  if not path.exists():
+    return
+  keep = [r for r in metrics_lib.read_jsonl(path) if r["epoch"] <= last_epoch]
+  with open(path, "w", encoding="utf-8") as f:
+    for r in keep:
+      f.write(json.dumps(r) + "\n")
 
 
 def _cache_size(fn) -> int | None:
@@ -401,8 +458,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.search.eval_bn must be 'running' or 'batch'")
   if config.model.num_nodes < 2:
     raise ValueError("config.model.num_nodes must be >= 2")
-  if config.search.archs_per_epoch < 1 or config.search.epochs < 0:
-    raise ValueError("config.search needs archs_per_epoch >= 1, epochs >= 0")
+  for field in (
+    "archs_per_epoch",
+    "batches_per_arch",
+    "derive_every",
+    "derive_samples",
+    "eval_chunk",
+  ):
+    if config.search[field] < 1:
+      raise ValueError(f"config.search.{field} must be >= 1")
+  if config.search.epochs < 0 or config.retrain.epochs < 0:
+    raise ValueError("config.search.epochs and retrain.epochs must be >= 0")
   if config.retrain.arch:
     search_space.validate(search_space.from_string(config.retrain.arch))
 
@@ -445,10 +511,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     out["retrained"] = []
     retrainer = retrain.Retrainer(config, data)
     for name, arch_str in to_train:
-      res = retrainer.run(
-        search_space.from_string(arch_str), workdir=workdir, name=name
-      )
-      out["retrained"].append({"name": name, "arch": arch_str, **res})
+      # A finished cell's result is kept, so a resumed run does not redo it.
+      done = workdir / f"retrain_{name}.json"
+      if done.exists() and json.loads(done.read_text())["arch"] == arch_str:
+        res = json.loads(done.read_text())
+      else:
+        res = retrainer.run(
+          search_space.from_string(arch_str), workdir=workdir, name=name
+        )
+        res = {"name": name, "arch": arch_str, **res}
+        metrics_lib.write_json(done, res)
+      out["retrained"].append(res)
   out["total_seconds"] = time.time() - t0
   metrics_lib.write_json(workdir / "results.json", out)
   (workdir / "results.md").write_text(_results_md(out, result["history"]))

@@ -51,13 +51,13 @@ def perplexity(
   """
   src = ptb.batchify(ids, batch_size)
   hidden = jnp.zeros((batch_size, hidden_size), jnp.float32)
-  total, count = 0.0, 0
+  total, count = jnp.zeros([], jnp.float32), 0
   for i in range(0, len(src) - 1, bptt):
     x, y = ptb.get_batch(src, i, bptt)
     s, hidden = eval_fn(params, stats, x, y, hidden, arch)
-    total += float(s)
+    total = total + s  # On the device: one host sync at the end.
     count += y.size
-  return float(np.exp(total / count))
+  return float(np.exp(float(total) / count))
 
 
 class Retrainer:
@@ -173,6 +173,8 @@ class Retrainer:
         )
     log.close()
     seconds = time.time() - t0
+    if best[1] is None:
+      raise ValueError(f"retrain {name} diverged: no finite validation ppl")
     params, stats = best[1]
     test = perplexity(self.eval_fn, params, stats, data.test, arch, **ppl_kw)
     return {
