@@ -72,6 +72,7 @@ def main(argv=None) -> None:
 
   info = common.machine()
   info["threads"] = args.threads
+  info["xla_flags"] = os.environ.get("XLA_FLAGS", "")
   print(f"# wpl_jax benchmarks ({'quick' if args.quick else 'full'})")
   print(json.dumps(info, indent=1), flush=True)
   t0 = time.time()
@@ -81,10 +82,14 @@ def main(argv=None) -> None:
     if group == "fisher":
       rows += fisher_bench.run(args.sizes, args.reps)
     elif group == "torch":
-      if args.threads == "1":
+      try:
         import torch
 
-        torch.set_num_threads(1)
+        info["torch"] = torch.__version__
+        if args.threads == "1":
+          torch.set_num_threads(1)
+      except ImportError:
+        pass  # torch_peer.run says it is skipped.
       rows += torch_peer.run(args.sizes, args.reps)
     elif group == "enas":
       ks = (1, 8) if args.quick else enas_bench.EVAL_KS
