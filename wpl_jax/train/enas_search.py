@@ -494,7 +494,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   t0 = time.time()
   result = search(config, workdir, data)
-  search_s = time.time() - t0
+  # Summed over epochs, so a resumed run reports the whole search.
+  search_s = sum(h["epoch_seconds"] for h in result["history"])
   out = {"search_seconds": search_s, "derived": result["derived"]}
   r = config.retrain
   if r.epochs > 0:
