@@ -98,9 +98,11 @@ class Tap:
     batch-norm on batch statistics).
   * Taps sit at the top level or inside `tap.scan` (nested too), not inside
     `vmap`, `cond`, `while_loop` or `checkpoint`.
-  * A weight is tapped when it is a params leaf passed as is. A transformed
-    weight (`w.T`, `w * mask`, `stacked[i]`) still works but is not tapped:
-    its leaf then takes the `vmap(grad)` fallback.
+  * A weight (or bias) is tapped when it is a params leaf passed as is, or
+    the slice of a leaf that `tap.scan` takes from its `xs` (stacked
+    layers, one matrix per step). A transformed weight (`w.T`, `w * mask`,
+    `stacked[i]`) still works but is not tapped: its leaf then takes the
+    `vmap(grad)` fallback.
   """
 
   def dense(
@@ -142,7 +144,11 @@ class Tap:
     reverse: bool = False,
     unroll: int | bool = 1,
   ) -> tuple[PyTree, PyTree]:
-    """`jax.lax.scan(f, init, xs, length)`; taps inside `f` are per step."""
+    """`jax.lax.scan(f, init, xs, length)`; taps inside `f` are per step.
+
+    Params leaves among the leaves of `xs` are tapped slice by slice: the
+    step-l slice a tap inside `f` reads is row l of the leaf.
+    """
     del name
     return jax.lax.scan(
       f, init, xs, length=length, reverse=reverse, unroll=unroll
