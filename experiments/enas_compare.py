@@ -118,7 +118,12 @@ def main(argv):
       )
     panels.append({"title": title, "curves": curves})
   metrics_lib.plot_panels(
-    panels, out / "forgetting.png", xlabel="epoch", ylabel="", ncols=4
+    panels,
+    out / "forgetting.png",
+    xlabel="epoch",
+    ylabel="",
+    ncols=4,
+    ylim=None,
   )
   rows = summarize(groups, _FROM.value)
   cols = [("label", "run"), ("seeds", "seeds")]

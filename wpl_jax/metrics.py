@@ -105,6 +105,7 @@ def plot_panels(
   xlabel: str,
   ylabel: str,
   ncols: int = 3,
+  ylim: tuple[float, float] | None = (0.0, 1.0),
 ) -> None:
   """Saves a grid of line plots (mean line, ±std band) as a PNG.
 
@@ -116,6 +117,8 @@ def plot_panels(
     xlabel: x-axis label of every panel.
     ylabel: y-axis label of every panel.
     ncols: panels per row.
+    ylim: y-axis range of every panel (accuracies by default); None lets
+      each panel fit its data.
   """
   import matplotlib  # Imported here: only plotting needs it.
 
@@ -147,7 +150,8 @@ def plot_panels(
     ax.set_title(panel["title"], fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0.0, 1.0)
+    if ylim is not None:
+      ax.set_ylim(*ylim)
     ax.grid(alpha=0.3)
   for ax in list(axes.flat)[len(panels) :]:
     ax.axis("off")

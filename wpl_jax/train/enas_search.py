@@ -581,4 +581,6 @@ def _plot(history, path):
     )
     if all(h.get(k) is not None for h in history)
   ]
-  metrics_lib.plot_panels(panels, path, xlabel="epoch", ylabel="", ncols=4)
+  metrics_lib.plot_panels(
+    panels, path, xlabel="epoch", ylabel="", ncols=4, ylim=None
+  )
