@@ -107,11 +107,12 @@ def main(argv):
     curves = []
     for label, runs in groups.items():
       n = min(len(recs) for recs, _ in runs)
-      vals = np.array([[r[key] for r in recs[:n]] for recs, _ in runs])
+      f0 = min(_FROM.value, n - 1)  # Same epochs as the table's peaks.
+      vals = np.array([[r[key] for r in recs[f0:n]] for recs, _ in runs])
       curves.append(
         {
           "label": f"{label} (n={len(runs)})",
-          "x": list(range(n)),
+          "x": [r["epoch"] for r in runs[0][0][f0:n]],
           "mean": vals.mean(0).tolist(),
           "std": vals.std(0).tolist(),
         }
