@@ -105,13 +105,14 @@ def main(argv):
   panels = []
   for key, title in PANELS:
     curves = []
-    for label, runs in groups.items():
+    for i, (label, runs) in enumerate(groups.items()):
       n = min(len(recs) for recs, _ in runs)
       f0 = min(_FROM.value, n - 1)  # Same epochs as the table's peaks.
       vals = np.array([[r[key] for r in recs[f0:n]] for recs, _ in runs])
       curves.append(
         {
           "label": f"{label} (n={len(runs)})",
+          "color": f"C{i}",
           "x": [r["epoch"] for r in runs[0][0][f0:n]],
           "mean": vals.mean(0).tolist(),
           "std": vals.std(0).tolist(),
