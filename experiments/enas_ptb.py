@@ -90,6 +90,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   w.ema_new = 0.9  # Weight of the new estimate in the running Fisher.
   w.clip = 10.0  # Per-matrix Frobenius clip (0 = none).
   w.chunk_size = 16  # Examples per chunk for per-example estimators.
+  # per_example by "fast" (one probed backward, wpl_jax.fisher_fast) or
+  # "vmap" (vmap of per-sequence gradients); both exact.
+  w.fisher_method = "fast"
 
   c.retrain = r = ml_collections.ConfigDict()
   r.arch = ""  # A cell string to retrain instead of the derived one.

@@ -173,9 +173,13 @@ class ReferenceModeTest(parameterized.TestCase):
       )
       np.testing.assert_allclose(got, want, rtol=1e-6)
 
-  @parameterized.parameters("per_example", "sampled")
-  def test_other_estimators_touch_only_arch_edges(self, estimator):
-    config = _tiny_config(mode="clean", estimator=estimator, clip=0.0)
+  @parameterized.parameters(
+    ("per_example", "fast"), ("per_example", "vmap"), ("sampled", "fast")
+  )
+  def test_other_estimators_touch_only_arch_edges(self, estimator, method):
+    config = _tiny_config(
+      mode="clean", estimator=estimator, clip=0.0, fisher_method=method
+    )
     _, steps, state, x, y, h, _ = _setup(config)
     arch = search_space.from_string("tanh|0:relu|1:sigmoid")
     ids = set(np.asarray(search_space.edge_ids(arch)).tolist())
@@ -194,6 +198,28 @@ class ReferenceModeTest(parameterized.TestCase):
     )
     for e in range(3):
       self.assertEqual(norms[e] > 0, e in ids, msg=f"edge {e}")
+
+  def test_fast_per_example_equals_vmap_in_fisher_step(self):
+    outs = []
+    for method in ("fast", "vmap"):
+      config = _tiny_config(
+        mode="clean", estimator="per_example", clip=0.0, fisher_method=method
+      )
+      _, steps, state, x, y, h, _ = _setup(config)
+      arch = search_space.from_string("relu|0:tanh|1:sigmoid")
+      got, _ = jax.jit(steps.fisher_step)(
+        state["shared"],
+        state["wpl"],
+        arch,
+        x,
+        y,
+        h,
+        jnp.float32(1.0),
+        key=jax.random.key(0),
+      )
+      outs.append(jax.device_get(got.fisher))
+    for k in enas_wpl.EDGE_KEYS:
+      np.testing.assert_allclose(outs[0][k], outs[1][k], rtol=1e-5, atol=1e-12)
 
 
 class EvalBatchNormTest(parameterized.TestCase):

@@ -454,6 +454,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.wpl.mode must be reference or clean: {w.mode!r}")
   if w.estimator not in ("batch_grad_squared", "per_example", "sampled"):
     raise ValueError(f"unknown config.wpl.estimator {w.estimator!r}")
+  if w.get("fisher_method", "fast") not in ("fast", "vmap"):
+    raise ValueError("config.wpl.fisher_method must be 'fast' or 'vmap'")
   if config.search.get("eval_bn", "running") not in ("running", "batch"):
     raise ValueError("config.search.eval_bn must be 'running' or 'batch'")
   if config.model.num_nodes < 2:

@@ -14,6 +14,7 @@ import ml_collections
 import optax
 
 from wpl_jax import fisher as fisher_lib
+from wpl_jax import fisher_fast
 from wpl_jax.enas import sampler
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.enas.search_space import Arch
@@ -217,16 +218,27 @@ class Steps:
     def loss_of(p, b):
       return enas_rnn.cross_entropy(logits_of(p, b), b["targets"])
 
-    new_fisher = enas_wpl.estimate_fisher(
-      loss_of,
-      params,
-      arch,
-      batch,
-      estimator=estimator,
-      key=k_sample,
-      logits_fn=logits_of,
-      chunk_size=w.get("chunk_size", None),
-    )
+    if estimator == "per_example" and w.get("fisher_method", "fast") == "fast":
+      # Exact per-example Fisher from one probed backward pass (issue 6);
+      # equal to the vmap(grad) path below (tests/fisher_fast_test.py).
+      new_fisher = fisher_fast.enas_edge_fisher(
+        self.model,
+        {"params": params, "batch_stats": stats},
+        arch,
+        batch,
+        chunk_size=w.get("chunk_size", None),
+      )
+    else:
+      new_fisher = enas_wpl.estimate_fisher(
+        loss_of,
+        params,
+        arch,
+        batch,
+        estimator=estimator,
+        key=k_sample,
+        logits_fn=logits_of,
+        chunk_size=w.get("chunk_size", None),
+      )
     wpl_state = enas_wpl.update_after_arch(
       wpl_state,
       params,
