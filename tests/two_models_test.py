@@ -1,5 +1,6 @@
 """Tests of the two-model MLPs and their training loop."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 from absl.testing import absltest, parameterized
 
 from experiments import two_models as two_models_config
+from wpl_jax import fisher as fisher_lib
 from wpl_jax import partition
 from wpl_jax.models import two_models as model_lib
 from wpl_jax.train import two_models as train_lib
@@ -119,6 +121,26 @@ class ConfigTest(parameterized.TestCase):
     per_seed = 1 + len(l2_grid) + len(config.fisher.estimators) * len(wpl_grid)
     self.assertLen(runs, config.num_seeds * per_seed)
     self.assertLen({r.name for r in runs}, per_seed)
+
+
+class FisherOfATest(absltest.TestCase):
+  def test_fast_per_example_fisher_equals_vmap(self):
+    """loss_a is tap-aware: the default path equals vmap(grad) exactly."""
+    params = model_lib.init_a(
+      jax.random.key(0), in_dim=6, width=5, num_classes=3
+    )
+    rng = np.random.default_rng(0)
+    batch = (
+      rng.normal(size=(7, 6)).astype(np.float32),
+      rng.integers(0, 3, size=(7,)).astype(np.int32),
+    )
+    fast = fisher_lib.fisher_diagonal(
+      train_lib.loss_a, params, batch, estimator="per_example"
+    )
+    slow = fisher_lib.fisher_diagonal(
+      train_lib.loss_a, params, batch, estimator="per_example", method="vmap"
+    )
+    chex.assert_trees_all_close(fast, slow, rtol=1e-5, atol=1e-9)
 
 
 class TrainTest(parameterized.TestCase):

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from wpl_jax import fisher_fast
 from wpl_jax.types import Array, Params, PRNGKey
 
 SHARED_REGEX = r"^shared_"  # Paths of the leaves that A and B share.
@@ -108,21 +109,26 @@ def _numbered(params: Params, prefix: str) -> list[str]:
   return sorted(names, key=lambda n: int(n[len(prefix) :]))
 
 
-def _dense(layer: dict[str, Array], h: Array) -> Array:
-  """h @ kernel + bias, bias broadcast explicitly over the leading axes."""
-  bias = layer["bias"].reshape((1,) * (h.ndim - 1) + layer["bias"].shape)
-  return h @ layer["kernel"] + bias
+def _mlp(
+  params: Params, names: list[str], x: Array, tap: fisher_fast.Tap
+) -> Array:
+  """ReLU hidden layers `names[:-1]`, then the linear classifier `names[-1]`.
 
-
-def _mlp(params: Params, names: list[str], x: Array) -> Array:
-  """ReLU hidden layers `names[:-1]`, then the linear classifier `names[-1]`."""
+  Each layer is `tap.dense` (plain `h @ kernel + bias` with the default
+  tap), so the per-example Fisher of these weights can take the fast exact
+  path of `wpl_jax.fisher_fast`.
+  """
   h = x
   for name in names[:-1]:
-    h = jax.nn.relu(_dense(params[name], h))
-  return _dense(params[names[-1]], h)
+    layer = params[name]
+    h = jax.nn.relu(tap.dense(name, h, layer["kernel"], layer["bias"]))
+  head = params[names[-1]]
+  return tap.dense(names[-1], h, head["kernel"], head["bias"])
 
 
-def forward_a(params: Params, x: Array) -> Array:
+def forward_a(
+  params: Params, x: Array, tap: fisher_fast.Tap = fisher_fast.PLAIN
+) -> Array:
   """Model A: shared layers, A's private layers, A's classifier.
 
   Works on the joint tree and on A's tree alone (before `attach_b`).
@@ -130,12 +136,13 @@ def forward_a(params: Params, x: Array) -> Array:
   Args:
     params: joint params tree (or A's alone).
     x: inputs [B, D], float32.
+    tap: `wpl_jax.fisher_fast` tap (plain by default).
 
   Returns:
     logits [B, C].
   """
   names = _numbered(params, "shared_") + _numbered(params, "a_") + ["a_head"]
-  return _mlp(params, names, x)
+  return _mlp(params, names, x, tap)
 
 
 def forward_b(params: Params, x: Array) -> Array:
@@ -149,4 +156,4 @@ def forward_b(params: Params, x: Array) -> Array:
     logits [B, C].
   """
   names = _numbered(params, "shared_") + _numbered(params, "b_") + ["b_head"]
-  return _mlp(params, names, x)
+  return _mlp(params, names, x, fisher_fast.PLAIN)

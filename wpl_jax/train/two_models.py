@@ -16,9 +16,9 @@ from absl import logging
 
 from wpl_jax import data as data_lib
 from wpl_jax import fisher as fisher_lib
+from wpl_jax import fisher_fast, partition
 from wpl_jax import loss as loss_lib
 from wpl_jax import metrics as metrics_lib
-from wpl_jax import partition
 from wpl_jax.models import two_models as model_lib
 from wpl_jax.types import Array, Params, PRNGKey
 
@@ -63,10 +63,17 @@ def cross_entropy(logits: Array, labels: Array) -> Array:
   )
 
 
-def loss_a(params: Params, batch: tuple[Array, Array]) -> Array:
-  """A's mean cross-entropy on batch (x [B, D], y [B])."""
+@fisher_fast.tapped
+def loss_a(
+  params: Params, batch: tuple[Array, Array], tap=fisher_fast.PLAIN
+) -> Array:
+  """A's mean cross-entropy on batch (x [B, D], y [B]).
+
+  Tap-aware, so `fisher_diagonal(loss_a, ..., estimator="per_example")`
+  takes the exact one-backward path of `wpl_jax.fisher_fast`.
+  """
   x, y = batch
-  return cross_entropy(model_lib.forward_a(params, x), y)
+  return cross_entropy(model_lib.forward_a(params, x, tap), y)
 
 
 def loss_b(
