@@ -667,24 +667,8 @@ def tapped(fn: Callable[[PyTree, PyTree, Tap], Array]) -> TappedLoss:
 # The ENAS child ---------------------------------------------------------------
 
 
-def _activate(act_id: Array, z: Array) -> Array:
-  """ACTIVATIONS[act_id] (tanh, relu, identity, sigmoid), branch-free."""
-  return jnp.where(
-    act_id == 0,
-    jnp.tanh(z),
-    jnp.where(
-      act_id == 1,
-      jax.nn.relu(z),
-      jnp.where(act_id == 2, z, jax.nn.sigmoid(z)),
-    ),
-  )
-
-
-def _highway(z_Bx2H: Array, h_in_BxH: Array, act_id: Array) -> Array:
-  """c = σ(z[:, :H]), h = c·f(z[:, H:]) + (1 − c)·h_in (REFERENCE.md §4)."""
-  hidden = h_in_BxH.shape[-1]
-  c = jax.nn.sigmoid(z_Bx2H[:, :hidden])
-  return c * _activate(act_id, z_Bx2H[:, hidden:]) + (1.0 - c) * h_in_BxH
+# The cell's node update is the model's own (one source of the ENAS math).
+_highway = enas_rnn._highway  # noqa: SLF001
 
 
 def enas_forward(
