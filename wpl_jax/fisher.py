@@ -59,16 +59,18 @@ def _batch_size(batch: PyTree) -> int:
   return sizes.pop()
 
 
-def _sum_squared_grads(
-  sq_grad_fn: Callable, params: PyTree, xs: PyTree, chunk_size: int | None
+def chunked_sum(
+  part: Callable[[PyTree], PyTree], xs: PyTree, chunk_size: int | None
 ) -> PyTree:
-  """Σ over examples of `sq_grad_fn(example_xs)`, `chunk_size` at a time."""
+  """`part(xs)` computed `chunk_size` examples at a time, summed over chunks.
+
+  `part` maps a chunk of examples (leading axis of every leaf of `xs`) to a
+  pytree summed over that chunk; the chunks run in a `lax.scan`, so memory
+  scales with `chunk_size`, not with the number of examples.
+  """
   n = _batch_size(xs)
-  per_chunk = lambda c: jax.tree.map(
-    lambda s: jnp.sum(s, 0), jax.vmap(sq_grad_fn)(c)
-  )
   if chunk_size is None or chunk_size >= n:
-    return per_chunk(xs)
+    return part(xs)
   n_chunks, rest = divmod(n, chunk_size)
   head = jax.tree.map(
     lambda x: x[: n_chunks * chunk_size].reshape(
@@ -78,14 +80,28 @@ def _sum_squared_grads(
   )
 
   def body(acc, chunk):
-    return jax.tree.map(jnp.add, acc, per_chunk(chunk)), None
+    return jax.tree.map(jnp.add, acc, part(chunk)), None
 
-  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+  first = jax.tree.map(lambda x: x[0], head)
+  zeros = jax.tree.map(
+    lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(part, first)
+  )
   total, _ = jax.lax.scan(body, zeros, head)
   if rest:
     tail = jax.tree.map(lambda x: x[n_chunks * chunk_size :], xs)
-    total = jax.tree.map(jnp.add, total, per_chunk(tail))
+    total = jax.tree.map(jnp.add, total, part(tail))
   return total
+
+
+def _sum_squared_grads(
+  sq_grad_fn: Callable, xs: PyTree, chunk_size: int | None
+) -> PyTree:
+  """Σ over examples of `sq_grad_fn(example_xs)`, `chunk_size` at a time."""
+  return chunked_sum(
+    lambda c: jax.tree.map(lambda s: jnp.sum(s, 0), jax.vmap(sq_grad_fn)(c)),
+    xs,
+    chunk_size,
+  )
 
 
 def fisher_diagonal(
@@ -168,7 +184,7 @@ def fisher_diagonal(
     def sq_grad(example):
       return _square(_f32(jax.grad(loss_fn)(params, _expand(example))))
 
-    total = _sum_squared_grads(sq_grad, params, batch, chunk_size)
+    total = _sum_squared_grads(sq_grad, batch, chunk_size)
     return jax.tree.map(lambda s: s / n, total)
 
   # estimator == "sampled"
@@ -194,7 +210,7 @@ def fisher_diagonal(
     return jax.tree.map(lambda s: jnp.mean(s, 0), sq)
 
   keys = jax.random.split(key, n)
-  total = _sum_squared_grads(sq_grad_sampled, params, (batch, keys), chunk_size)
+  total = _sum_squared_grads(sq_grad_sampled, (batch, keys), chunk_size)
   return jax.tree.map(lambda s: s / n, total)
 
 

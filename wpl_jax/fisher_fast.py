@@ -477,27 +477,10 @@ def _sum_sq_outer(pairs: list, n: int, chunk_size: int | None) -> list:
       for a, g in chunk
     ]
 
-  if not pairs or chunk_size is None or chunk_size >= n:
-    return part(pairs)
-  n_chunks, rest = divmod(n, chunk_size)
-  head = jax.tree.map(
-    lambda x: x[: n_chunks * chunk_size].reshape(
-      (n_chunks, chunk_size) + x.shape[1:]
-    ),
-    pairs,
-  )
-
-  def body(acc, chunk):
-    return [s + t for s, t in zip(acc, part(chunk), strict=True)], None
-
-  zeros = [
-    jnp.zeros((a.shape[1], a.shape[-1], g.shape[-1]), a.dtype) for a, g in pairs
-  ]
-  total, _ = jax.lax.scan(body, zeros, head)
-  if rest:
-    tail = jax.tree.map(lambda x: x[n_chunks * chunk_size :], pairs)
-    total = [s + t for s, t in zip(total, part(tail), strict=True)]
-  return total
+  if not pairs:
+    return []
+  del n  # chunked_sum reads it off the leading axis.
+  return fisher_lib.chunked_sum(part, pairs, chunk_size)
 
 
 def _tapped_fisher(loss_fn, params, batch, p: _Plan, n: int, chunk_size):
