@@ -12,6 +12,7 @@ from ml_collections import config_flags
 _EXPERIMENTS = {
   "two_models": "wpl_jax.train.two_models",
   "enas_ptb": "wpl_jax.train.enas_search",
+  "enas_truth": "wpl_jax.train.enas_truth",
 }
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT = os.path.join(_HERE, "experiments", "two_models.py")

@@ -162,3 +162,8 @@ def plot_panels(
   fig.tight_layout(rect=(0, 0.14 / nrows, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def dumps_line(record: Mapping[str, Any]) -> str:
+  """One JSONL line (with its newline) for `record`, as `JsonlWriter` writes."""
+  return json.dumps(_plain(record), sort_keys=False) + "\n"

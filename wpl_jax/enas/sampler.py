@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from wpl_jax.enas import search_space
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.models import controller as controller_lib
 from wpl_jax.models import enas_rnn
@@ -23,6 +24,7 @@ def sample_architectures(
   num_nodes: int,
   temperature: float = 5.0,
   tanh_constant: float | None = 2.5,
+  fixed_first_activation: int | None = None,
 ) -> tuple[Arch, Array, Array]:
   """Samples K cells from the controller, one split key each (`vmap`).
 
@@ -32,6 +34,7 @@ def sample_architectures(
     k: number of architectures K (static).
     num_nodes: N (static).
     temperature, tanh_constant: logit shaping (see `controller.Controller`).
+    fixed_first_activation: None or node 0's fixed activation id.
 
   Returns:
     `(archs, log_probs, entropies)`: an `Arch` with int32[K, N] fields and
@@ -46,6 +49,24 @@ def sample_architectures(
       num_nodes=num_nodes,
       temperature=temperature,
       tanh_constant=tanh_constant,
+      fixed_first_activation=fixed_first_activation,
+    )
+
+  return jax.vmap(one)(jax.random.split(key, k))
+
+
+def sample_uniform_architectures(
+  *, key: PRNGKey, k: int, num_nodes: int, fixed_first_activation=None
+) -> Arch:
+  """K cells drawn uniformly from the space (random search), vmapped.
+
+  Returns:
+    An `Arch` with int32[K, N] fields.
+  """
+
+  def one(key_i):
+    return search_space.sample_uniform(
+      key_i, num_nodes, fixed_first_activation=fixed_first_activation
     )
 
   return jax.vmap(one)(jax.random.split(key, k))

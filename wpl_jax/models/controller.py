@@ -90,6 +90,10 @@ class Controller(nn.Module):
     temperature: logits are divided by it (5.0).
     tanh_constant: exploration squash c·tanh(·) (2.5); None disables it.
     init_range: parameters ~ U(±init_range), decoder biases 0.
+    fixed_first_activation: None, or the activation id that node 0 always
+      uses (the reduced space of REFERENCE.md §5): node 0's decision is
+      then not a choice (log-prob 0, entropy 0, the given decision's first
+      token is ignored when scoring) and its token still feeds the LSTM.
   """
 
   num_nodes: int
@@ -97,6 +101,7 @@ class Controller(nn.Module):
   temperature: float = 5.0
   tanh_constant: float | None = 2.5
   init_range: float = 0.1
+  fixed_first_activation: int | None = None
 
   def setup(self):
     n, h = self.num_nodes, self.hidden_size
@@ -169,7 +174,11 @@ class Controller(nn.Module):
     zeros = jnp.zeros((h,), jnp.float32)
     carry, out = _lstm_step(kernel, bias, (zeros, zeros), zeros)
     act0_logits = self._squash(out @ self.act_kernel[0] + self.act_bias[0])
-    act0, lp0, ent0 = decide(act0_logits, key0, forced_act0)
+    if self.fixed_first_activation is None:
+      act0, lp0, ent0 = decide(act0_logits, key0, forced_act0)
+    else:
+      act0 = jnp.int32(self.fixed_first_activation)
+      lp0 = ent0 = jnp.zeros([], jnp.float32)
 
     def node_step(state, xs):
       carry, inputs = state
@@ -237,6 +246,7 @@ def sample(
   num_nodes: int,
   temperature: float = 5.0,
   tanh_constant: float | None = 2.5,
+  fixed_first_activation: int | None = None,
 ) -> tuple[Arch, Array, Array]:
   """Samples one cell from the controller.
 
@@ -245,6 +255,7 @@ def sample(
     key: PRNG key (consumed).
     num_nodes: N; must match the params.
     temperature, tanh_constant: logit shaping (see `Controller`).
+    fixed_first_activation: None or node 0's fixed activation id.
 
   Returns:
     `(arch, log_prob, entropy)`: an `Arch` with int32[N] fields, the float32
@@ -253,7 +264,11 @@ def sample(
     the decisions' entropies.
   """
   model = _controller(
-    params, num_nodes, temperature=temperature, tanh_constant=tanh_constant
+    params,
+    num_nodes,
+    temperature=temperature,
+    tanh_constant=tanh_constant,
+    fixed_first_activation=fixed_first_activation,
   )
   decisions, log_probs, entropies, _ = model.apply({"params": params}, key=key)
   arch = decisions_to_arch(decisions)
@@ -266,6 +281,7 @@ def decision_log_probs(
   *,
   temperature: float = 5.0,
   tanh_constant: float | None = 2.5,
+  fixed_first_activation: int | None = None,
 ) -> tuple[Array, Array]:
   """Per-decision log-probabilities and entropies of a given cell.
 
@@ -274,7 +290,11 @@ def decision_log_probs(
     (a0, p1, a1, ..., p_{N-1}, a_{N-1}).
   """
   model = _controller(
-    params, arch.num_nodes, temperature=temperature, tanh_constant=tanh_constant
+    params,
+    arch.num_nodes,
+    temperature=temperature,
+    tanh_constant=tanh_constant,
+    fixed_first_activation=fixed_first_activation,
   )
   decisions = arch_to_decisions(arch)
   _, log_probs, entropies, _ = model.apply({"params": params}, decisions)
@@ -287,6 +307,7 @@ def log_prob(
   *,
   temperature: float = 5.0,
   tanh_constant: float | None = 2.5,
+  fixed_first_activation: int | None = None,
 ) -> tuple[Array, Array]:
   """Teacher-forced score of a cell: equals `sample`'s values for it.
 
@@ -299,6 +320,10 @@ def log_prob(
     `(log_prob, entropy)`: float32 scalars, sums over the 2N-1 decisions.
   """
   log_probs, entropies = decision_log_probs(
-    params, arch, temperature=temperature, tanh_constant=tanh_constant
+    params,
+    arch,
+    temperature=temperature,
+    tanh_constant=tanh_constant,
+    fixed_first_activation=fixed_first_activation,
   )
   return jnp.sum(log_probs), jnp.sum(entropies)

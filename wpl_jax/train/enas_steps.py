@@ -15,7 +15,7 @@ import optax
 
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import fisher_fast
-from wpl_jax.enas import sampler
+from wpl_jax.enas import sampler, search_space
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.models import controller as controller_lib
@@ -60,6 +60,31 @@ def make_model(config: ml_collections.ConfigDict) -> enas_rnn.SharedRNN:
   )
 
 
+POLICIES = ("enas", "random")
+
+
+def search_policy(config: ml_collections.ConfigDict) -> str:
+  """ "enas" (LSTM controller, REINFORCE) or "random" (uniform sampling)."""
+  return config.search.get("policy", "enas")
+
+
+def fixed_first_activation(config: ml_collections.ConfigDict) -> int | None:
+  """Node 0's fixed activation id of the space, or None (a free choice).
+
+  `config.search.fixed_first_activation` is "" (none) or an activation
+  name; "tanh" with `num_nodes=3` is the 32-cell space of REFERENCE.md §5.
+  """
+  name = config.search.get("fixed_first_activation", "")
+  if not name:
+    return None
+  if name not in search_space.ACTIVATIONS:
+    raise ValueError(
+      f"config.search.fixed_first_activation {name!r} is not one of "
+      f"{search_space.ACTIVATIONS}"
+    )
+  return search_space.ACTIVATIONS.index(name)
+
+
 def shared_optimizer(
   grad_clip: float, weight_decay: float
 ) -> optax.GradientTransformation:
@@ -95,7 +120,9 @@ class Steps:
 
   # -- forward helpers -------------------------------------------------------
 
-  def _train_forward(self, params, batch_stats, inputs, hidden, arch, key):
+  def _train_forward(
+    self, params, batch_stats, inputs, hidden, arch, key, decode=True
+  ):
     variables = {"params": params, "batch_stats": batch_stats}
     (logits, new_hidden), mutated = self.model.apply(
       variables,
@@ -103,10 +130,27 @@ class Steps:
       hidden,
       arch,
       train=True,
+      decode=decode,
       rngs={"dropout": key},
       mutable=["batch_stats"],
     )
     return logits, new_hidden, mutated.get("batch_stats", batch_stats)
+
+  def _train_ce(self, params, batch_stats, inputs, targets, hidden, arch, key):
+    """Training-mode mean token cross-entropy, new hidden and batch stats.
+
+    With `config.model.ce_chunk` > 0 the decoder runs in chunks of that
+    many tokens (`enas_rnn.chunked_cross_entropy`, same value).
+    """
+    chunk = self.config.model.get("ce_chunk", 0)
+    out, new_hidden, new_stats = self._train_forward(
+      params, batch_stats, inputs, hidden, arch, key, decode=not chunk
+    )
+    if chunk:
+      ce = enas_rnn.chunked_cross_entropy(params, out, targets, chunk=chunk)
+    else:
+      ce = enas_rnn.cross_entropy(out, targets)
+    return ce, new_hidden, new_stats
 
   def _eval_forward(self, params, batch_stats, inputs, hidden, arch):
     variables = {"params": params, "batch_stats": batch_stats}
@@ -140,10 +184,15 @@ class Steps:
     use_wpl = self.config.wpl.enabled
 
     def loss_fn(params):
-      logits, new_hidden, new_stats = self._train_forward(
-        params, shared.batch_stats, inputs_TxB, hidden_BxH, arch, key
+      ce, new_hidden, new_stats = self._train_ce(
+        params,
+        shared.batch_stats,
+        inputs_TxB,
+        targets_TxB,
+        hidden_BxH,
+        arch,
+        key,
       )
-      ce = enas_rnn.cross_entropy(logits, targets_TxB)
       pen = (
         enas_wpl.edge_penalty(params, wpl_state, arch, alpha=wpl_alpha)
         if use_wpl
@@ -334,12 +383,7 @@ class Steps:
     c = self.config.controller
     n = self.config.model.num_nodes
     archs, _, entropies = sampler.sample_architectures(
-      ctrl.params,
-      key=key,
-      k=c.batch_size,
-      num_nodes=n,
-      temperature=c.temperature,
-      tanh_constant=c.tanh_constant,
+      ctrl.params, key=key, k=c.batch_size, num_nodes=n, **self._policy_kw()
     )
     ppl, hiddens = self._eval_many(
       shared, archs, inputs_TxB, targets_TxB, hidden_BxH
@@ -355,9 +399,7 @@ class Steps:
 
     def loss_fn(cp):
       logp, _ = jax.vmap(
-        lambda a: controller_lib.log_prob(
-          cp, a, temperature=c.temperature, tanh_constant=c.tanh_constant
-        )
+        lambda a: controller_lib.log_prob(cp, a, **self._policy_kw())
       )(archs)
       return -jnp.mean(logp * adv)
 
@@ -379,15 +421,30 @@ class Steps:
     }
     return new_ctrl, hiddens[0], metrics
 
-  def sample(self, ctrl_params: Params, *, key: PRNGKey, k: int) -> Arch:
-    """K architectures sampled from the controller (one vmapped call)."""
+  def _policy_kw(self) -> dict:
+    """The controller's logit shaping and the space's fixed node-0 act."""
     c = self.config.controller
+    return {
+      "temperature": c.temperature,
+      "tanh_constant": c.tanh_constant,
+      "fixed_first_activation": fixed_first_activation(self.config),
+    }
+
+  def sample(self, ctrl_params: Params, *, key: PRNGKey, k: int) -> Arch:
+    """K architectures from the search policy (one vmapped call).
+
+    `config.search.policy` "enas" samples the controller; "random" draws
+    uniformly from the space (the controller's params are then unused).
+    """
+    n = self.config.model.num_nodes
+    if search_policy(self.config) == "random":
+      return sampler.sample_uniform_architectures(
+        key=key,
+        k=k,
+        num_nodes=n,
+        fixed_first_activation=fixed_first_activation(self.config),
+      )
     archs, _, _ = sampler.sample_architectures(
-      ctrl_params,
-      key=key,
-      k=k,
-      num_nodes=self.config.model.num_nodes,
-      temperature=c.temperature,
-      tanh_constant=c.tanh_constant,
+      ctrl_params, key=key, k=k, num_nodes=n, **self._policy_kw()
     )
     return archs

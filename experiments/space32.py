@@ -1,0 +1,137 @@
+"""The 32-cell PTB space: ground truth, and weight-shared rankings against it.
+
+The reduced space of REFERENCE.md §5 (ICLR'20 follow-up): 3 nodes; node 0
+as in the full space with its activation fixed to tanh; node 1 reads node
+0; node 2 reads node 0 or node 1; nodes 1 and 2 choose one of the 4
+activations: 4 · 2 · 4 = 32 cells (`enumerate_space(3,
+fixed_first_activation="tanh")`, codec strings such as
+"tanh|0:relu|1:identity").
+
+Variants (the `:arg` string, comma-separated):
+  truth      every cell trained from scratch on PTB (one program over the 32
+             cells); one seed per run (--config.seed), merged into
+             experiments/results/space32_truth.json by space32_truth.py.
+  enas       weight-shared search, LSTM controller with REINFORCE.
+  random     weight-shared search, cells sampled uniformly.
+  off        WPL off (default).    reference   WPL, reference mode.
+  clean      WPL, clean mode.
+  smoke      seconds: tiny sizes (tests).
+
+Run (from the project root):
+  python main.py --config=experiments/space32.py:truth \
+      --data_dir=../shared/data/ptb --workdir=workdir/truth_s0 --config.seed=0
+  python main.py --config=experiments/space32.py:enas,reference \
+      --data_dir=../shared/data/ptb --workdir=workdir/s32_enas_ref_s0
+
+Measured results and the budget's trade-offs: WORKSPACE.md §6.
+"""
+
+import ml_collections
+
+from experiments import enas_ptb
+
+# Sizes shared by the ground truth and the searches (a ranking compares
+# the same model family).
+HIDDEN = 32
+FIRST_ACTIVATION = "tanh"
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the config for the comma-separated variants in `arg`."""
+  variants = [v for v in (arg or "truth").split(",") if v]
+  for v in variants:
+    if v not in _VARIANTS:
+      raise ValueError(
+        f"unknown variant {v!r} of space32; choose from {sorted(_VARIANTS)}"
+      )
+  c = enas_ptb.get_config("paper")
+  c.experiment = "enas_ptb"
+  c.model.hidden = HIDDEN
+  c.model.num_nodes = 3
+  c.model.ce_chunk = 140  # tokens per decoder chunk (enas_rnn.chunked_...)
+  # A 32-unit model trained for a few epochs underfits: the paper's heavy
+  # dropout (0.4/0.65/0.1/0.5) only slows it down.
+  c.model.dropout_output = 0.1
+  c.model.dropout_input = 0.1
+  c.model.dropout_embed = 0.0
+  c.model.dropconnect = 0.1
+  c.search.fixed_first_activation = FIRST_ACTIVATION
+  c.search.policy = "enas"
+
+  c.truth = t = ml_collections.ConfigDict()
+  t.epochs = 1
+  t.max_batches_per_epoch = 0  # 0 = full passes over ptb.train.txt.
+  t.lr = 20.0  # SGD, cosine decay to lr · lr_final over the whole run.
+  t.lr_final = 0.05
+  t.arch_batch = 1  # cells vmapped together inside the map over cells
+  t.eval_arch_batch = 32
+  t.eval_batch_size = 1  # 1 column: every validation token is scored.
+  t.checkpoint_every = 50  # steps (and at every epoch end)
+  t.eval_every = 210  # steps; also at every epoch end (0 = epoch ends only)
+  t.log_seconds = 30.0
+
+  for v in variants:
+    _VARIANTS[v](c)
+  return c
+
+
+def _truth(c):
+  c.experiment = "enas_truth"
+
+
+def _enas(c):
+  c.search.policy = "enas"
+
+
+def _random(c):
+  c.search.policy = "random"
+
+
+def _off(c):
+  c.wpl.enabled = False
+
+
+def _reference(c):
+  c.wpl.enabled = True
+  c.wpl.mode = "reference"
+
+
+def _clean(c):
+  c.wpl.enabled = True
+  c.wpl.mode = "clean"
+  c.wpl.clip = 0.0
+
+
+def _smoke(c):
+  c.model.hidden = 8
+  c.model.ce_chunk = 16
+  c.data.batch_size = 4
+  c.data.bptt = 6
+  c.truth.epochs = 2
+  c.truth.max_batches_per_epoch = 3
+  c.truth.arch_batch = 4
+  c.truth.eval_arch_batch = 8
+  c.truth.eval_batch_size = 64
+  c.truth.checkpoint_every = 2
+  c.truth.eval_every = 0
+  c.search.epochs = 2
+  c.search.archs_per_epoch = 3
+  c.search.batches_per_arch = 2
+  c.search.derive_every = 1
+  c.search.derive_samples = 4
+  c.search.eval_chunk = 8
+  c.controller.steps_per_epoch = 3
+  c.controller.hidden = 8
+  c.wpl.start_epoch = 0
+  c.retrain.epochs = 0
+
+
+_VARIANTS = {
+  "truth": _truth,
+  "enas": _enas,
+  "random": _random,
+  "off": _off,
+  "reference": _reference,
+  "clean": _clean,
+  "smoke": _smoke,
+}

@@ -1,0 +1,417 @@
+"""Ground truth of a small ENAS space: every cell trained on its own.
+
+All S cells of the space (32 for the reduced space of REFERENCE.md §5) are
+trained from scratch as standalone language models, in one compiled
+program over the stacked architectures: the cell is data, so one compile
+trains all of them (`lax.map` over the architecture axis, vmapped in
+groups of `truth.arch_batch`; a full `vmap` of 32 cells with a 10k-word
+decoder is memory-bound and measured 5× slower on CPU, WORKSPACE §6).
+Every cell sees the same training windows; init and dropout keys differ
+per cell. The validation perplexity of every cell is scored on every token
+after each epoch.
+
+Outputs in the workdir: metrics.jsonl (one record per evaluation), tb/,
+checkpoints/ (every `truth.checkpoint_every` steps; a rerun resumes bit
+for bit), truth.json (the final per-cell perplexities) and results.md.
+`experiments/space32_truth.py` merges seeds into the stored ground truth.
+"""
+
+import math
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from wpl_jax import checkpoint as checkpoint_lib
+from wpl_jax import metrics as metrics_lib
+from wpl_jax.data import ptb
+from wpl_jax.enas import search_space
+from wpl_jax.enas.search_space import Arch
+from wpl_jax.models import enas_rnn
+from wpl_jax.train import enas_search, enas_steps
+from wpl_jax.train.enas_steps import SharedState
+
+# Independent random streams, folded into the run's base key.
+_INIT, _TRAIN = range(2)
+
+
+def space_archs(config: ml_collections.ConfigDict) -> Arch:
+  """Every cell of the configured space, int32[S, N] fields, in codec order."""
+  return search_space.enumerate_space(
+    config.model.num_nodes,
+    fixed_first_activation=enas_steps.fixed_first_activation(config),
+  )
+
+
+def lr_at_step(
+  config: ml_collections.ConfigDict, step: int, total: int
+) -> float:
+  """Cosine decay from `truth.lr` to `truth.lr · truth.lr_final` over `total`."""
+  t = config.truth
+  frac = min(step, total) / max(total, 1)
+  cosine = 0.5 * (1 + math.cos(math.pi * frac))
+  return t.lr * (t.lr_final + (1 - t.lr_final) * cosine)
+
+
+def eval_windows(
+  ids: np.ndarray, batch_size: int, bptt: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Cuts a token stream into equal BPTT windows with a padding mask.
+
+  The stream is split into `batch_size` contiguous columns (`ptb.batchify`;
+  with 1 column every token but the first is a target) and the L - 1
+  targets are padded to a multiple of `bptt`.
+
+  Returns:
+    `(inputs, targets, mask)`: int32[W, bptt, batch_size] twice and
+    float32[W, bptt, batch_size] (1 on real targets, 0 on padding).
+  """
+  src = ptb.batchify(ids, batch_size)
+  n = len(src) - 1
+  w = -(-n // bptt)
+  pad = w * bptt - n
+  x = np.concatenate([src[:-1], np.zeros((pad, batch_size), src.dtype)])
+  y = np.concatenate([src[1:], np.zeros((pad, batch_size), src.dtype)])
+  m = np.concatenate(
+    [
+      np.ones((n, batch_size), np.float32),
+      np.zeros((pad, batch_size), np.float32),
+    ]
+  )
+  shape = (w, bptt, batch_size)
+  return (
+    x.reshape(shape).astype(np.int32),
+    y.reshape(shape).astype(np.int32),
+    m.reshape(shape),
+  )
+
+
+class TruthTrainer:
+  """The jitted programs of the ground truth: init, train step, evaluation.
+
+  Each takes the stacked cells `archs` (int32[S, N] fields) as data and
+  maps over them, so each compiles once for the whole space.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    rconfig = ml_collections.ConfigDict(config.to_dict())
+    rconfig.wpl.enabled = False  # standalone models: plain cross-entropy
+    self.config = config
+    self.model = enas_steps.make_model(rconfig)
+    self.steps = enas_steps.Steps(model=self.model, config=rconfig)
+    self.tx = enas_steps.shared_optimizer(
+      config.shared.grad_clip, config.shared.weight_decay
+    )
+    self.init = jax.jit(self._init)
+    self.train_step = jax.jit(self._train_step, donate_argnums=(0, 1))
+    self.evaluate = jax.jit(self._evaluate)
+
+  def _init(self, keys_S: jax.Array) -> SharedState:
+    """Fresh variables and optimizer state per cell: leading axis S."""
+
+    def one(key):
+      variables = enas_rnn.init_variables(self.model, key=key)
+      return SharedState(
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=self.tx.init(variables["params"]),
+      )
+
+    return jax.vmap(one)(keys_S)
+
+  def _train_step(
+    self, shared_S, hidden_SxBxH, archs, x_TxB, y_TxB, lr, keys_S
+  ):
+    """One SGD step of every cell on the same window.
+
+    Args:
+      shared_S: `SharedState` with a leading axis S (one model per cell).
+      hidden_SxBxH: float32[S, B, H] carried hidden states.
+      archs: the S cells.
+      x_TxB, y_TxB: int32[T, B] inputs and targets (shared by all cells).
+      lr: float32 scalar learning rate.
+      keys_S: S dropout keys.
+
+    Returns:
+      `(shared_S, hidden_SxBxH, loss_S)`: float32[S] mean token loss.
+    """
+
+    def one(args):
+      shared, arch, hidden, key = args
+      shared, hidden, m = self.steps.shared_step(
+        shared, None, arch, x_TxB, y_TxB, hidden, lr, jnp.float32(0.0), key=key
+      )
+      return shared, hidden, m["loss"]
+
+    return jax.lax.map(
+      one,
+      (shared_S, archs, hidden_SxBxH, keys_S),
+      batch_size=self.config.truth.arch_batch,
+    )
+
+  def _evaluate(self, shared_S, archs, x_WxTxB, y_WxTxB, mask_WxTxB):
+    """Eval-mode summed NLL float32[S] of every cell over all windows.
+
+    The hidden state starts at zero and is carried across the W windows;
+    masked (padding) targets count for nothing.
+    """
+    h = self.config.model.hidden
+    batch = x_WxTxB.shape[-1]
+
+    def one(args):
+      params, stats, arch = args
+      variables = {"params": params, "batch_stats": stats}
+
+      def body(carry, xs):
+        hidden, total = carry
+        x, y, m = xs
+        logits, hidden = self.model.apply(
+          variables, x, hidden, arch, train=False
+        )
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return (hidden, total + jnp.sum(nll * m)), None
+
+      zero = (jnp.zeros((batch, h), jnp.float32), jnp.zeros([], jnp.float32))
+      (_, total), _ = jax.lax.scan(body, zero, (x_WxTxB, y_WxTxB, mask_WxTxB))
+      return total
+
+    return jax.lax.map(
+      one,
+      (shared_S.params, shared_S.batch_stats, archs),
+      batch_size=self.config.truth.eval_arch_batch,
+    )
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError (one line naming the field) on a bad truth config."""
+  enas_steps.fixed_first_activation(config)
+  t = config.truth
+  for field in ("epochs", "arch_batch", "eval_arch_batch", "eval_batch_size"):
+    if not isinstance(t[field], int) or t[field] < 1:
+      raise ValueError(f"config.truth.{field} must be an integer >= 1")
+  for field in ("max_batches_per_epoch", "checkpoint_every", "eval_every"):
+    if not isinstance(t[field], int) or t[field] < 0:
+      raise ValueError(f"config.truth.{field} must be an integer >= 0")
+  if not (t.lr > 0 and math.isfinite(t.lr)):
+    raise ValueError(f"config.truth.lr must be a positive number, got {t.lr}")
+  if not 0 <= t.lr_final <= 1:
+    raise ValueError("config.truth.lr_final must be in [0, 1]")
+  if config.model.get("ce_chunk", 0) < 0:
+    raise ValueError("config.model.ce_chunk must be >= 0")
+  for name in ("hidden", "num_nodes"):
+    if config.model[name] < 1:
+      raise ValueError(f"config.model.{name} must be >= 1")
+  for name in ("batch_size", "bptt"):
+    if config.data[name] < 1:
+      raise ValueError(f"config.data.{name} must be >= 1")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains every cell of the space; writes truth.json and results.md."""
+  validate(config)
+  if not config.data_dir:
+    raise ValueError("set --data_dir to the folder with the PTB text files")
+  data = ptb.load_ptb(config.data_dir)
+  b, bptt = config.data.batch_size, config.data.bptt
+  train_src = ptb.batchify(data.train, b)
+  n_windows = (len(train_src) - 1) // bptt
+  if n_windows < 1:
+    raise ValueError(f"ptb.train.txt is shorter than one {b}x{bptt} batch")
+  t = config.truth
+  if t.max_batches_per_epoch:
+    n_windows = min(n_windows, t.max_batches_per_epoch)
+  ex, ey, em = eval_windows(data.valid, t.eval_batch_size, bptt)
+  n_eval_tokens = float(em.sum())
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  with config.unlocked():
+    config.model.vocab_size = len(data.vocab)
+
+  archs = space_archs(config)
+  names = [search_space.to_string(a) for a in search_space.unstack(archs)]
+  s, h = len(names), config.model.hidden
+  trainer = TruthTrainer(config)
+  key = jax.random.key(config.seed)
+  init_keys = jax.random.split(jax.random.fold_in(key, _INIT), s)
+  k_train = jax.random.fold_in(key, _TRAIN)
+  state = {
+    "shared": trainer.init(init_keys),
+    "hidden": jnp.zeros((s, b, h), jnp.float32),
+  }
+  total_steps = t.epochs * n_windows
+  ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
+  done, history, seconds = 0, [], 0.0
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(state)
+    enas_search._check_same_config(config, meta.get("config"))
+    done, history, seconds = meta["step"], meta["history"], meta["seconds"]
+    logging.info(
+      "resumed at step %d/%d from %s", done, total_steps, ckpt.directory
+    )
+    _truncate(workdir / "metrics.jsonl", done)
+  log = metrics_lib.JsonlWriter(workdir / "metrics.jsonl")
+  tb = enas_search._tensorboard(workdir / "tb")
+  logging.info(
+    "ground truth: %d cells, %d epochs x %d steps, %d eval tokens",
+    s,
+    t.epochs,
+    n_windows,
+    int(n_eval_tokens),
+  )
+
+  def save(step):
+    meta = {
+      "step": step,
+      "history": history,
+      "seconds": seconds,
+      "config": enas_search._comparable(config),
+    }
+    ckpt.save(step, state, meta)
+
+  t_prev = t_log = time.time()
+  losses, logged = [], done
+  while done < total_steps:
+    epoch, i = divmod(done, n_windows)
+    if i == 0:
+      state["hidden"] = jnp.zeros((s, b, h), jnp.float32)
+    x, y = ptb.get_batch(train_src, i * bptt, bptt)
+    lr = lr_at_step(config, done, total_steps)
+    keys = jax.random.split(jax.random.fold_in(k_train, done), s)
+    state["shared"], state["hidden"], loss = trainer.train_step(
+      state["shared"], state["hidden"], archs, x, y, jnp.float32(lr), keys
+    )
+    losses.append(loss)
+    done += 1
+    now = time.time()
+    if now - t_log > t.get("log_seconds", 30.0):
+      jax.block_until_ready(loss)
+      now = time.time()
+      rate = (done - logged) / max(now - t_log, 1e-9)
+      logging.info(
+        "truth epoch %d step %d/%d: mean loss %.3f lr %.2f  %.3f steps/s, "
+        "ETA %.0f min",
+        epoch,
+        done,
+        total_steps,
+        float(jnp.mean(loss)),
+        lr,
+        rate,
+        (total_steps - done) / max(rate, 1e-9) / 60,
+      )
+      t_log, logged = now, done
+    end_of_epoch = done % n_windows == 0
+    if end_of_epoch or (t.eval_every and done % t.eval_every == 0):
+      nll = np.asarray(trainer.evaluate(state["shared"], archs, ex, ey, em))
+      ppl = np.exp(nll / n_eval_tokens)
+      train_loss = np.mean(np.asarray(jax.device_get(losses)), axis=0)
+      losses = []
+      record = {
+        "epoch": epoch,
+        "step": done,
+        "end_of_epoch": end_of_epoch,
+        "lr": lr,
+        "valid_ppl": ppl.tolist(),
+        "train_loss": train_loss.tolist(),
+        "best": names[int(np.argmin(ppl))],
+        "best_ppl": float(np.min(ppl)),
+        "median_ppl": float(np.median(ppl)),
+        "seconds": seconds + time.time() - t_prev,
+      }
+      if not np.all(np.isfinite(ppl)):
+        raise ValueError(
+          f"ground truth diverged at epoch {epoch} step {done}: non-finite "
+          f"validation perplexity for {int(np.sum(~np.isfinite(ppl)))} cells"
+        )
+      history.append(record)
+      log.write(record)
+      if tb is not None:
+        for k in ("best_ppl", "median_ppl", "lr"):
+          tb.add_scalar(k, record[k], done)
+        tb.flush()
+      logging.info(
+        "truth epoch %d step %d: valid ppl best %.2f (%s) median %.2f "
+        "worst %.2f; %.0f s",
+        epoch,
+        done,
+        ppl.min(),
+        record["best"],
+        np.median(ppl),
+        ppl.max(),
+        record["seconds"],
+      )
+      t_log, logged = time.time(), done  # the evaluation is not a step
+    if end_of_epoch or (t.checkpoint_every and done % t.checkpoint_every == 0):
+      now = time.time()
+      seconds, t_prev = seconds + now - t_prev, now
+      save(done)
+  log.close()
+  ckpt.close()
+  if tb is not None:
+    tb.close()
+  final = history[-1]["valid_ppl"] if history else []
+  out = {
+    "commit": _git_commit(),
+    "archs": names,
+    "seed": config.seed,
+    "valid_ppl": final,
+    "valid_tokens": int(n_eval_tokens),
+    "history": [
+      {k: r[k] for k in ("epoch", "step", "valid_ppl")} for r in history
+    ],
+    "seconds": seconds,
+    "config": config.to_dict(),
+  }
+  metrics_lib.write_json(workdir / "truth.json", out)
+  md = _results_md(names, final, config.seed, seconds)
+  (workdir / "results.md").write_text(md)
+  print(md)
+  return out
+
+
+def _git_commit() -> str:
+  """The checkout's commit (with "+dirty" if modified), or "" outside git."""
+  import subprocess  # noqa: PLC0415
+
+  root = pathlib.Path(__file__).resolve().parents[2]
+  try:
+    rev = subprocess.run(
+      ["git", "-C", str(root), "rev-parse", "HEAD"],
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.strip()
+    dirty = subprocess.run(
+      ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return ""
+  return rev + ("+dirty" if dirty else "")
+
+
+def _truncate(path: pathlib.Path, step: int) -> None:
+  """Drops metrics lines written after checkpoint `step` (they rerun)."""
+  if not path.exists():
+    return
+  keep = [r for r in metrics_lib.read_jsonl(path) if r["step"] <= step]
+  path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
+
+
+def _results_md(names, ppl, seed, seconds) -> str:
+  order = np.argsort(ppl)
+  rows = [
+    {"rank": r + 1, "arch": names[i], "ppl": f"{ppl[i]:.2f}"}
+    for r, i in enumerate(order)
+  ]
+  head = f"ground truth, seed {seed}: {len(names)} cells in {seconds:.0f} s\n\n"
+  table = metrics_lib.markdown_table(
+    rows, [("rank", "rank"), ("arch", "cell"), ("ppl", "valid ppl")]
+  )
+  return head + table + "\n"
