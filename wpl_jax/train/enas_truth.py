@@ -51,7 +51,7 @@ def space_archs(config: ml_collections.ConfigDict) -> Arch:
 def lr_at_step(
   config: ml_collections.ConfigDict, step: int, total: int
 ) -> float:
-  """Cosine decay from `truth.lr` to `truth.lr · truth.lr_final` over `total`."""
+  """Cosine decay from `truth.lr` to `lr · lr_final` over `total` steps."""
   t = config.truth
   frac = min(step, total) / max(total, 1)
   cosine = 0.5 * (1 + math.cos(math.pi * frac))
