@@ -66,6 +66,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Batch-norm in search evaluations (forgetting, reward, derive): "running"
   # statistics (reference) or each child's own "batch" statistics.
   se.eval_bn = "running"
+  se.policy = "enas"  # "enas" (controller, REINFORCE) or "random" (uniform)
+  se.fixed_first_activation = ""  # "" or node 0's fixed activation name
+  # The last `heldout_tokens` validation tokens are never trained, Fisher'd
+  # or rewarded on; every `rank_every` epochs (0 = never) all cells of the
+  # space are scored on them with the shared weights (small spaces only).
+  se.heldout_tokens = 0
+  se.rank_every = 0
+  se.truth_path = ""  # stored ground truth (experiments/results/...json)
 
   c.controller = ct = ml_collections.ConfigDict()
   ct.hidden = 100

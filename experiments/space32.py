@@ -26,6 +26,8 @@ Run (from the project root):
 Measured results and the budget's trade-offs: WORKSPACE.md §6.
 """
 
+import pathlib
+
 import ml_collections
 
 from experiments import enas_ptb
@@ -34,6 +36,7 @@ from experiments import enas_ptb
 # the same model family).
 HIDDEN = 32
 FIRST_ACTIVATION = "tanh"
+TRUTH_PATH = pathlib.Path(__file__).parent / "results" / "space32_truth.json"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -58,6 +61,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.search.fixed_first_activation = FIRST_ACTIVATION
   c.search.policy = "enas"
 
+  # Weight-shared search: 12 epochs of 16 cells × 4 batches (~2.4 PTB
+  # epochs through the shared model), 50 controller steps per epoch.
+  se = c.search
+  se.epochs = 12
+  se.archs_per_epoch = 16
+  se.batches_per_arch = 4
+  se.derive_every = 12
+  se.derive_samples = 32
+  se.eval_chunk = 4
+  se.eval_bn = "batch"  # running stats inflate err2 10²-10⁵ (WORKSPACE §4)
+  se.heldout_tokens = 16000  # last 16k valid tokens: ranking only
+  se.rank_every = 1
+  se.truth_path = str(TRUTH_PATH)
+  c.controller.steps_per_epoch = 50
+  c.shared.lr_decay_after = 8
+  w = c.wpl
+  w.start_epoch = 2
+  w.reset_every = 2
+  w.alpha_decay_after = 1000  # α constant within the 12 epochs
+  w.clip = 10.0 * HIDDEN / 1000  # per-entry pull as at H = 1000 (enas_ptb cpu)
+  c.retrain.epochs = 0  # the ground truth scores the derived cell
+
   c.truth = t = ml_collections.ConfigDict()
   t.epochs = 1
   t.max_batches_per_epoch = 0  # 0 = full passes over ptb.train.txt.
@@ -66,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.arch_batch = 1  # cells vmapped together inside the map over cells
   t.eval_arch_batch = 32
   t.eval_batch_size = 1  # 1 column: every validation token is scored.
+  t.eval_tokens = 0  # 0 = the whole validation set
   t.checkpoint_every = 50  # steps (and at every epoch end)
   t.eval_every = 210  # steps; also at every epoch end (0 = epoch ends only)
   t.log_seconds = 30.0
@@ -112,6 +138,7 @@ def _smoke(c):
   c.truth.arch_batch = 4
   c.truth.eval_arch_batch = 8
   c.truth.eval_batch_size = 64
+  c.truth.eval_tokens = 2000
   c.truth.checkpoint_every = 2
   c.truth.eval_every = 0
   c.search.epochs = 2
@@ -120,10 +147,11 @@ def _smoke(c):
   c.search.derive_every = 1
   c.search.derive_samples = 4
   c.search.eval_chunk = 8
+  c.search.heldout_tokens = 2000
+  c.search.truth_path = ""  # tests pass their own
   c.controller.steps_per_epoch = 3
   c.controller.hidden = 8
   c.wpl.start_epoch = 0
-  c.retrain.epochs = 0
 
 
 _VARIANTS = {

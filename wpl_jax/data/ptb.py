@@ -156,3 +156,36 @@ def get_batch(
   if i < 0 or length < 1:
     raise ValueError(f"row {i} leaves no targets in a source of {len(source)}")
   return source[i : i + length], source[i + 1 : i + 1 + length]
+
+
+def eval_windows(
+  ids: np.ndarray, batch_size: int, bptt: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Cuts a token stream into equal BPTT windows with a padding mask.
+
+  The stream is split into `batch_size` contiguous columns (`ptb.batchify`;
+  with 1 column every token but the first is a target) and the L - 1
+  targets are padded to a multiple of `bptt`.
+
+  Returns:
+    `(inputs, targets, mask)`: int32[W, bptt, batch_size] twice and
+    float32[W, bptt, batch_size] (1 on real targets, 0 on padding).
+  """
+  src = batchify(ids, batch_size)
+  n = len(src) - 1
+  w = -(-n // bptt)
+  pad = w * bptt - n
+  x = np.concatenate([src[:-1], np.zeros((pad, batch_size), src.dtype)])
+  y = np.concatenate([src[1:], np.zeros((pad, batch_size), src.dtype)])
+  m = np.concatenate(
+    [
+      np.ones((n, batch_size), np.float32),
+      np.zeros((pad, batch_size), np.float32),
+    ]
+  )
+  shape = (w, bptt, batch_size)
+  return (
+    x.reshape(shape).astype(np.int32),
+    y.reshape(shape).astype(np.int32),
+    m.reshape(shape),
+  )

@@ -23,7 +23,7 @@ from absl import logging
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import metrics as metrics_lib
 from wpl_jax.data import ptb
-from wpl_jax.enas import search_space
+from wpl_jax.enas import ranking, search_space
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.models import controller as controller_lib
 from wpl_jax.models import enas_rnn
@@ -78,6 +78,90 @@ class _Windows:
       pos = 0
     x, y = ptb.get_batch(self.source, pos, self.bptt)
     return pos + self.bptt, x, y, wrapped
+
+
+def valid_splits(config: ml_collections.ConfigDict, valid_ids: np.ndarray):
+  """Cuts the validation stream into three disjoint parts.
+
+  * "heldout": the last `search.heldout_tokens` tokens, for the ranking
+    evaluation of the whole space (`ptb.eval_windows`, B columns, padded
+    and masked): no training, Fisher, reward or forgetting batch reads it.
+    None when `heldout_tokens` is 0.
+  * "forget": the first BPTT window (inputs, targets) of the rest,
+    batchified into B columns: the forgetting metric's fixed batch.
+  * "stream": the rows after that window (none shared with it, not even
+    a target row), walked by the Fisher and the reward batches.
+
+  Raises:
+    ValueError: when the split leaves fewer than two windows' rows.
+  """
+  b, bptt = config.data.batch_size, config.data.bptt
+  n_held = config.search.get("heldout_tokens", 0)
+  ids = np.asarray(valid_ids)
+  heldout = None
+  if n_held:
+    if n_held >= len(ids):
+      raise ValueError(
+        f"config.search.heldout_tokens={n_held} is not smaller than the "
+        f"{len(ids)} validation tokens"
+      )
+    heldout = ptb.eval_windows(ids[-n_held:], b, bptt)
+    ids = ids[:-n_held]
+  src = ptb.batchify(ids, b)
+  if len(src) < 2 * (bptt + 1):
+    raise ValueError(
+      f"the validation split ({len(ids)} tokens in {b} columns) is shorter "
+      f"than two {bptt}-token windows: lower search.heldout_tokens"
+    )
+  forget = ptb.get_batch(src, 0, bptt)
+  return {"forget": forget, "stream": src[bptt + 1 :], "heldout": heldout}
+
+
+class _Ranker:
+  """Scores every cell of the space with the shared weights (held-out split).
+
+  Logs the shared-weight perplexity of each cell, the shared ranking's best
+  cell and, with a stored ground truth (`search.truth_path`), Kendall τ,
+  Spearman ρ, top-3 hit and regret against it (`wpl_jax.enas.ranking`).
+  """
+
+  def __init__(self, config, steps, heldout):
+    if heldout is None:
+      raise ValueError("config.search.rank_every needs search.heldout_tokens")
+    self.archs = search_space.enumerate_space(
+      config.model.num_nodes,
+      fixed_first_activation=enas_steps.fixed_first_activation(config),
+    )
+    self.names = [
+      search_space.to_string(a) for a in search_space.unstack(self.archs)
+    ]
+    self.x, self.y, self.mask = heldout
+    self.count = float(self.mask.sum())
+    self.fn = jax.jit(steps.eval_archs_windows)
+    self.truth = None
+    path = config.search.get("truth_path", "")
+    if path:
+      names, ppl = ranking.load_truth(path)
+      order = {n: i for i, n in enumerate(names)}
+      missing = [n for n in self.names if n not in order]
+      if missing or len(names) != len(self.names):
+        raise ValueError(
+          f"ground truth {path} does not list the space's {len(self.names)} "
+          f"cells (e.g. {(missing or names)[0]!r})"
+        )
+      self.truth = ppl[[order[n] for n in self.names]]
+
+  def __call__(self, shared) -> dict:
+    nll = np.asarray(self.fn(shared, self.archs, self.x, self.y, self.mask))
+    ppl = np.exp(nll / self.count)
+    out = {
+      "rank_shared_ppl": ppl.tolist(),
+      "rank_best": self.names[int(np.argmin(ppl))],
+    }
+    if self.truth is not None:
+      stats = ranking.ranking_stats(ppl, self.truth, k=3)
+      out.update({f"rank_{k}": v for k, v in stats.items()})
+    return out
 
 
 def _init_state(config, model, key):
@@ -147,10 +231,13 @@ def search(
   key = jax.random.key(config.seed)
   b, bptt = config.data.batch_size, config.data.bptt
   train_w = _Windows(ptb.batchify(data.train, b), bptt)
-  valid_w = _Windows(ptb.batchify(data.valid, b), bptt)
-  _, fixed_x, fixed_y, _ = valid_w.get(0)  # the forgetting metric's batch
+  splits = valid_splits(config, data.valid)
+  fixed_x, fixed_y = splits["forget"]  # the forgetting metric's batch
+  valid_w = _Windows(splits["stream"], bptt)  # Fisher and reward batches
   zero_h = jnp.zeros((b, config.model.hidden), jnp.float32)
   s = config.search
+  policy = enas_steps.search_policy(config)
+  ranker = _Ranker(config, steps, splits["heldout"]) if s.rank_every else None
 
   shared_step = jax.jit(steps.shared_step, donate_argnums=(0,))
   fisher_step = jax.jit(steps.fisher_step)
@@ -266,7 +353,8 @@ def search(
 
     rewards, ppls = [], []
     c_key = jax.random.fold_in(ep_key, _CONTROLLER)
-    for c in range(config.controller.steps_per_epoch):
+    ctrl_steps = config.controller.steps_per_epoch if policy == "enas" else 0
+    for c in range(ctrl_steps):
       pos[2], vx, vy, wrapped = valid_w.get(pos[2])
       if wrapped:
         state["ctrl_hidden"] = zero_h
@@ -284,6 +372,9 @@ def search(
 
     record = {
       "epoch": epoch,
+      "policy": policy,
+      "wpl": w.mode if w.enabled else "off",
+      "wpl_start_epoch": w.start_epoch,
       "lr": lr,
       "wpl_alpha": alpha,
       "train_loss": float(np.mean(jax.device_get(losses))),
@@ -296,6 +387,10 @@ def search(
       "fisher_norm": _fisher_norm(state["wpl"]),
       "archs": [search_space.to_string(a) for a in archs],
     }
+    if ranker is not None and (
+      (epoch + 1) % s.rank_every == 0 or epoch + 1 == s.epochs
+    ):
+      record.update(ranker(state["shared"]))
     if (epoch + 1) % s.derive_every == 0 or epoch + 1 == s.epochs:
       best, best_ppl = _derive(
         config,
@@ -460,6 +555,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.search.eval_bn must be 'running' or 'batch'")
   if config.model.num_nodes < 2:
     raise ValueError("config.model.num_nodes must be >= 2")
+  if enas_steps.search_policy(config) not in enas_steps.POLICIES:
+    raise ValueError(
+      f"config.search.policy must be one of {enas_steps.POLICIES}: "
+      f"{config.search.policy!r}"
+    )
+  enas_steps.fixed_first_activation(config)  # raises on an unknown name
+  for field in ("heldout_tokens", "rank_every"):
+    if config.search.get(field, 0) < 0:
+      raise ValueError(f"config.search.{field} must be >= 0")
   for field in (
     "archs_per_epoch",
     "batches_per_arch",
@@ -508,7 +612,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     rng = jax.random.key(config.seed + 10_000)
     for i in range(r.random_archs):
       a = search_space.sample_uniform(
-        jax.random.fold_in(rng, i), config.model.num_nodes
+        jax.random.fold_in(rng, i),
+        config.model.num_nodes,
+        fixed_first_activation=enas_steps.fixed_first_activation(config),
       )
       to_train.append((f"random_{i}", search_space.to_string(a)))
     out["retrained"] = []

@@ -317,8 +317,8 @@ class Steps:
     ppl, _ = self._eval_many(shared, archs, inputs_TxB, targets_TxB, hidden_BxH)
     return ppl
 
-  def _eval_many(self, shared, archs, inputs_TxB, targets_TxB, hidden_BxH):
-    """(perplexity [K], final hidden [K, B, H]) of K archs, one vmapped call.
+  def _eval_logits(self, variables, arch, inputs_TxB, hidden_BxH):
+    """Search-evaluation logits [T, B, V] and new hidden of one arch.
 
     `config.search.eval_bn` = "running" (reference): eval mode with the
     batch-norm's running statistics, which the last trained architecture
@@ -326,17 +326,9 @@ class Steps:
     statistics, so the score reflects the weights and not a statistics
     mismatch between architectures.
     """
-    variables = {"params": shared.params, "batch_stats": shared.batch_stats}
     if self.config.search.get("eval_bn", "running") == "running":
-      return sampler.evaluate_architectures(
-        self.model,
-        variables,
-        archs,
-        inputs_TxB,
-        targets_TxB,
-        hidden_BxH,
-        metric="perplexity",
-        return_hidden=True,
+      return self.model.apply(
+        variables, inputs_TxB, hidden_BxH, arch, train=False
       )
     model = self.model.clone(
       dropout_output=0.0,
@@ -344,19 +336,66 @@ class Steps:
       dropout_embed=0.0,
       dropconnect=0.0,
     )
+    out, _ = model.apply(
+      variables,
+      inputs_TxB,
+      hidden_BxH,
+      arch,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return out
+
+  def _eval_many(self, shared, archs, inputs_TxB, targets_TxB, hidden_BxH):
+    """(perplexity [K], final hidden [K, B, H]) of K archs, one vmapped call.
+
+    Batch-norm as `config.search.eval_bn` says (see `_eval_logits`).
+    """
+    variables = {"params": shared.params, "batch_stats": shared.batch_stats}
 
     def one(arch):
-      (logits, new_hidden), _ = model.apply(
-        variables,
-        inputs_TxB,
-        hidden_BxH,
-        arch,
-        train=True,
-        mutable=["batch_stats"],
+      logits, new_hidden = self._eval_logits(
+        variables, arch, inputs_TxB, hidden_BxH
       )
       return jnp.exp(enas_rnn.cross_entropy(logits, targets_TxB)), new_hidden
 
     return jax.vmap(one)(archs)
+
+  def eval_archs_windows(
+    self,
+    shared: SharedState,
+    archs: Arch,
+    inputs_WxTxB: Array,
+    targets_WxTxB: Array,
+    mask_WxTxB: Array,
+  ) -> Array:
+    """Summed token NLL float32[K] of K archs over W consecutive windows.
+
+    The shared weights score every arch (vmapped) on the same windows,
+    the hidden state starting at zero and carried from window to window;
+    targets where `mask` is 0 (padding) count for nothing. Batch-norm as
+    `config.search.eval_bn` says. Divide by `mask.sum()` for the mean.
+    """
+    variables = {"params": shared.params, "batch_stats": shared.batch_stats}
+    batch, h = inputs_WxTxB.shape[-1], self.config.model.hidden
+
+    def one(arch):
+      def body(carry, xs):
+        hidden, total = carry
+        x, y, m = xs
+        logits, hidden = self._eval_logits(variables, arch, x, hidden)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return (hidden, total + jnp.sum(nll * m)), None
+
+      init = (jnp.zeros((batch, h), jnp.float32), jnp.zeros([], jnp.float32))
+      (_, total), _ = jax.lax.scan(
+        body, init, (inputs_WxTxB, targets_WxTxB, mask_WxTxB)
+      )
+      return total
+
+    # Groups of `eval_chunk` archs: a vmap of all K would hold K windows
+    # of [T, B, V] logits at once.
+    return jax.lax.map(one, archs, batch_size=self.config.search.eval_chunk)
 
   # -- controller -------------------------------------------------------------
 

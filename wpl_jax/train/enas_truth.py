@@ -58,39 +58,6 @@ def lr_at_step(
   return t.lr * (t.lr_final + (1 - t.lr_final) * cosine)
 
 
-def eval_windows(
-  ids: np.ndarray, batch_size: int, bptt: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Cuts a token stream into equal BPTT windows with a padding mask.
-
-  The stream is split into `batch_size` contiguous columns (`ptb.batchify`;
-  with 1 column every token but the first is a target) and the L - 1
-  targets are padded to a multiple of `bptt`.
-
-  Returns:
-    `(inputs, targets, mask)`: int32[W, bptt, batch_size] twice and
-    float32[W, bptt, batch_size] (1 on real targets, 0 on padding).
-  """
-  src = ptb.batchify(ids, batch_size)
-  n = len(src) - 1
-  w = -(-n // bptt)
-  pad = w * bptt - n
-  x = np.concatenate([src[:-1], np.zeros((pad, batch_size), src.dtype)])
-  y = np.concatenate([src[1:], np.zeros((pad, batch_size), src.dtype)])
-  m = np.concatenate(
-    [
-      np.ones((n, batch_size), np.float32),
-      np.zeros((pad, batch_size), np.float32),
-    ]
-  )
-  shape = (w, bptt, batch_size)
-  return (
-    x.reshape(shape).astype(np.int32),
-    y.reshape(shape).astype(np.int32),
-    m.reshape(shape),
-  )
-
-
 class TruthTrainer:
   """The jitted programs of the ground truth: init, train step, evaluation.
 
@@ -194,7 +161,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for field in ("epochs", "arch_batch", "eval_arch_batch", "eval_batch_size"):
     if not isinstance(t[field], int) or t[field] < 1:
       raise ValueError(f"config.truth.{field} must be an integer >= 1")
-  for field in ("max_batches_per_epoch", "checkpoint_every", "eval_every"):
+  for field in (
+    "max_batches_per_epoch",
+    "checkpoint_every",
+    "eval_every",
+    "eval_tokens",
+  ):
     if not isinstance(t[field], int) or t[field] < 0:
       raise ValueError(f"config.truth.{field} must be an integer >= 0")
   if not (t.lr > 0 and math.isfinite(t.lr)):
@@ -225,13 +197,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   t = config.truth
   if t.max_batches_per_epoch:
     n_windows = min(n_windows, t.max_batches_per_epoch)
-  ex, ey, em = eval_windows(data.valid, t.eval_batch_size, bptt)
+  valid = data.valid[: t.eval_tokens] if t.eval_tokens else data.valid
+  ex, ey, em = ptb.eval_windows(valid, t.eval_batch_size, bptt)
   n_eval_tokens = float(em.sum())
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   with config.unlocked():
     config.model.vocab_size = len(data.vocab)
 
+  commit = _git_commit()  # at the start: the code this run trains with
   archs = space_archs(config)
   names = [search_space.to_string(a) for a in search_space.unstack(archs)]
   s, h = len(names), config.model.hidden
@@ -355,7 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tb.close()
   final = history[-1]["valid_ppl"] if history else []
   out = {
-    "commit": _git_commit(),
+    "commit": commit,
     "archs": names,
     "seed": config.seed,
     "valid_ppl": final,

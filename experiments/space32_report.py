@@ -1,0 +1,163 @@
+"""Weight-shared rankings of the 32-cell space against the ground truth.
+
+  python experiments/space32_report.py --runs='workdir/s32_*' \
+      --out=workdir/s32_report
+
+Reads each search run's metrics.jsonl (`main.py
+--config=experiments/space32.py:POLICY,WPL`), groups runs by policy × WPL
+mode (the labels its records carry), and writes figure.png (Kendall τ
+against epochs, one line per group with a mean ± std band over seeds, and
+the three forgetting panels) and table.md, which it prints: final τ, ρ,
+top-3 hit rate, regret, and forgetting (mean / best-5 / max of err2 − err1,
+averaged over the epochs from WPL's start epoch on), mean ± std over seeds,
+next to the ground truth's seed-to-seed τ.
+"""
+
+import collections
+import glob
+import json
+import pathlib
+import sys
+
+import numpy as np
+from absl import app, flags
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
+
+from wpl_jax import metrics as metrics_lib  # noqa: E402
+
+_RUNS = flags.DEFINE_list("runs", None, "Run workdirs or glob patterns.")
+_OUT = flags.DEFINE_string("out", None, "Output folder (figure, table).")
+_TRUTH = flags.DEFINE_string(
+  "truth",
+  str(_ROOT / "experiments" / "results" / "space32_truth.json"),
+  "Stored ground truth (for the ceiling row).",
+)
+
+FORGETTING = ("diff_mean", "diff_best5", "diff_max")
+ORDER = [
+  (p, w) for p in ("enas", "random") for w in ("off", "reference", "clean")
+]
+
+
+def load_runs(patterns: list[str]) -> dict[tuple[str, str], list[list[dict]]]:
+  """{(policy, wpl): [records of each run]}; runs without ranking skipped."""
+  groups = collections.defaultdict(list)
+  paths = sorted({p for pat in patterns for p in glob.glob(pat)} or patterns)
+  for run in paths:
+    path = pathlib.Path(run) / "metrics.jsonl"
+    if not path.exists():
+      raise ValueError(f"{path} not found")
+    records = [r for r in metrics_lib.read_jsonl(path) if "rank_tau" in r]
+    if not records:
+      raise ValueError(f"{path} has no ranking records (rank_tau)")
+    groups[(records[0]["policy"], records[0]["wpl"])].append(records)
+  return dict(groups)
+
+
+def _ms(values) -> str:
+  values = [v for v in values if v is not None]
+  if not values:
+    return "-"
+  return metrics_lib.format_mean_std(values, digits=3)
+
+
+def summarize(groups) -> list[dict]:
+  """One row per group: final ranking stats and forgetting, mean ± std."""
+  rows = []
+  for key in sorted(groups, key=lambda k: ORDER.index(k) if k in ORDER else 99):
+    runs = groups[key]
+    row = {"group": f"{key[0]} / WPL {key[1]}", "seeds": len(runs)}
+    last = [r[-1] for r in runs]
+    row["epochs"] = ",".join(sorted({str(r["epoch"] + 1) for r in last}))
+    for k in ("rank_tau", "rank_rho", "rank_top3_hit", "rank_regret"):
+      row[k] = _ms([r[k] for r in last])
+    for k in FORGETTING:
+      per_run = []
+      for recs in runs:
+        start = recs[0].get("wpl_start_epoch", 0)
+        vals = [r[k] for r in recs if r["epoch"] >= start]
+        per_run.append(float(np.mean(vals)) if vals else None)
+      row[k] = _ms(per_run)
+    row["best"] = ", ".join(
+      f"{b} ({n})"
+      for b, n in collections.Counter(r["rank_best"] for r in last).most_common(
+        2
+      )
+    )
+    rows.append(row)
+  return rows
+
+
+COLUMNS = [
+  ("group", "policy / WPL"),
+  ("seeds", "seeds"),
+  ("epochs", "epochs"),
+  ("rank_tau", "Kendall τ"),
+  ("rank_rho", "Spearman ρ"),
+  ("rank_top3_hit", "top-3 hit"),
+  ("rank_regret", "regret (ppl)"),
+  ("diff_mean", "forget mean"),
+  ("diff_best5", "forget best-5"),
+  ("diff_max", "forget max"),
+  ("best", "shared top-1 (runs)"),
+]
+
+
+def plot(groups, path: pathlib.Path) -> None:
+  panels = []
+  for key, title in (("rank_tau", "Kendall τ vs ground truth"),) + tuple(
+    (k, f"{k.replace('diff_', 'forgetting ')} (ppl)") for k in FORGETTING
+  ):
+    curves = []
+    for g in sorted(groups, key=lambda k: ORDER.index(k) if k in ORDER else 99):
+      runs = groups[g]
+      n = min(len(r) for r in runs)
+      x = [r["epoch"] for r in runs[0][:n]]
+      vals = np.asarray([[rec[key] for rec in r[:n]] for r in runs], float)
+      curves.append(
+        {
+          "label": f"{g[0]} / {g[1]}",
+          "x": x,
+          "mean": vals.mean(0),
+          "std": vals.std(0),
+          "linestyle": "-" if g[0] == "enas" else "--",
+        }
+      )
+    panels.append({"title": title, "curves": curves})
+  metrics_lib.plot_panels(
+    panels, path, xlabel="epoch", ylabel="", ncols=4, ylim=None
+  )
+
+
+def main(argv):
+  del argv
+  if not _RUNS.value or not _OUT.value:
+    print("error: give --runs=DIR|GLOB[,...] and --out=DIR", file=sys.stderr)
+    sys.exit(1)
+  try:
+    groups = load_runs(_RUNS.value)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  out = pathlib.Path(_OUT.value)
+  out.mkdir(parents=True, exist_ok=True)
+  table = metrics_lib.markdown_table(summarize(groups), COLUMNS)
+  truth_path = pathlib.Path(_TRUTH.value)
+  if truth_path.exists():
+    c = json.loads(truth_path.read_text()).get("ceiling")
+    if c:
+      table += (
+        f"\n\nground truth seed-to-seed ({c['pairs']} pairs): Kendall τ "
+        f"{c['tau_mean']:.3f} [{c['tau_min']:.3f}, {c['tau_max']:.3f}], "
+        f"Spearman ρ {c['rho_mean']:.3f}"
+      )
+  (out / "table.md").write_text(table + "\n")
+  plot(groups, out / "figure.png")
+  print(table)
+
+
+if __name__ == "__main__":
+  app.run(main)
