@@ -25,10 +25,33 @@ _RUNS = flags.DEFINE_multi_string("run", [], "LABEL:WORKDIR, repeatable.")
 _OUT = flags.DEFINE_string("out", "runs/compare", "Output folder.")
 _FROM = flags.DEFINE_integer(
   "from_epoch",
-  1,
-  "Peaks are taken from this epoch on (epoch 0 starts from "
-  "random weights and initial batch-norm statistics).",
+  None,
+  "Peaks are taken from this epoch on. Default: the runs' WPL start "
+  "epoch (`wpl_start_epoch` in their records; the largest if they "
+  "differ), so that a comparison with and without WPL covers only the "
+  "epochs in which WPL acts.",
 )
+
+
+def from_epoch(groups, flag: int | None) -> int:
+  """The first epoch of the comparison: `flag`, else the WPL start epoch.
+
+  Raises:
+    ValueError: no flag and a run's records carry no `wpl_start_epoch`
+      (runs older than that field): pass --from_epoch.
+  """
+  if flag is not None:
+    return flag
+  starts = set()
+  for runs in groups.values():
+    for recs, _ in runs:
+      if "wpl_start_epoch" not in recs[0]:
+        raise ValueError(
+          "a run's metrics carry no wpl_start_epoch: pass --from_epoch"
+        )
+      starts.add(int(recs[0]["wpl_start_epoch"]))
+  return max(starts)
+
 
 PANELS = (
   ("diff_mean", "mean diff (ppl)"),
@@ -100,6 +123,10 @@ def main(argv):
       groups.setdefault(label, []).append(load_run(pathlib.Path(workdir)))
     except FileNotFoundError as e:
       sys.exit(f"error: {e}")
+  try:
+    first = from_epoch(groups, _FROM.value)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   out = pathlib.Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   panels = []
@@ -107,7 +134,7 @@ def main(argv):
     curves = []
     for i, (label, runs) in enumerate(groups.items()):
       n = min(len(recs) for recs, _ in runs)
-      f0 = min(_FROM.value, n - 1)  # Same epochs as the table's peaks.
+      f0 = min(first, n - 1)  # Same epochs as the table's peaks.
       vals = np.array([[r[key] for r in recs[f0:n]] for recs, _ in runs])
       curves.append(
         {
@@ -127,7 +154,8 @@ def main(argv):
     ncols=4,
     ylim=None,
   )
-  rows = summarize(groups, _FROM.value)
+  rows = summarize(groups, first)
+  print(f"peaks from epoch {first}")
   cols = [("label", "run"), ("seeds", "seeds")]
   for key, title in PANELS:
     cols += [(f"{key}_peak", f"{title} peak"), (f"{key}_end", f"{title} end")]
