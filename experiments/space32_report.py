@@ -4,10 +4,11 @@
       --out=workdir/s32_report
 
 Reads each search run's metrics.jsonl (`main.py
---config=experiments/space32.py:POLICY,WPL`), groups runs by policy × WPL
-mode (the labels its records carry), and writes figure.png (Kendall τ
-against epochs, one line per group with a mean ± std band over seeds, and
-the three forgetting panels) and table.md, which it prints: final τ, ρ,
+--config=experiments/space32.py:POLICY,WPL`; or the JSON that
+`space32_runs.py` stores in experiments/results/space32_runs/), groups
+runs by policy × WPL mode (the labels its records carry), and writes
+figure.png (Kendall τ against epochs, one line per group with a mean ± std
+band over seeds, and the three forgetting panels) and table.md, which it prints: final τ, ρ,
 top-3 hit rate, regret, and forgetting (mean / best-5 / max of err2 − err1,
 averaged over the epochs from WPL's start epoch on), mean ± std over seeds,
 next to the ground truth's seed-to-seed τ.
@@ -47,10 +48,19 @@ def load_runs(patterns: list[str]) -> dict[tuple[str, str], list[list[dict]]]:
   groups = collections.defaultdict(list)
   paths = sorted({p for pat in patterns for p in glob.glob(pat)} or patterns)
   for run in paths:
-    path = pathlib.Path(run) / "metrics.jsonl"
-    if not path.exists():
-      raise ValueError(f"{path} not found")
-    records = [r for r in metrics_lib.read_jsonl(path) if "rank_tau" in r]
+    run = pathlib.Path(run)
+    if run.suffix == ".json":  # stored by space32_runs.py
+      path = run
+      try:
+        records = json.loads(run.read_text())["records"]
+      except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{run} is not a stored run: {e!r}") from None
+    else:
+      path = run / "metrics.jsonl"
+      if not path.exists():
+        raise ValueError(f"{path} not found")
+      records = metrics_lib.read_jsonl(path)
+    records = [r for r in records if "rank_tau" in r]
     if not records:
       raise ValueError(f"{path} has no ranking records (rank_tau)")
     groups[(records[0]["policy"], records[0]["wpl"])].append(records)

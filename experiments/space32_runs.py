@@ -1,0 +1,98 @@
+"""Runs the 32-cell searches (policy × WPL × seed) and stores each result.
+
+  python experiments/space32_runs.py --root=runs/s32 --seeds=0,1,2 \
+      [--groups=enas:off,random:reference] [--data_dir=../shared/data/ptb]
+
+For every policy (enas, random) × WPL (off, reference, clean) × seed not
+yet stored, runs `main.py --config=experiments/space32.py:POLICY,WPL
+--config.seed=S --workdir=ROOT/POLICY_WPL_sS` (a killed run resumes from
+its checkpoint when this is rerun), then copies its per-epoch records into
+`experiments/results/space32_runs/POLICY_WPL_sS.json` (small: one record
+per epoch) with the command and the commit, so that each finished run can
+be committed as it lands. `space32_report.py --runs=` reads these files
+as well as workdirs.
+"""
+
+import pathlib
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
+
+from wpl_jax import metrics as metrics_lib  # noqa: E402
+
+RESULTS = _ROOT / "experiments" / "results" / "space32_runs"
+POLICIES = ("enas", "random")
+WPL = ("off", "reference", "clean")
+
+_RUN_ROOT = flags.DEFINE_string("root", "runs/s32", "Folder of the workdirs.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+_GROUPS = flags.DEFINE_list(
+  "groups", None, "POLICY:WPL pairs (default: all 6)."
+)
+_DATA = flags.DEFINE_string("data_dir", "../shared/data/ptb", "PTB folder.")
+
+
+def _commit() -> str:
+  r = subprocess.run(
+    ["git", "-C", str(_ROOT), "rev-parse", "HEAD"],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  return r.stdout.strip()
+
+
+def main(argv):
+  del argv
+  groups = (
+    [tuple(g.split(":")) for g in _GROUPS.value]
+    if _GROUPS.value
+    else [(p, w) for p in POLICIES for w in WPL]
+  )
+  for g in groups:
+    if len(g) != 2 or g[0] not in POLICIES or g[1] not in WPL:
+      sys.exit(f"error: bad group {':'.join(g)!r}; use POLICY:WPL")
+  RESULTS.mkdir(parents=True, exist_ok=True)
+  todo = [(p, w, int(s)) for s in _SEEDS.value for p, w in groups]
+  for i, (policy, wpl, seed) in enumerate(todo):
+    name = f"{policy}_{wpl}_s{seed}"
+    out = RESULTS / f"{name}.json"
+    if out.exists():
+      print(f"[{i + 1}/{len(todo)}] {name}: stored, skipped", flush=True)
+      continue
+    workdir = pathlib.Path(_RUN_ROOT.value) / name
+    cmd = [
+      "python",
+      "main.py",
+      f"--config=experiments/space32.py:{policy},{wpl}",
+      f"--data_dir={_DATA.value}",
+      f"--workdir={workdir}",
+      f"--config.seed={seed}",
+    ]
+    print(f"[{i + 1}/{len(todo)}] {name}: {' '.join(cmd)}", flush=True)
+    t0 = time.time()
+    r = subprocess.run([sys.executable, *cmd[1:]], cwd=str(_ROOT), check=False)
+    if r.returncode != 0:
+      sys.exit(f"error: {name} exited with {r.returncode}")
+    records = metrics_lib.read_jsonl(workdir / "metrics.jsonl")
+    metrics_lib.write_json(
+      out,
+      {
+        "name": name,
+        "command": " ".join(cmd),
+        "commit": _commit(),
+        "seconds": time.time() - t0,
+        "records": records,
+      },
+    )
+    print(f"    done in {time.time() - t0:.0f} s -> {out}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
