@@ -8,10 +8,10 @@ Reads each search run's metrics.jsonl (`main.py
 `space32_runs.py` stores in experiments/results/space32_runs/), groups
 runs by policy × WPL mode (the labels its records carry), and writes
 figure.png (Kendall τ against epochs, one line per group with a mean ± std
-band over seeds, and the three forgetting panels) and table.md, which it prints: final τ, ρ,
-top-3 hit rate, regret, and forgetting (mean / best-5 / max of err2 − err1,
-averaged over the epochs from WPL's start epoch on), mean ± std over seeds,
-next to the ground truth's seed-to-seed τ.
+band over seeds, and the three forgetting panels) and table.md, which it
+prints: final τ, ρ, top-3 hit rate, regret, and forgetting (mean / best-5
+/ max of err2 − err1, averaged over the epochs from WPL's start epoch on),
+mean ± std over seeds, next to the ground truth's seed-to-seed τ.
 """
 
 import collections
