@@ -276,6 +276,60 @@ class TruthTrainerTest(parameterized.TestCase):
       np.testing.assert_allclose(nll[cell], want, rtol=1e-5)
 
 
+_SHARDED = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+sys.path.insert(0, sys.argv[1])
+import jax, jax.numpy as jnp, numpy as np
+from experiments import space32
+from wpl_jax.train import enas_truth
+assert jax.local_device_count() == 4, jax.devices()
+c = space32.get_config("truth,smoke")
+c.model.vocab_size, c.model.hidden, c.model.ce_chunk = 20, 4, 5
+c.data.batch_size, c.data.bptt = 3, 4
+c.truth.arch_batch, c.truth.eval_arch_batch = 1, 2
+rng = np.random.default_rng(0)
+x = rng.integers(0, 20, size=(2, 4, 3)).astype(np.int32)
+ex = rng.integers(0, 20, size=(2, 4, 3)).astype(np.int32)
+em = np.ones((2, 4, 3), np.float32)
+out = []
+for d in (4, 1):
+  tr = enas_truth.TruthTrainer(c, num_devices=d)
+  archs = jax.tree.map(lambda a: a[:8], enas_truth.space_archs(c))
+  st = tr.init(jax.random.split(jax.random.key(0), 8))
+  h = jnp.zeros((8, 3, 4))
+  for i in range(2):
+    keys = jax.random.split(jax.random.key(i), 8)
+    lr = jnp.float32(1.0)
+    st, h, loss = tr.train_step(st, h, archs, x[i], x[i], lr, keys)
+  if d == 4:
+    leaf = st.params["cell"]["edge_h"]
+    assert len(leaf.sharding.device_set) == 4, leaf.sharding
+  nll = tr.evaluate(st, archs, ex, ex, em)
+  out.append((jax.device_get(st.params), np.asarray(loss), np.asarray(nll)))
+diff = max(
+  float(np.max(np.abs(a - b)))
+  for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1]))
+)
+print("maxdiff", diff)
+"""
+
+
+class ShardedTruthTest(absltest.TestCase):
+  def test_four_devices_equal_one(self):
+    r = subprocess.run(
+      [sys.executable, "-c", _SHARDED, str(_ROOT)],
+      capture_output=True,
+      text=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+      timeout=600,
+      check=False,
+    )
+    self.assertEqual(r.returncode, 0, r.stderr[-3000:])
+    diff = float(r.stdout.split("maxdiff")[-1])
+    self.assertLess(diff, 1e-5)
+
+
 class ValidSplitTest(absltest.TestCase):
   def test_forget_stream_and_heldout_are_disjoint(self):
     c = space32.get_config("enas,smoke")

@@ -65,7 +65,17 @@ class TruthTrainer:
   maps over them, so each compiles once for the whole space.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(
+    self, config: ml_collections.ConfigDict, *, num_devices: int | None = None
+  ):
+    """Builds the programs.
+
+    Args:
+      config: the space32 truth config.
+      num_devices: local devices to split the architecture axis over
+        (default: all); S cells go S / D to a device when D divides S,
+        otherwise everything runs on one device.
+    """
     rconfig = ml_collections.ConfigDict(config.to_dict())
     rconfig.wpl.enabled = False  # standalone models: plain cross-entropy
     self.config = config
@@ -74,6 +84,8 @@ class TruthTrainer:
     self.tx = enas_steps.shared_optimizer(
       config.shared.grad_clip, config.shared.weight_decay
     )
+    devices = jax.local_devices()[: num_devices or jax.local_device_count()]
+    self.mesh = jax.sharding.Mesh(np.asarray(devices), ("arch",))
     self.init = jax.jit(self._init)
     self.train_step = jax.jit(self._train_step, donate_argnums=(0, 1))
     self.evaluate = jax.jit(self._evaluate)
@@ -115,11 +127,35 @@ class TruthTrainer:
       )
       return shared, hidden, m["loss"]
 
-    return jax.lax.map(
-      one,
-      (shared_S, archs, hidden_SxBxH, keys_S),
-      batch_size=self.config.truth.arch_batch,
+    return self._map_cells(
+      one, (shared_S, archs, hidden_SxBxH, keys_S), self.config.truth.arch_batch
     )
+
+  def _map_cells(self, fn, xs, batch_size):
+    """`lax.map(fn, xs)` over the leading (cell) axis, split over devices.
+
+    With D devices and D | S the cell axis is reshaped to [D, S / D], the
+    D axis is sharded over the mesh (`NamedSharding`, the compiler
+    partitions the vmap over it) and each device maps over its S / D
+    cells; the result has the leading S axis again.
+    """
+    s = jax.tree.leaves(xs)[0].shape[0]
+    d = self.mesh.devices.size
+    if d == 1 or s % d:
+      return jax.lax.map(fn, xs, batch_size=batch_size)
+    spec = jax.sharding.NamedSharding(
+      self.mesh, jax.sharding.PartitionSpec("arch")
+    )
+
+    def split(x):
+      x = x.reshape((d, s // d) + x.shape[1:])
+      return jax.lax.with_sharding_constraint(x, spec)
+
+    def per_device(part):
+      return jax.lax.map(fn, part, batch_size=batch_size)
+
+    out = jax.vmap(per_device)(jax.tree.map(split, xs))
+    return jax.tree.map(lambda y: y.reshape((s,) + y.shape[2:]), out)
 
   def _evaluate(self, shared_S, archs, x_WxTxB, y_WxTxB, mask_WxTxB):
     """Eval-mode summed NLL float32[S] of every cell over all windows.
@@ -147,10 +183,10 @@ class TruthTrainer:
       (_, total), _ = jax.lax.scan(body, zero, (x_WxTxB, y_WxTxB, mask_WxTxB))
       return total
 
-    return jax.lax.map(
+    return self._map_cells(
       one,
       (shared_S.params, shared_S.batch_stats, archs),
-      batch_size=self.config.truth.eval_arch_batch,
+      self.config.truth.eval_arch_batch,
     )
 
 
