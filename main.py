@@ -24,10 +24,39 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data_dir.")
 _DOWNLOAD = flags.DEFINE_bool("download", False, "Fetch MNIST into data_dir.")
 
 
-def _fail(error: Exception | str) -> None:
+def _message(error: BaseException | str) -> str:
+  """The one line of a user error that says what is wrong.
+
+  absl and ml_collections wrap the cause: a config file's own error comes
+  after "Error whilst parsing config file:" and a traceback, a missing file
+  after the paths tried, so the last non-empty line is the useful one
+  (without its "SomeError: " prefix). A mistyped config field arrives as
+  ml_collections' KeyError/AttributeError "'field'\nDid you mean ...".
+  """
+  if isinstance(error, str):
+    return error
+  text = str(error)
+  if isinstance(error, KeyError | AttributeError):
+    text = text.strip("'\"").replace("\\'", "'").replace("\\n", "\n")
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    field = lines[0].strip("'") if lines else "?"
+    hint = f" ({lines[-1]})" if len(lines) > 1 else ""
+    return f"unknown config field {field!r}{hint}"
+  lines = [x.strip() for x in text.splitlines() if x.strip()]
+  if not lines:
+    return type(error).__name__
+  last = lines[-1]
+  head, sep, rest = last.partition(": ")
+  if sep and head.endswith(("Error", "Exception")) and " " not in head:
+    last = rest
+  if len(lines) == 1:
+    return last
+  return f"{lines[0].split(': ')[0]}: {last}"
+
+
+def _fail(error: BaseException | str) -> None:
   """Ends the program with one line on stderr and exit status 1."""
-  message = (str(error).splitlines() or [type(error).__name__])[0]
-  print(f"error: {message}", file=sys.stderr)
+  print(f"error: {_message(error)}", file=sys.stderr)
   sys.exit(1)
 
 
@@ -35,13 +64,17 @@ def _parse(argv: list[str]) -> list[str]:
   """Parses flags; a bad flag or config ends with one line, no traceback."""
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, ValueError) as e:
+  except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
     _fail(e)
 
 
 def main(argv: list[str]) -> None:
-  config = _CONFIG.value
-  if len(argv) > 1 or config.experiment not in _EXPERIMENTS:
+  try:
+    config = _CONFIG.value  # a proxy: a missing file shows up on first use
+    experiment = config.experiment
+  except (flags.Error, ValueError, OSError) as e:
+    _fail(e)
+  if len(argv) > 1 or experiment not in _EXPERIMENTS:
     _fail(
       f"unexpected arguments {argv[1:]} or unknown experiment "
       f"{config.experiment!r} (known: {', '.join(_EXPERIMENTS)})"

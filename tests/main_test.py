@@ -102,6 +102,22 @@ class MainTest(parameterized.TestCase):
       "b_steps",
     ),
     ("unknown_flag", ["--no_such_flag=1"], "no_such_flag"),
+    # The reason, not only "Error whilst parsing config file:" (issue 13).
+    (
+      "unknown_enas_variant",
+      ["--config=experiments/enas_ptb.py:nope"],
+      "unknown variant 'nope'; choose from",
+    ),
+    (
+      "mistyped_field",
+      ["--config=experiments/two_models.py:smoke", "--config.wpl.alpah=1"],
+      "unknown config field 'alpah' (Did you mean \"alpha\"",
+    ),
+    (
+      "missing_config_file",
+      ["--config=experiments/no_such_file.py"],
+      "No such file or directory: 'experiments/no_such_file.py'",
+    ),
     (
       "unknown_experiment",
       ["--config=experiments/two_models.py:smoke", "--config.experiment=nope"],
