@@ -22,6 +22,7 @@ from absl import logging
 
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import metrics as metrics_lib
+from wpl_jax import validation
 from wpl_jax.data import ptb
 from wpl_jax.enas import ranking, search_space
 from wpl_jax.enas import wpl as enas_wpl
@@ -542,8 +543,68 @@ def _tb_write(tb, record, epoch):
   tb.flush()
 
 
+def validate_model(config: ml_collections.ConfigDict) -> None:
+  """Ranges of the model, data and shared-optimiser fields (one line each)."""
+  v = validation
+  v.integer(config, "model.hidden", min=1)
+  v.integer(config, "model.num_nodes", min=2)
+  for name in (
+    "dropout_output",
+    "dropout_input",
+    "dropout_embed",
+    "dropconnect",
+  ):
+    v.number(config, f"model.{name}", min=0, max=1, open_max=True)
+  v.number(config, "model.clip_norm", min=0, open_min=True)
+  v.number(config, "model.init_range", min=0, open_min=True)
+  if "ce_chunk" in config.model:
+    v.integer(config, "model.ce_chunk", min=0)
+  v.integer(config, "data.batch_size", min=1)
+  v.integer(config, "data.bptt", min=1)
+  v.number(config, "shared.lr", min=0, open_min=True)
+  v.number(config, "shared.lr_decay", min=0, max=1, open_min=True)
+  v.integer(config, "shared.lr_decay_after", min=0)
+  v.number(config, "shared.grad_clip", min=0, open_min=True)
+  v.number(config, "shared.weight_decay", min=0)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError (one line) on an inconsistent config."""
+  validate_model(config)
+  v = validation
+  c = config.controller
+  v.integer(config, "controller.hidden", min=1)
+  v.number(config, "controller.lr", min=0, open_min=True)
+  v.integer(config, "controller.steps_per_epoch", min=0)
+  v.integer(config, "controller.batch_size", min=1)
+  v.number(config, "controller.temperature", min=0, open_min=True)
+  v.number(
+    config, "controller.tanh_constant", min=0, open_min=True, allow_none=True
+  )
+  v.number(config, "controller.reward_c", min=0, open_min=True)
+  v.number(config, "controller.entropy_coef", min=0)
+  v.number(config, "controller.baseline_decay", min=0, max=1)
+  del c
+  v.number(config, "wpl.alpha", min=0)
+  v.integer(config, "wpl.start_epoch", min=0)
+  v.integer(config, "wpl.reset_every", min=0)
+  v.integer(config, "wpl.alpha_decay_after", min=0)
+  v.number(config, "wpl.alpha_decay", min=0)
+  v.number(config, "wpl.ema_new", min=0, max=1)
+  v.number(config, "wpl.clip", min=0)
+  v.integer(config, "wpl.chunk_size", min=1)
+  r = config.retrain
+  v.number(config, "retrain.lr", min=0, open_min=True)
+  v.number(config, "retrain.lr_decay", min=0, max=1, open_min=True)
+  v.integer(config, "retrain.lr_decay_after", min=0)
+  v.number(config, "retrain.grad_clip", min=0, open_min=True)
+  v.number(config, "retrain.weight_decay", min=0)
+  v.integer(config, "retrain.random_archs", min=0)
+  v.integer(config, "retrain.eval_batch_size", min=1)
+  v.integer(config, "retrain.max_batches_per_epoch", min=0)
+  v.integer(config, "retrain.log_every", min=1)
+  v.integer(config, "search.epochs", min=0 if r.arch else 1)
+  v.integer(config, "retrain.epochs", min=0)
   w = config.wpl
   if w.mode not in ("reference", "clean"):
     raise ValueError(f"config.wpl.mode must be reference or clean: {w.mode!r}")
@@ -573,8 +634,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   ):
     if config.search[field] < 1:
       raise ValueError(f"config.search.{field} must be >= 1")
-  if config.search.epochs < 0 or config.retrain.epochs < 0:
-    raise ValueError("config.search.epochs and retrain.epochs must be >= 0")
   if config.retrain.arch:
     search_space.validate(search_space.from_string(config.retrain.arch))
 

@@ -29,6 +29,7 @@ from absl import logging
 
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import metrics as metrics_lib
+from wpl_jax import validation
 from wpl_jax.data import ptb
 from wpl_jax.enas import search_space
 from wpl_jax.enas.search_space import Arch
@@ -193,30 +194,19 @@ class TruthTrainer:
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError (one line naming the field) on a bad truth config."""
   enas_steps.fixed_first_activation(config)
-  t = config.truth
+  enas_search.validate_model(config)
+  v = validation
   for field in ("epochs", "arch_batch", "eval_arch_batch", "eval_batch_size"):
-    if not isinstance(t[field], int) or t[field] < 1:
-      raise ValueError(f"config.truth.{field} must be an integer >= 1")
+    v.integer(config, f"truth.{field}", min=1)
   for field in (
     "max_batches_per_epoch",
     "checkpoint_every",
     "eval_every",
     "eval_tokens",
   ):
-    if not isinstance(t[field], int) or t[field] < 0:
-      raise ValueError(f"config.truth.{field} must be an integer >= 0")
-  if not (t.lr > 0 and math.isfinite(t.lr)):
-    raise ValueError(f"config.truth.lr must be a positive number, got {t.lr}")
-  if not 0 <= t.lr_final <= 1:
-    raise ValueError("config.truth.lr_final must be in [0, 1]")
-  if config.model.get("ce_chunk", 0) < 0:
-    raise ValueError("config.model.ce_chunk must be >= 0")
-  for name in ("hidden", "num_nodes"):
-    if config.model[name] < 1:
-      raise ValueError(f"config.model.{name} must be >= 1")
-  for name in ("batch_size", "bptt"):
-    if config.data[name] < 1:
-      raise ValueError(f"config.data.{name} must be >= 1")
+    v.integer(config, f"truth.{field}", min=0)
+  v.number(config, "truth.lr", min=0, open_min=True)
+  v.number(config, "truth.lr_final", min=0, max=1)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

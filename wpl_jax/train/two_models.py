@@ -16,7 +16,7 @@ from absl import logging
 
 from wpl_jax import data as data_lib
 from wpl_jax import fisher as fisher_lib
-from wpl_jax import fisher_fast, partition
+from wpl_jax import fisher_fast, partition, validation
 from wpl_jax import loss as loss_lib
 from wpl_jax import metrics as metrics_lib
 from wpl_jax.models import two_models as model_lib
@@ -207,6 +207,27 @@ def _grid(headline: float, sweep) -> list[float]:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError (one line) on an inconsistent config, before any work."""
+  v = validation
+  for path in ("model.width", "model.depth_a", "model.depth_b"):
+    v.integer(config, path, min=1)
+  for path in ("opt_a.lr", "opt_b.lr"):
+    v.number(config, path, min=0, open_min=True)
+  v.number(config, "wpl.alpha", min=0)
+  v.numbers_in(config, "wpl.alphas", min=0)
+  v.number(config, "l2.strength", min=0)
+  v.numbers_in(config, "l2.strengths", min=0)
+  for path in (
+    "protocol.batch_size",
+    "fisher.batch_size",
+    "fisher.num_examples",
+  ):
+    v.integer(config, path, min=1)
+  for path in ("protocol.a_log_every", "protocol.early_step"):
+    v.integer(config, path, min=1)
+  v.integer(config, "protocol.eval_examples", min=0)
+  v.number(
+    config, "data.test_fraction", min=0, max=1, open_min=True, open_max=True
+  )
   p = config.protocol
   checks = [
     (
