@@ -31,7 +31,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from wpl_jax import _trees
+from wpl_jax import _checks, _trees
 from wpl_jax.partition import resolve_mask
 from wpl_jax.types import Array, PRNGKey, PyTree
 
@@ -164,6 +164,7 @@ def fisher_diagonal(
     )
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+  _checks.chunk_size(chunk_size)
   n = _batch_size(batch)
   if estimator == "batch_grad_squared":
     if loss_fn is None:
@@ -316,8 +317,16 @@ def update_fisher(
   """
   if mode not in MODES:
     raise ValueError(f"unknown WPL mode {mode!r}; choose one of {MODES}")
-  if mode == "clean" and not (isinstance(alpha, (int, float)) and alpha == 1):
-    raise ValueError("clean mode keeps α in the loss: leave alpha=1.0 here")
+  _checks.scalar("decay", decay, min=0.0, max=1.0)
+  if clip is not None:
+    _checks.scalar("clip", clip, min=0.0, open_min=True)
+  _checks.scalar("alpha", alpha, min=0.0)
+  if mode == "clean":
+    a = _checks.concrete_float(alpha)
+    if a is not None and a != 1.0:
+      raise ValueError(
+        f"clean mode keeps α in the loss: leave alpha=1 here (got {a})"
+      )
   if reset_unmasked is None:
     reset_unmasked = mode == "reference"
   mixed = jax.tree.map(

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from wpl_jax import _trees
+from wpl_jax import _checks, _trees
 from wpl_jax.partition import resolve_mask
 from wpl_jax.types import Array, PyTree
 
@@ -74,6 +74,7 @@ def wpl_penalty(
     >>> float(wpl_penalty(p, a, f, alpha=2.0))  # (1·1 + 0.5·4) · 2/2
     3.0
   """
+  _checks.scalar("alpha", alpha, min=0.0)
   mask = resolve_mask(mask, params)
   others = {"anchor": anchor, "fisher": fisher}
   if mask is not None:
@@ -155,6 +156,9 @@ def add_wpl(
     `wpl_anchor` and `wpl_fisher`.
   """
 
+  if not callable(alpha):
+    _checks.scalar("alpha", alpha, min=0.0)
+
   def init_fn(params):
     del params
     return AddWPLState(count=jnp.zeros([], jnp.int32))
@@ -194,12 +198,16 @@ def add_wpl(
       if _is_static_false(mk):
         out.append(u)
         continue
-      d, f = x - an, jnp.asarray(f, jnp.result_type(x))
+      # In at least float32 (as `wpl_penalty`), cast at the end: in float16
+      # F = 1e-8 would underflow and α·F (reference mode, >= 600) overflow.
+      dtype = jnp.promote_types(jnp.result_type(x), jnp.float32)
+      d = jnp.asarray(x, dtype) - jnp.asarray(an, dtype)
+      f = jnp.asarray(f, dtype)
       if not _is_static_true(mk):
         mk = jnp.broadcast_to(mk, d.shape)
         d, f = jnp.where(mk, d, 0), jnp.where(mk, f, 0)
       g = a * f * d
-      out.append(u + g.astype(u.dtype))
+      out.append((jnp.asarray(u, dtype) + g).astype(u.dtype))
     new_updates = jax.tree.unflatten(treedef, out)
     return new_updates, AddWPLState(count=optax.safe_increment(state.count))
 
