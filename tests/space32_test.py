@@ -10,6 +10,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from absl.testing import absltest, parameterized
 from conftest import DATA_DIR
@@ -188,6 +189,74 @@ class ChunkedCrossEntropyTest(parameterized.TestCase):
     g2 = jax.grad(chunked, argnums=(0, 1))(params, out)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+class ChunkedEvaluationTest(parameterized.TestCase):
+  """Search evaluations with `ce_chunk` equal the full-logits path."""
+
+  def _steps(self, chunk, eval_bn):
+    c = space32.get_config("enas,reference,smoke")
+    c.model.vocab_size, c.model.hidden, c.model.ce_chunk = 20, 4, chunk
+    c.data.batch_size, c.data.bptt = 3, 4
+    c.search.eval_bn = eval_bn
+    c.search.eval_chunk = 2
+    model = enas_steps.make_model(c)
+    return c, model, enas_steps.Steps(model=model, config=c)
+
+  @parameterized.parameters("batch", "running")
+  def test_windows_and_batch_evaluations(self, eval_bn):
+    c, model, full = self._steps(0, eval_bn)
+    _, _, chunked = self._steps(5, eval_bn)
+    v = enas_rnn.init_variables(model, key=jax.random.key(0))
+    shared = enas_steps.SharedState(
+      params=v["params"], batch_stats=v["batch_stats"], opt_state=()
+    )
+    archs = jax.tree.map(lambda a: a[:3], enas_truth.space_archs(c))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 20, size=(2, 4, 3)).astype(np.int32)
+    y = rng.integers(0, 20, size=(2, 4, 3)).astype(np.int32)
+    m = np.ones((2, 4, 3), np.float32)
+    m[1, 2:] = 0.0  # padding at the end of the last window
+    got = chunked.eval_archs_windows(shared, archs, x, y, m)
+    want = full.eval_archs_windows(shared, archs, x, y, m)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    # Independently: a Python loop over archs and windows, full logits.
+    variables = {"params": shared.params, "batch_stats": shared.batch_stats}
+    for k in range(3):
+      arch = jax.tree.map(lambda a, k=k: a[k], archs)
+      hidden, total = jnp.zeros((3, 4)), 0.0
+      for w in range(2):
+        logits, hidden = full._eval_logits(variables, arch, x[w], hidden)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y[w])
+        total += float(jnp.sum(nll * m[w]))
+      np.testing.assert_allclose(got[k], total, rtol=1e-5)
+    h = jnp.zeros((3, 4))
+    p1, h1 = chunked._eval_many(shared, archs, x[0], y[0], h)
+    p2, h2 = full._eval_many(shared, archs, x[0], y[0], h)
+    np.testing.assert_allclose(p1, p2, rtol=1e-5)
+    np.testing.assert_allclose(h1, h2, rtol=1e-5, atol=1e-6)
+
+  def test_fisher_step_chunked_equals_full(self):
+    _, model, full = self._steps(0, "batch")
+    _, _, chunked = self._steps(5, "batch")
+    v = enas_rnn.init_variables(model, key=jax.random.key(0))
+    shared = enas_steps.SharedState(
+      params=v["params"], batch_stats=v["batch_stats"], opt_state=()
+    )
+    from wpl_jax.enas import wpl as enas_wpl
+
+    state = enas_wpl.init_state(v["params"])
+    arch = search_space.from_string("tanh|0:relu|1:sigmoid")
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 20, size=(4, 3)).astype(np.int32)
+    y = rng.integers(0, 20, size=(4, 3)).astype(np.int32)
+    h = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+    key = jax.random.key(5)
+    s1, h1 = chunked.fisher_step(shared, state, arch, x, y, h, 60.0, key=key)
+    s2, h2 = full.fisher_step(shared, state, arch, x, y, h, 60.0, key=key)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s2), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(h1, h2, rtol=1e-5, atol=1e-6)
 
 
 def _tiny_truth_config():

@@ -397,7 +397,7 @@ def chunked_cross_entropy(
   the forward nor the backward pass holds more than [chunk, V] logits.
   With V = 10k and small H the full logits are a memory-bound buffer that
   costs more than the matmul; chunks that fit the cache are ~2.5× faster
-  on CPU (measured in WORKSPACE §6).
+  on CPU (measured in WORKSPACE §7).
 
   Args:
     params: the shared model's params (only the decoder is read).
@@ -407,6 +407,32 @@ def chunked_cross_entropy(
 
   Returns:
     A float32 scalar, the mean over all T·B tokens.
+  """
+  return chunked_nll_sum(params, out_TxBxH, targets_TxB, chunk=chunk) / (
+    targets_TxB.size
+  )
+
+
+def chunked_nll_sum(
+  params: PyTree,
+  out_TxBxH: Array,
+  targets_TxB: Array,
+  weights_TxB: Array | None = None,
+  *,
+  chunk: int,
+) -> Array:
+  """Σ weights · token NLL (nats) of the tied decoder, `chunk` tokens at a time.
+
+  Args:
+    params: the shared model's params (only the decoder is read).
+    out_TxBxH: float32[T, B, H] decoder inputs (`apply(..., decode=False)`).
+    targets_TxB: int32[T, B] next tokens.
+    weights_TxB: float32[T, B] per-token weights (e.g. a 0/1 padding mask);
+      None = all ones.
+    chunk: tokens per chunk (>= 1); T·B is padded to a multiple of it.
+
+  Returns:
+    A float32 scalar: the weighted sum over the T·B tokens (no mean).
   """
   if out_TxBxH.shape[:-1] != targets_TxB.shape:
     raise ValueError(
@@ -418,24 +444,24 @@ def chunked_cross_entropy(
   h = out_TxBxH.shape[-1]
   n = targets_TxB.size
   pad = (-n) % chunk
+  if weights_TxB is None:
+    weights = jnp.ones((n,), out_TxBxH.dtype)
+  else:
+    weights = jnp.asarray(weights_TxB, out_TxBxH.dtype).reshape(n)
   out = jnp.pad(out_TxBxH.reshape(n, h), ((0, pad), (0, 0)))
   tgt = jnp.pad(targets_TxB.reshape(n), (0, pad))
-  valid = jnp.arange(n + pad) < n
+  w = jnp.pad(weights, (0, pad))  # padding weighs 0
 
   @jax.checkpoint
   def body(total, xs):
-    o_CxH, t_C, v_C = xs
+    o_CxH, t_C, w_C = xs
     logits = o_CxH @ emb.T + bias[None]
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, t_C)
-    return total + jnp.sum(jnp.where(v_C, nll, 0.0)), None
+    return total + jnp.sum(w_C * nll), None
 
-  xs = (
-    out.reshape(-1, chunk, h),
-    tgt.reshape(-1, chunk),
-    valid.reshape(-1, chunk),
-  )
+  xs = (out.reshape(-1, chunk, h), tgt.reshape(-1, chunk), w.reshape(-1, chunk))
   total, _ = jax.lax.scan(body, jnp.zeros([], out.dtype), xs)
-  return total / n
+  return total
 
 
 def eval_loss(

@@ -265,6 +265,13 @@ class Steps:
       return jnp.swapaxes(logits, 0, 1)
 
     def loss_of(p, b):
+      if estimator == "batch_grad_squared" and self.config.model.get(
+        "ce_chunk", 0
+      ):
+        ce, _, _ = self._train_ce(
+          p, stats, b["inputs"].T, b["targets"].T, b["hidden"], arch, k_drop
+        )
+        return ce
       return enas_rnn.cross_entropy(logits_of(p, b), b["targets"])
 
     if estimator == "per_example" and w.get("fisher_method", "fast") == "fast":
@@ -298,8 +305,14 @@ class Steps:
       decay=w.ema_new,
       clip=w.clip if w.clip > 0 else None,
     )
-    _, new_hidden = self._eval_forward(
-      params, stats, inputs_TxB, hidden_BxH, arch
+    # Only the carried hidden state is needed: no decoder.
+    _, new_hidden = self.model.apply(
+      {"params": params, "batch_stats": stats},
+      inputs_TxB,
+      hidden_BxH,
+      arch,
+      train=False,
+      decode=False,
     )
     return wpl_state, new_hidden
 
@@ -317,7 +330,28 @@ class Steps:
     ppl, _ = self._eval_many(shared, archs, inputs_TxB, targets_TxB, hidden_BxH)
     return ppl
 
-  def _eval_logits(self, variables, arch, inputs_TxB, hidden_BxH):
+  def _eval_nll_sum(
+    self, variables, arch, inputs_TxB, targets_TxB, hidden_BxH, weights=None
+  ):
+    """(Σ weights·token NLL, new hidden) of one arch in search evaluation.
+
+    Batch-norm as `_eval_logits`; with `config.model.ce_chunk` > 0 the
+    decoder runs in chunks (`enas_rnn.chunked_nll_sum`, same value).
+    """
+    chunk = self.config.model.get("ce_chunk", 0)
+    out, new_hidden = self._eval_logits(
+      variables, arch, inputs_TxB, hidden_BxH, decode=not chunk
+    )
+    if chunk:
+      total = enas_rnn.chunked_nll_sum(
+        variables["params"], out, targets_TxB, weights, chunk=chunk
+      )
+    else:
+      nll = optax.softmax_cross_entropy_with_integer_labels(out, targets_TxB)
+      total = jnp.sum(nll if weights is None else nll * weights)
+    return total, new_hidden
+
+  def _eval_logits(self, variables, arch, inputs_TxB, hidden_BxH, decode=True):
     """Search-evaluation logits [T, B, V] and new hidden of one arch.
 
     `config.search.eval_bn` = "running" (reference): eval mode with the
@@ -328,7 +362,7 @@ class Steps:
     """
     if self.config.search.get("eval_bn", "running") == "running":
       return self.model.apply(
-        variables, inputs_TxB, hidden_BxH, arch, train=False
+        variables, inputs_TxB, hidden_BxH, arch, train=False, decode=decode
       )
     model = self.model.clone(
       dropout_output=0.0,
@@ -342,6 +376,7 @@ class Steps:
       hidden_BxH,
       arch,
       train=True,
+      decode=decode,
       mutable=["batch_stats"],
     )
     return out
@@ -354,10 +389,10 @@ class Steps:
     variables = {"params": shared.params, "batch_stats": shared.batch_stats}
 
     def one(arch):
-      logits, new_hidden = self._eval_logits(
-        variables, arch, inputs_TxB, hidden_BxH
+      total, new_hidden = self._eval_nll_sum(
+        variables, arch, inputs_TxB, targets_TxB, hidden_BxH
       )
-      return jnp.exp(enas_rnn.cross_entropy(logits, targets_TxB)), new_hidden
+      return jnp.exp(total / targets_TxB.size), new_hidden
 
     return jax.vmap(one)(archs)
 
@@ -383,9 +418,8 @@ class Steps:
       def body(carry, xs):
         hidden, total = carry
         x, y, m = xs
-        logits, hidden = self._eval_logits(variables, arch, x, hidden)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        return (hidden, total + jnp.sum(nll * m)), None
+        nll, hidden = self._eval_nll_sum(variables, arch, x, y, hidden, m)
+        return (hidden, total + nll), None
 
       init = (jnp.zeros((batch, h), jnp.float32), jnp.zeros([], jnp.float32))
       (_, total), _ = jax.lax.scan(
