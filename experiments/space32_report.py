@@ -11,7 +11,10 @@ figure.png (Kendall τ against epochs, one line per group with a mean ± std
 band over seeds, and the three forgetting panels) and table.md, which it
 prints: final τ, ρ, top-3 hit rate, regret, and forgetting (mean / best-5
 / max of err2 − err1, averaged over the epochs from WPL's start epoch on),
-mean ± std over seeds, next to the ground truth's seed-to-seed τ.
+mean ± std over seeds, next to the ground truth's seed-to-seed τ. The
+ranking statistics are recomputed from each epoch's logged shared-weight
+perplexities against --truth (so seeds added to the ground truth later
+count).
 """
 
 import collections
@@ -28,6 +31,7 @@ if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
 from wpl_jax import metrics as metrics_lib  # noqa: E402
+from wpl_jax.enas import ranking  # noqa: E402
 
 _RUNS = flags.DEFINE_list("runs", None, "Run workdirs or glob patterns.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (figure, table).")
@@ -43,8 +47,10 @@ ORDER = [
 ]
 
 
-def load_runs(patterns: list[str]) -> dict[tuple[str, str], list[list[dict]]]:
-  """{(policy, wpl): [records of each run]}; runs without ranking skipped."""
+def load_runs(
+  patterns: list[str], truth: tuple[list[str], np.ndarray] | None = None
+) -> dict[tuple[str, str], list[list[dict]]]:
+  """{(policy, wpl): [records of each run]}, statistics against `truth`."""
   groups = collections.defaultdict(list)
   paths = sorted({p for pat in patterns for p in glob.glob(pat)} or patterns)
   for run in paths:
@@ -60,11 +66,51 @@ def load_runs(patterns: list[str]) -> dict[tuple[str, str], list[list[dict]]]:
       if not path.exists():
         raise ValueError(f"{path} not found")
       records = metrics_lib.read_jsonl(path)
-    records = [r for r in records if "rank_tau" in r]
+    records = [r for r in records if "rank_shared_ppl" in r]
     if not records:
-      raise ValueError(f"{path} has no ranking records (rank_tau)")
+      raise ValueError(f"{path} has no ranking records (rank_shared_ppl)")
+    if truth is not None:
+      records = [_restat(r, *truth) for r in records]
+    elif "rank_tau" not in records[0]:
+      raise ValueError(f"{path} was run without a ground truth: pass --truth")
     groups[(records[0]["policy"], records[0]["wpl"])].append(records)
   return dict(groups)
+
+
+def space_names() -> list[str]:
+  """The 32 cells in the order the searches log `rank_shared_ppl`."""
+  from experiments import space32  # noqa: PLC0415
+  from wpl_jax.enas import search_space  # noqa: PLC0415
+  from wpl_jax.train import enas_truth  # noqa: PLC0415
+
+  archs = enas_truth.space_archs(space32.get_config("enas"))
+  return [search_space.to_string(a) for a in search_space.unstack(archs)]
+
+
+def load_truth(path) -> tuple[list[str], np.ndarray]:
+  """(names, mean ppl) of the stored ground truth, in `space_names()` order."""
+  names, ppl = ranking.load_truth(path)
+  order = {n: i for i, n in enumerate(names)}
+  space = space_names()
+  if sorted(space) != sorted(names):
+    raise ValueError(f"{path} does not list the 32 cells of the space")
+  return space, ppl[[order[n] for n in space]]
+
+
+def _restat(record: dict, names: list[str], truth: np.ndarray) -> dict:
+  """The record with its ranking statistics recomputed against `truth`.
+
+  The searches log τ against the ground truth they were started with;
+  recomputing from the logged shared-weight perplexities keeps the table
+  right when seeds are added to the ground truth later.
+  """
+  shared = np.asarray(record["rank_shared_ppl"], np.float64)
+  if shared.shape != truth.shape:
+    raise ValueError(
+      f"rank_shared_ppl has {shared.size} cells, not {truth.size}"
+    )
+  stats = ranking.ranking_stats(shared, truth, k=3)
+  return {**record, **{f"rank_{k}": v for k, v in stats.items()}}
 
 
 def _ms(values) -> str:
@@ -147,16 +193,17 @@ def main(argv):
   if not _RUNS.value or not _OUT.value:
     print("error: give --runs=DIR|GLOB[,...] and --out=DIR", file=sys.stderr)
     sys.exit(1)
+  truth_path = pathlib.Path(_TRUTH.value)
   try:
-    groups = load_runs(_RUNS.value)
+    truth = load_truth(truth_path) if truth_path.exists() else None
+    groups = load_runs(_RUNS.value, truth)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   out = pathlib.Path(_OUT.value)
   out.mkdir(parents=True, exist_ok=True)
   table = metrics_lib.markdown_table(summarize(groups), COLUMNS)
-  truth_path = pathlib.Path(_TRUTH.value)
-  if truth_path.exists():
+  if truth is not None:
     c = json.loads(truth_path.read_text()).get("ceiling")
     if c:
       table += (
