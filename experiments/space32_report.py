@@ -89,12 +89,8 @@ def space_names() -> list[str]:
 
 def load_truth(path) -> tuple[list[str], np.ndarray]:
   """(names, mean ppl) of the stored ground truth, in `space_names()` order."""
-  names, ppl = ranking.load_truth(path)
-  order = {n: i for i, n in enumerate(names)}
-  space = space_names()
-  if sorted(space) != sorted(names):
-    raise ValueError(f"{path} does not list the 32 cells of the space")
-  return space, ppl[[order[n] for n in space]]
+  names = space_names()
+  return names, ranking.truth_for(path, names)
 
 
 def _restat(record: dict, names: list[str], truth: np.ndarray) -> dict:

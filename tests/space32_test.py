@@ -93,6 +93,13 @@ class RankingTest(parameterized.TestCase):
       names, ppl = ranking.load_truth(path)
       self.assertEqual(names, ["a", "b"])
       np.testing.assert_allclose(ppl, [2.0, 4.0])
+      np.testing.assert_allclose(
+        ranking.truth_for(path, ["b", "a"]), [4.0, 2.0]
+      )
+      with self.assertRaisesRegex(ValueError, "does not list"):
+        ranking.truth_for(path, ["a", "c"])
+      with self.assertRaisesRegex(ValueError, "does not list"):
+        ranking.truth_for(path, ["a"])
 
 
 def _space():

@@ -127,6 +127,23 @@ def load_truth(path: str | pathlib.Path) -> tuple[list[str], np.ndarray]:
   return archs, ppl.mean(axis=0)
 
 
+def truth_for(path: str | pathlib.Path, names: Sequence[str]) -> np.ndarray:
+  """The stored ground truth's mean perplexities, in the order of `names`.
+
+  Raises:
+    ValueError: the file does not list exactly the cells `names`.
+  """
+  stored, ppl = load_truth(path)
+  order = {n: i for i, n in enumerate(stored)}
+  missing = [n for n in names if n not in order]
+  if missing or len(stored) != len(names):
+    raise ValueError(
+      f"ground truth {path} does not list the space's {len(names)} cells "
+      f"(e.g. {(missing or stored)[0]!r})"
+    )
+  return ppl[[order[n] for n in names]]
+
+
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   if a.shape != b.shape or a.ndim != 1 or a.size < 2:

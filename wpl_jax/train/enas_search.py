@@ -129,10 +129,7 @@ class _Ranker:
   def __init__(self, config, steps, heldout):
     if heldout is None:
       raise ValueError("config.search.rank_every needs search.heldout_tokens")
-    self.archs = search_space.enumerate_space(
-      config.model.num_nodes,
-      fixed_first_activation=enas_steps.fixed_first_activation(config),
-    )
+    self.archs = enas_steps.space_archs(config)
     self.names = [
       search_space.to_string(a) for a in search_space.unstack(self.archs)
     ]
@@ -142,15 +139,7 @@ class _Ranker:
     self.truth = None
     path = config.search.get("truth_path", "")
     if path:
-      names, ppl = ranking.load_truth(path)
-      order = {n: i for i, n in enumerate(names)}
-      missing = [n for n in self.names if n not in order]
-      if missing or len(names) != len(self.names):
-        raise ValueError(
-          f"ground truth {path} does not list the space's {len(self.names)} "
-          f"cells (e.g. {(missing or names)[0]!r})"
-        )
-      self.truth = ppl[[order[n] for n in self.names]]
+      self.truth = ranking.truth_for(path, self.names)
 
   def __call__(self, shared) -> dict:
     nll = np.asarray(self.fn(shared, self.archs, self.x, self.y, self.mask))

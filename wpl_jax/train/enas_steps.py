@@ -85,6 +85,19 @@ def fixed_first_activation(config: ml_collections.ConfigDict) -> int | None:
   return search_space.ACTIVATIONS.index(name)
 
 
+def space_archs(config: ml_collections.ConfigDict) -> Arch:
+  """Every cell of the configured space, int32[S, N] fields, in codec order.
+
+  The space of `config.model.num_nodes` nodes with node 0's activation
+  fixed as `config.search.fixed_first_activation` says (32 cells for the
+  space32 configs); `enumerate_space` refuses spaces over a million cells.
+  """
+  return search_space.enumerate_space(
+    config.model.num_nodes,
+    fixed_first_activation=fixed_first_activation(config),
+  )
+
+
 def shared_optimizer(
   grad_clip: float, weight_decay: float
 ) -> optax.GradientTransformation:

@@ -32,7 +32,6 @@ from wpl_jax import metrics as metrics_lib
 from wpl_jax import validation
 from wpl_jax.data import ptb
 from wpl_jax.enas import search_space
-from wpl_jax.enas.search_space import Arch
 from wpl_jax.models import enas_rnn
 from wpl_jax.train import enas_search, enas_steps
 from wpl_jax.train.enas_steps import SharedState
@@ -41,12 +40,8 @@ from wpl_jax.train.enas_steps import SharedState
 _INIT, _TRAIN = range(2)
 
 
-def space_archs(config: ml_collections.ConfigDict) -> Arch:
-  """Every cell of the configured space, int32[S, N] fields, in codec order."""
-  return search_space.enumerate_space(
-    config.model.num_nodes,
-    fixed_first_activation=enas_steps.fixed_first_activation(config),
-  )
+# Every cell of the configured space, int32[S, N] fields, in codec order.
+space_archs = enas_steps.space_archs
 
 
 def lr_at_step(
