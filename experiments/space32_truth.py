@@ -79,6 +79,18 @@ def merge(runs: list[pathlib.Path]) -> dict:
   }
   if len(seeds) >= 2:
     out["ceiling"] = ranking.seed_ceiling(valid)
+  # Has the ranking settled? τ of each earlier evaluation with the final one.
+  out["settling"] = [
+    {
+      "seed": d["seed"],
+      "steps": [h["step"] for h in d.get("history", [])],
+      "tau_to_final": [
+        ranking.kendall_tau(h["valid_ppl"], d["valid_ppl"])
+        for h in d.get("history", [])
+      ],
+    }
+    for d in loaded
+  ]
   return out
 
 
@@ -108,7 +120,16 @@ def report(truth: dict) -> str:
         ("per_seed", "per seed"),
       ],
     ),
+    "",
   ]
+  for st in truth.get("settling", []):
+    pairs = ", ".join(
+      f"step {n}: {t:.3f}"
+      for n, t in zip(st["steps"], st["tau_to_final"], strict=True)
+    )
+    lines.append(
+      f"seed {st['seed']}: Kendall τ to the final ranking at {pairs}"
+    )
   c = truth.get("ceiling")
   if c:
     lines += [
