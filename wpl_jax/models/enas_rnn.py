@@ -396,8 +396,9 @@ def chunked_cross_entropy(
   but decodes `chunk` tokens at a time under `jax.checkpoint`, so neither
   the forward nor the backward pass holds more than [chunk, V] logits.
   With V = 10k and small H the full logits are a memory-bound buffer that
-  costs more than the matmul; chunks that fit the cache are ~2.5× faster
-  on CPU (measured in WORKSPACE §7).
+  costs more than the matmul; chunks that fit the cache make a training
+  step at H = 32 1.2× faster on CPU (benchmarks/space32_bench.py,
+  WORKSPACE §7).
 
   Args:
     params: the shared model's params (only the decoder is read).

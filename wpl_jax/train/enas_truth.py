@@ -5,7 +5,8 @@ trained from scratch as standalone language models, in one compiled
 program over the stacked architectures: the cell is data, so one compile
 trains all of them (`lax.map` over the architecture axis, vmapped in
 groups of `truth.arch_batch`; a full `vmap` of 32 cells with a 10k-word
-decoder is memory-bound and measured 5× slower on CPU, WORKSPACE §6).
+decoder is memory-bound: 2× slower on CPU than one cell at a time,
+WORKSPACE §7).
 Every cell sees the same training windows; init and dropout keys differ
 per cell. The validation perplexity of every cell is scored on every token
 after each epoch.
