@@ -37,6 +37,12 @@ class MetricsTest(parameterized.TestCase):
       table.splitlines(), ["| A | B |", "|---|---|", "| 1 | x |", "| 2 |  |"]
     )
 
+  def test_markdown_table_escapes_pipes(self):
+    table = metrics.markdown_table(
+      [{"a": "tanh|0:relu|1:tanh"}], [("a", "cell")]
+    )
+    self.assertEqual(table.splitlines()[-1], "| tanh\\|0:relu\\|1:tanh |")
+
   def test_write_json(self):
     path = pathlib.Path(self.create_tempdir().full_path) / "r.json"
     metrics.write_json(path, {"x": np.float32(1.5), "y": (1, 2)})

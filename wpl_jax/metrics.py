@@ -79,14 +79,16 @@ def markdown_table(
 
   Returns:
     The table, one line per row plus the header and the rule, no trailing
-    newline.
+    newline; "|" inside a cell is escaped as "\\|".
   """
   lines = [
     "| " + " | ".join(h for _, h in columns) + " |",
     "|" + "|".join("---" for _ in columns) + "|",
   ]
   for row in rows:
-    cells = [str(row.get(key, "")) for key, _ in columns]
+    # A "|" inside a cell (e.g. a cell string "tanh|0:relu|1:tanh") would
+    # split it: Markdown's escape keeps it one cell.
+    cells = [str(row.get(key, "")).replace("|", "\\|") for key, _ in columns]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
