@@ -76,7 +76,7 @@ def main(argv):
       f"--config.seed={seed}",
     ]
     print(f"[{i + 1}/{len(todo)}] {name}: {' '.join(cmd)}", flush=True)
-    t0 = time.time()
+    t0, commit = time.time(), _commit()  # the code the run starts with
     r = subprocess.run([sys.executable, *cmd[1:]], cwd=str(_ROOT), check=False)
     if r.returncode != 0:
       sys.exit(f"error: {name} exited with {r.returncode}")
@@ -86,7 +86,7 @@ def main(argv):
       {
         "name": name,
         "command": " ".join(cmd),
-        "commit": _commit(),
+        "commit": commit,
         "seconds": time.time() - t0,
         "records": records,
       },
