@@ -42,6 +42,7 @@ _TRUTH = flags.DEFINE_string(
 )
 
 FORGETTING = ("diff_mean", "diff_best5", "diff_max")
+LAST_K = 4
 ORDER = [
   (p, w) for p in ("enas", "random") for w in ("off", "reference", "clean")
 ]
@@ -126,6 +127,11 @@ def summarize(groups) -> list[dict]:
     row["epochs"] = ",".join(sorted({str(r["epoch"] + 1) for r in last}))
     for k in ("rank_tau", "rank_rho", "rank_top3_hit", "rank_regret"):
       row[k] = _ms([r[k] for r in last])
+    # One epoch's τ is noisy (it swings by ±0.5 between epochs here): the
+    # mean over the last LAST_K epochs of each run is steadier.
+    row["tau_last"] = _ms(
+      [float(np.mean([r["rank_tau"] for r in recs[-LAST_K:]])) for recs in runs]
+    )
     for k in FORGETTING:
       per_run = []
       for recs in runs:
@@ -148,6 +154,7 @@ COLUMNS = [
   ("seeds", "seeds"),
   ("epochs", "epochs"),
   ("rank_tau", "Kendall τ"),
+  ("tau_last", "τ, mean of last 4 epochs"),
   ("rank_rho", "Spearman ρ"),
   ("rank_top3_hit", "top-3 hit"),
   ("rank_regret", "regret (ppl)"),
