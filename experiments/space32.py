@@ -117,15 +117,9 @@ def _off(c):
   c.wpl.enabled = False
 
 
-def _reference(c):
-  c.wpl.enabled = True
-  c.wpl.mode = "reference"
-
-
-def _clean(c):
-  c.wpl.enabled = True
-  c.wpl.mode = "clean"
-  c.wpl.clip = 0.0
+# WPL modes exactly as in the main ENAS search's variants.
+_reference = enas_ptb._VARIANTS["wpl"]  # noqa: SLF001
+_clean = enas_ptb._VARIANTS["clean"]  # noqa: SLF001
 
 
 def _smoke(c):
