@@ -8,6 +8,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from wpl_jax import workdir as workdir_lib
+
 # config.experiment -> module exposing train_and_evaluate(config, workdir).
 _EXPERIMENTS = {
   "two_models": "wpl_jax.train.two_models",
@@ -60,6 +62,19 @@ def _fail(error: BaseException | str) -> None:
   sys.exit(1)
 
 
+def _report_finished(workdir: str) -> None:
+  """Prints a finished run's results.md; rewrites nothing."""
+  results = os.path.join(workdir, "results.md")
+  if os.path.exists(results):
+    with open(results, encoding="utf-8") as f:
+      print(f.read(), end="")
+  print(
+    f"the run in {workdir} has finished; nothing was rewritten (its "
+    "results are above; use a new --workdir to run again)",
+    file=sys.stderr,
+  )
+
+
 def _parse(argv: list[str]) -> list[str]:
   """Parses flags; a bad flag or config ends with one line, no traceback."""
   try:
@@ -86,14 +101,25 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value or os.path.join(
       "workdir", f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
-    resumable = os.path.isdir(os.path.join(workdir, "checkpoints"))
-    if os.path.isdir(workdir) and os.listdir(workdir) and not resumable:
-      raise ValueError(f"workdir {workdir} is not empty; choose a new one")
+    resumable = getattr(module, "RESUMABLE", ())
+    state = workdir_lib.inspect(workdir, config, resumable=resumable)
+    if state == "finished":
+      _report_finished(workdir)
+      return
     if _DOWNLOAD.value:
       importlib.import_module("wpl_jax.data").download_mnist(config.data_dir)
     module.train_and_evaluate(config, workdir)
-  except (ValueError, OSError) as e:  # wpl_jax.data.DataError is a ValueError.
+    workdir_lib.finish(workdir)
+  except (ValueError, OSError) as e:  # DataError, NonFiniteError included
     _fail(e)
+  except KeyboardInterrupt:
+    print("error: interrupted (no checkpoint at this point)", file=sys.stderr)
+    sys.exit(130)
+  except Exception as e:
+    if type(e).__name__ != "Interrupted":  # a bug: keep the traceback
+      raise
+    print(f"error: {e}", file=sys.stderr)  # a checkpointed stop at a signal
+    sys.exit(128 + e.signum)
 
 
 if __name__ == "__main__":

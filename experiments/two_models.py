@@ -71,7 +71,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.protocol.eval_every = 50  # Test A and B every this many steps of B.
   c.protocol.early_step = 100  # Report A after this many steps (paper: 100).
   c.protocol.batch_size = 64  # Minibatch of A and B (uniform, with repl.).
-  c.protocol.eval_examples = 0  # Test examples used (0 = the whole test set).
+  c.protocol.eval_examples = 0  # At most this many test examples (0 = all).
+  # Checkpoint B every this many steps (a multiple of eval_every; 0 = only
+  # at SIGTERM/SIGINT); A is checkpointed after every logged segment.
+  c.protocol.checkpoint_every = 500
 
   c.variants = ("plain", "l2", "wpl")  # How B is trained (see wpl, l2).
 
@@ -98,6 +101,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.protocol.a_log_every = 1000
     c.protocol.batch_size = 128
     c.protocol.eval_every = 100
+    c.protocol.checkpoint_every = 1000
     # MNIST's forgetting regime for B (measured sweep, two_models_results.md):
     # sgd 0.01-0.1 and adam 1e-3 leave a converged A intact.
     c.opt_b.lr = 1e-2
@@ -112,6 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.protocol.a_log_every = 20  # Equal segments: A's chunk compiles once.
     c.protocol.b_steps = 40
     c.protocol.eval_every = 20
+    c.protocol.checkpoint_every = 20
     c.protocol.early_step = 20
     c.protocol.batch_size = 32
     c.protocol.eval_examples = 500

@@ -1,10 +1,24 @@
-"""Preemption-safe checkpoints of training-state pytrees with orbax."""
+"""Preemption-safe, verified checkpoints of training-state pytrees (orbax).
 
+Each saved step gets a SHA-256 of its files (`checksums.json` inside the
+step's folder); `restore` verifies it and falls back to the newest intact
+step, moving a damaged one aside to `<checkpoints>.skipped/` (nothing is
+deleted). `save` refuses a state with a NaN or infinity, so a diverged run
+never replaces its last good checkpoint (`NonFiniteError`).
+"""
+
+import hashlib
+import json
 import logging
 import pathlib
+import shutil
+import signal
+import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
@@ -21,12 +35,53 @@ class _QuietOrbax(logging.Filter):
 absl_logging.get_absl_handler().addFilter(_QuietOrbax())
 
 
+class NonFiniteError(ValueError):
+  """A training state or metric holds NaN or infinity."""
+
+
+def all_finite(tree: PyTree) -> bool:
+  """Whether every floating-point leaf of `tree` is finite (one host sync)."""
+  leaves = [
+    x
+    for x in jax.tree.leaves(tree)
+    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
+  if not leaves:
+    return True
+  ok = jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
+  return bool(ok)
+
+
+def first_nonfinite(values) -> int | None:
+  """Index of the first non-finite entry of a 1-D sequence, or None."""
+  arr = np.asarray(jax.device_get(values), dtype=np.float64).reshape(-1)
+  bad = np.flatnonzero(~np.isfinite(arr))
+  return int(bad[0]) if bad.size else None
+
+
+_CHECKSUMS = "checksums.json"
+
+
+def _digest(step_dir: pathlib.Path) -> dict[str, str]:
+  """SHA-256 of every file under `step_dir` (but the checksum file)."""
+  out = {}
+  for path in sorted(step_dir.rglob("*")):
+    rel = path.relative_to(step_dir).as_posix()
+    if path.is_file() and rel != _CHECKSUMS:
+      h = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda f=f: f.read(1 << 20), b""):
+          h.update(block)
+      out[rel] = h.hexdigest()
+  return out
+
+
 class Checkpointer:
   """Saves `(state pytree, JSON metadata)` per step; restores the latest.
 
   Orbax writes each step to a temporary folder and renames it when
   complete, so a run killed mid-save leaves the previous step intact; a
-  restarted run resumes from `latest_step()`.
+  restarted run resumes from the newest intact step.
 
   Example:
     ckpt = Checkpointer(workdir / "checkpoints")
@@ -38,49 +93,216 @@ class Checkpointer:
 
   def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 2):
     self.directory = pathlib.Path(directory).absolute()
-    self._manager = ocp.CheckpointManager(
-      self.directory,
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep),
+    self.skipped_dir = self.directory.with_name(
+      self.directory.name + ".skipped"
     )
+    self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def latest_step(self) -> int | None:
-    """The last completely saved step, or None."""
+    """The last completely saved step (not yet verified), or None."""
     return self._manager.latest_step()
 
   def save(self, step: int, state: PyTree, meta: dict[str, Any]) -> None:
-    """Saves `state` and `meta` as `step` and waits until it is on disk."""
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-      ),
-    )
-    self._manager.wait_until_finished()
+    """Saves `state` and `meta` as `step`, waits, and records a checksum.
+
+    Raises:
+      NonFiniteError: `state` has a NaN or infinity (nothing is saved, so
+        the older checkpoints stay).
+      OSError: the save failed (one line naming the step and folder).
+    """
+    if not all_finite(state):
+      raise NonFiniteError(
+        f"refusing to checkpoint step {step}: the state has NaN or infinity"
+      )
+    try:
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        ),
+      )
+      self._manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 (any failure ends the run now)
+      self._abandon()
+      raise OSError(
+        f"saving checkpoint step {step} in {self.directory} failed: "
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      ) from e
+    step_dir = self.directory / str(step)
+    tmp = step_dir / (_CHECKSUMS + ".tmp")
+    tmp.write_text(json.dumps(_digest(step_dir), indent=0), encoding="utf-8")
+    tmp.replace(step_dir / _CHECKSUMS)
+
+  def verify(self, step: int) -> str | None:
+    """None if `step`'s files match its checksum, else what is wrong.
+
+    A step saved before checksums existed (no checksums.json) passes; its
+    restore is then the only check.
+    """
+    step_dir = self.directory / str(step)
+    path = step_dir / _CHECKSUMS
+    if not path.exists():
+      return None
+    try:
+      want = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+      return f"{path.name} is unreadable"
+    have = _digest(step_dir)
+    for rel in sorted(set(want) | set(have)):
+      if rel not in have:
+        return f"{rel} is missing"
+      if rel not in want:
+        return f"{rel} was not in the saved checkpoint"
+      if want[rel] != have[rel]:
+        return f"{rel} does not match its checksum"
+    return None
 
   def restore(
     self, like: PyTree, step: int | None = None
   ) -> tuple[PyTree, dict[str, Any]]:
-    """Restores `(state, meta)` of `step` (default: latest).
+    """Restores `(state, meta)` of the newest intact step (or of `step`).
+
+    Each step is verified against its checksum and restored; a step that
+    fails either is logged in one line, moved to `skipped_dir` and the next
+    older one is tried.
 
     Args:
       like: a pytree with the structure, shapes and dtypes of the state.
-      step: which step; None = `latest_step()`.
+      step: restore exactly this step (no fallback); None = the newest
+        intact one.
 
     Returns:
       The restored state (same structure as `like`) and the metadata.
+
+    Raises:
+      FileNotFoundError: no checkpoint at all.
+      ValueError: no intact checkpoint (one line listing what was wrong).
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if step is not None:
+      steps = [step]
+    if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    out = self._manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-      ),
+    problems = []
+    for s in steps:
+      problem = self.verify(s)
+      if problem is None:
+        try:
+          out = self._manager.restore(
+            s,
+            args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract),
+              meta=ocp.args.JsonRestore(),
+            ),
+          )
+          return out.state, out.meta
+        except Exception as e:  # noqa: BLE001 (a damaged step: try older)
+          text = str(e).strip().splitlines()
+          problem = f"{type(e).__name__}: {text[0] if text else ''}"[:200]
+      problems.append(f"step {s}: {problem}")
+      absl_logging.warning(
+        "checkpoint step %d in %s skipped (%s); moved to %s",
+        s,
+        self.directory,
+        problem,
+        self.skipped_dir,
+      )
+      self._set_aside(s)
+    raise ValueError(
+      f"no intact checkpoint in {self.directory} ({'; '.join(problems)}); "
+      f"the damaged ones are in {self.skipped_dir}"
     )
-    return out.state, out.meta
+
+  def _set_aside(self, step: int) -> None:
+    """Moves a damaged step out of the manager's sight (never deletes)."""
+    self.skipped_dir.mkdir(parents=True, exist_ok=True)
+    dest = self.skipped_dir / str(step)
+    n = 1
+    while dest.exists():
+      dest, n = self.skipped_dir / f"{step}.{n}", n + 1
+    shutil.move(str(self.directory / str(step)), str(dest))
+    self._manager.reload()
+
+  def _abandon(self) -> None:
+    """Stops the manager after a failed save so the process can exit."""
+    try:
+      self._manager.close()
+    except Exception:  # noqa: BLE001, S110 (already failing; keep the cause)
+      pass
+
+  def keep_only_latest(self) -> None:
+    """Deletes every step but the latest (e.g. once a phase is finished)."""
+    latest = self.latest_step()
+    for s in self._manager.all_steps():
+      if s != latest:
+        self._manager.delete(s)
 
   def close(self) -> None:
     """Releases the manager's resources."""
     self._manager.close()
+
+
+class Interrupted(Exception):  # noqa: N818 (not an error: a requested stop)
+  """A run stopped at a signal after saving its checkpoint.
+
+  Attributes:
+    signum: the signal's number (the exit status is 128 + signum).
+  """
+
+  def __init__(self, signum: int, message: str):
+    super().__init__(message)
+    self.signum = signum
+
+
+class StopOnSignal:
+  """Turns SIGTERM/SIGINT into a request that the loop answers at a safe point.
+
+  The loop polls `requested` at its checkpoint boundaries, saves and raises
+  `Interrupted`; a second signal of the same kind acts as usual (kills).
+  Outside the main thread it installs nothing (signals cannot be caught).
+
+  Example:
+    with StopOnSignal() as stop:
+      for chunk in ...:
+        ...
+        if stop.requested:
+          ckpt.save(...); raise stop.interrupted("two_models at B step 300")
+  """
+
+  def __init__(self):
+    self.requested: int | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested is not None:  # the second one: the usual behaviour
+      signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+      signal.raise_signal(signum)
+      return
+    self.requested = signum
+    absl_logging.warning(
+      "%s received: saving a checkpoint at the next safe point",
+      signal.Signals(signum).name,
+    )
+
+  def interrupted(self, where: str) -> Interrupted:
+    """The exception to raise once the checkpoint `where` is saved."""
+    name = signal.Signals(self.requested).name
+    return Interrupted(
+      self.requested,
+      f"stopped by {name} at {where}, checkpoint saved; rerun the same "
+      "command to resume",
+    )
+
+  def __enter__(self) -> "StopOnSignal":
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}

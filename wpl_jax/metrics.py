@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
   """Converts NumPy/JAX scalars and arrays to JSON-ready Python values."""
   if isinstance(value, Mapping):
-    return {str(k): _plain(v) for k, v in value.items()}
+    return {str(k): plain(v) for k, v in value.items()}
   if isinstance(value, list | tuple):
-    return [_plain(v) for v in value]
+    return [plain(v) for v in value]
   if hasattr(value, "tolist"):  # np.ndarray, np.generic, jax.Array
-    return _plain(np.asarray(value).tolist())
+    return plain(np.asarray(value).tolist())
   if isinstance(value, float) and not math.isfinite(value):
     return str(value)
   return value
@@ -36,7 +36,7 @@ class JsonlWriter:
 
   def write(self, record: Mapping[str, Any]) -> None:
     """Writes `record` as one line."""
-    self._file.write(json.dumps(_plain(record), sort_keys=False) + "\n")
+    self._file.write(json.dumps(plain(record), sort_keys=False) + "\n")
     self._file.flush()
 
   def close(self) -> None:
@@ -96,7 +96,7 @@ def markdown_table(
 def write_json(path: str | pathlib.Path, obj: Any) -> None:
   """Writes `obj` as indented JSON."""
   with open(path, "w", encoding="utf-8") as f:
-    json.dump(_plain(obj), f, indent=1)
+    json.dump(plain(obj), f, indent=1)
     f.write("\n")
 
 
@@ -168,4 +168,4 @@ def plot_panels(
 
 def dumps_line(record: Mapping[str, Any]) -> str:
   """One JSONL line (with its newline) for `record`, as `JsonlWriter` writes."""
-  return json.dumps(_plain(record), sort_keys=False) + "\n"
+  return json.dumps(plain(record), sort_keys=False) + "\n"

@@ -23,6 +23,7 @@ from absl import logging
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import metrics as metrics_lib
 from wpl_jax import validation
+from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import ptb
 from wpl_jax.enas import ranking, search_space
 from wpl_jax.enas import wpl as enas_wpl
@@ -35,6 +36,7 @@ from wpl_jax.train.enas_steps import ControllerState, SharedState
 _INIT, _SHARED, _CONTROLLER, _DERIVE, _FISHER, _EPOCHS = range(6)
 # Config fields that may change when a run is resumed (e.g. to extend it).
 _RESUMABLE = ("search.epochs", "retrain", "data_dir")
+RESUMABLE = _RESUMABLE  # fields a rerun in the same workdir may change
 
 
 def lr_at(config: ml_collections.ConfigDict, epoch: int) -> float:
@@ -249,6 +251,8 @@ def search(
     # Lines of epochs after the checkpoint (a kill between the metrics line
     # and the checkpoint) are dropped: those epochs run again.
     _truncate_jsonl(workdir / "metrics.jsonl", meta["epoch"])
+  else:  # a kill during the first save left epoch 0's line: it runs again
+    _truncate_jsonl(workdir / "metrics.jsonl", -1)
   log = metrics_lib.JsonlWriter(workdir / "metrics.jsonl")
   tb = _tensorboard(workdir / "tb")
 
@@ -359,6 +363,7 @@ def search(
       rewards.append(cm["reward"])
       ppls.append(cm["ppl"])
     state["pos"] = jnp.asarray(pos, jnp.int32)
+    _check_finite(config, epoch, losses, err1, rewards)
 
     record = {
       "epoch": epoch,
@@ -434,6 +439,33 @@ def search(
     (h["derived"] for h in reversed(history) if "derived" in h), None
   )
   return {"derived": derived, "history": history}
+
+
+def _check_finite(config, epoch, losses, err1, rewards) -> None:
+  """Raises NonFiniteError naming the epoch and step of the first NaN/inf.
+
+  One host transfer per epoch (the losses stay on the device until here),
+  before the epoch's metrics line and checkpoint are written, so the last
+  good checkpoint is kept.
+  """
+  n = config.search.batches_per_arch
+  kept = f"epoch {epoch - 1}'s is kept" if epoch else "none saved"
+  where = None
+  i = checkpoint_lib.first_nonfinite(losses)
+  if i is not None:
+    where = (
+      f"non-finite training loss at shared step {i} of the epoch "
+      f"(arch {i // n + 1}, batch {i % n + 1})"
+    )
+  elif (i := checkpoint_lib.first_nonfinite(err1)) is not None:
+    where = f"non-finite loss on the forgetting batch after arch {i + 1}"
+  elif rewards and (i := checkpoint_lib.first_nonfinite(rewards)) is not None:
+    where = f"non-finite reward at controller step {i}"
+  if where is not None:
+    raise checkpoint_lib.NonFiniteError(
+      f"{config.experiment} diverged at epoch {epoch}: {where}; stopped, "
+      f"checkpoint: {kept} (lower the learning rate or alpha)"
+    )
 
 
 def _comparable(config: ml_collections.ConfigDict) -> dict:
@@ -627,6 +659,39 @@ def validate(config: ml_collections.ConfigDict) -> None:
     search_space.validate(search_space.from_string(config.retrain.arch))
 
 
+def _stream_rows(name: str, ids: np.ndarray, columns: int, need: int) -> None:
+  rows = len(ids) // columns
+  if rows < need:
+    raise ValueError(
+      f"ptb.{name}.txt has {len(ids)} tokens: fewer than {need} rows of "
+      f"{columns} columns ({need * columns} tokens) that this config needs"
+    )
+
+
+def check_data(config: ml_collections.ConfigDict, data: ptb.PTBData) -> None:
+  """Raises ValueError (one line) if a split is too short for the config.
+
+  Checked before anything is written, so that a short or empty file is not
+  found after the whole search: the train split must give one BPTT window,
+  the validation split the forgetting, stream and held-out parts
+  (`valid_splits`), and with retraining valid and test one target each.
+  """
+  b, bptt = config.data.batch_size, config.data.bptt
+  _stream_rows("train", data.train, b, bptt + 1)
+  valid_splits(config, data.valid)
+  if config.retrain.epochs > 0:
+    eb = config.retrain.eval_batch_size
+    _stream_rows("valid", data.valid, eb, 2)
+    _stream_rows("test", data.test, eb, 2)
+  if config.search.get("rank_every", 0):
+    if not config.search.get("heldout_tokens", 0):
+      raise ValueError("config.search.rank_every needs search.heldout_tokens")
+    path = config.search.get("truth_path", "")
+    if path:
+      archs = search_space.unstack(enas_steps.space_archs(config))
+      ranking.truth_for(path, [search_space.to_string(a) for a in archs])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Search (unless `search.epochs == 0`), then retrain; writes results.
 
@@ -637,8 +702,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.data_dir:
     raise ValueError("set --data_dir to the folder with the PTB text files")
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   data = ptb.load_ptb(config.data_dir)
+  check_data(config, data)
+  workdir_lib.inspect(workdir, config, resumable=RESUMABLE)  # refuse early
   logging.info(
     "PTB: %d/%d/%d tokens, vocab %d",
     len(data.train),
@@ -646,6 +712,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     len(data.test),
     len(data.vocab),
   )
+  workdir_lib.claim(workdir, config, resumable=RESUMABLE)  # first write
   t0 = time.time()
   result = search(config, workdir, data)
   # Summed over epochs, so a resumed run reports the whole search.

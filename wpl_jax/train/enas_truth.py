@@ -31,6 +31,7 @@ from absl import logging
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import metrics as metrics_lib
 from wpl_jax import validation
+from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import ptb
 from wpl_jax.enas import search_space
 from wpl_jax.models import enas_rnn
@@ -205,6 +206,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   v.number(config, "truth.lr_final", min=0, max=1)
 
 
+RESUMABLE = ()  # a rerun in the same workdir must match the config exactly
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains every cell of the space; writes truth.json and results.md."""
   validate(config)
@@ -223,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ex, ey, em = ptb.eval_windows(valid, t.eval_batch_size, bptt)
   n_eval_tokens = float(em.sum())
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir_lib.claim(workdir, config, resumable=RESUMABLE)  # the first write
   with config.unlocked():
     config.model.vocab_size = len(data.vocab)
 
@@ -250,6 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "resumed at step %d/%d from %s", done, total_steps, ckpt.directory
     )
     _truncate(workdir / "metrics.jsonl", done)
+  else:  # lines of a run killed before its first checkpoint
+    _truncate(workdir / "metrics.jsonl", 0)
   log = metrics_lib.JsonlWriter(workdir / "metrics.jsonl")
   tb = enas_search._tensorboard(workdir / "tb")
   logging.info(
@@ -267,7 +273,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "seconds": seconds,
       "config": enas_search._comparable(config),
     }
-    ckpt.save(step, state, meta)
+    try:
+      ckpt.save(step, state, meta)
+    except checkpoint_lib.NonFiniteError:
+      raise checkpoint_lib.NonFiniteError(
+        f"{config.experiment} diverged by epoch {step // n_windows} step "
+        f"{step}: the weights hold NaN or infinity; stopped, the last good "
+        "checkpoint is kept"
+      ) from None
 
   t_prev = t_log = time.time()
   losses, logged = [], done

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 import pathlib
 import time
 from typing import Any
@@ -14,11 +15,13 @@ import numpy as np
 import optax
 from absl import logging
 
+from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import data as data_lib
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import fisher_fast, partition, validation
 from wpl_jax import loss as loss_lib
 from wpl_jax import metrics as metrics_lib
+from wpl_jax import workdir as workdir_lib
 from wpl_jax.models import two_models as model_lib
 from wpl_jax.types import Array, Params, PRNGKey
 
@@ -264,6 +267,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ),
     (config.num_seeds >= 1, f"num_seeds={config.num_seeds} must be >= 1"),
     (
+      p.get("checkpoint_every", 0) >= 0
+      and p.get("checkpoint_every", 0) % p.eval_every == 0,
+      f"protocol.checkpoint_every={p.get('checkpoint_every', 0)} must be 0 "
+      f"or a positive multiple of protocol.eval_every={p.eval_every}",
+    ),
+    (
       p.b_steps >= 1 and p.eval_every >= 1 and p.b_steps % p.eval_every == 0,
       f"protocol.b_steps={p.b_steps} must be a positive multiple of "
       f"protocol.eval_every={p.eval_every}",
@@ -288,6 +297,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(message)
 
 
+RESUMABLE = ()  # a rerun in the same workdir must match the config exactly
+
+
+def check_data(config: ml_collections.ConfigDict, data) -> None:
+  """Raises ValueError (one line) if the data cannot serve the config.
+
+  Run before anything is written: the Fisher needs `fisher.num_examples`
+  distinct training examples (`protocol.eval_examples` is an upper bound:
+  a smaller test set is used whole).
+  """
+  n_train = len(data.x_train)
+  n_fisher = config.fisher.num_examples
+  if "wpl" in config.variants and n_fisher > n_train:
+    raise ValueError(
+      f"fisher.num_examples={n_fisher} exceeds the {n_train} training "
+      f"examples of {config.data.name}"
+    )
+
+
 def _load_data(config: ml_collections.ConfigDict):
   """The ClassificationData named by `config.data.name`."""
   if config.data.name == "mnist":
@@ -308,11 +336,20 @@ def _seed_keys(seeds: list[int], stream: int) -> PRNGKey:
 _A_INIT, _A_DATA, _B_INIT, _B_DATA, _FISHER = range(5)
 
 
-def train_a(config, data, seeds: list[int]) -> dict[str, Params]:
+def train_a(
+  config, data, seeds: list[int], *, ckpt_dir=None, stop=None
+) -> dict[str, Params]:
   """Trains A for every seed (vmapped); snapshots the weak and converged A.
+
+  With `ckpt_dir`, A's state is checkpointed after every logged segment and
+  a rerun resumes from it (bit-identical); `stop` (a
+  `checkpoint.StopOnSignal`) ends the run at the next segment, saved.
 
   Returns:
     {"weak": params [S, ...], "converged": params [S, ...]}.
+
+  Raises:
+    checkpoint.NonFiniteError: a seed's loss became NaN or infinite.
   """
   p, m = config.protocol, config.model
   tx = make_optimizer(config.opt_a)
@@ -340,7 +377,17 @@ def train_a(config, data, seeds: list[int]) -> dict[str, Params]:
     segments.append(min(rest, p.a_log_every))
     rest -= segments[-1]
   snapshots, done, chunks = {}, 0, {}
+  ckpt = checkpoint_lib.Checkpointer(ckpt_dir) if ckpt_dir else None
+  if ckpt is not None and ckpt.latest_step() is not None:
+    restored, meta = ckpt.restore({"state": state, "weak": state.params})
+    state, done = restored["state"], meta["done"]
+    snapshots["weak"] = restored["weak"]
+    logging.info("A resumed at step %d from %s", done, ckpt.directory)
+  end = 0
   for n in segments:
+    end += n
+    if end <= done:  # run before the checkpoint
+      continue
     if n not in chunks:  # One compile per distinct segment length.
       chunks[n] = jax.jit(
         jax.vmap(
@@ -354,6 +401,12 @@ def train_a(config, data, seeds: list[int]) -> dict[str, Params]:
     t0 = time.time()
     state, stats = chunk(state, keys, data.x_train, data.y_train)
     acc = np.asarray(accuracy(state.params, data.x_test, data.y_test))
+    bad = checkpoint_lib.first_nonfinite(stats["loss"])
+    if bad is not None:
+      raise checkpoint_lib.NonFiniteError(
+        f"two_models diverged: A (seed {seeds[bad]}) has a non-finite loss "
+        f"in steps {done + 1}-{done + n}; stopped (lower opt_a.lr)"
+      )
     done += n
     logging.info(
       "A step %d/%d | loss %.3f | test acc %.3f ± %.3f | %.0f it/s",
@@ -366,6 +419,14 @@ def train_a(config, data, seeds: list[int]) -> dict[str, Params]:
     )
     if done == p.a_steps_weak:
       snapshots["weak"] = jax.tree.map(jnp.copy, state.params)
+    if ckpt is not None:
+      saved = {"state": state, "weak": snapshots["weak"]}
+      ckpt.save(done, saved, {"done": done})
+      if stop is not None and stop.requested:
+        ckpt.close()
+        raise stop.interrupted(f"A step {done}")
+  if ckpt is not None:
+    ckpt.close()
   snapshots["converged"] = state.params
   return snapshots
 
@@ -442,6 +503,19 @@ def _headline(config) -> dict[str, str]:
   return names
 
 
+def _drop_lines(path, k: int, setting: str, after: int) -> None:
+  """Drops `path`'s lines of B (k, setting) whose step is > `after`."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return
+  keep = [
+    r
+    for r in metrics_lib.read_jsonl(path)
+    if not (r["k"] == k and r["a_setting"] == setting and r["step"] > after)
+  ]
+  path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
+
+
 def train_b(
   config,
   data,
@@ -450,18 +524,38 @@ def train_b(
   *,
   k: int,
   setting: str,
-  log,
+  log_path,
   cache: dict,
+  ckpt_root=None,
+  stop=None,
 ) -> dict[str, Any]:
   """Trains B from A (params [S, ...]) for every run, vmapped over runs.
 
   `cache` holds the jitted functions, keyed by k, so that the second A
-  setting reuses the first one's compiles.
+  setting reuses the first one's compiles. Evaluations are appended to
+  `log_path` (JSONL). With `ckpt_root`, B's state is checkpointed every
+  `protocol.checkpoint_every` steps (and at a `stop` request), a rerun
+  resumes bit-identically, and a finished (k, setting) is stored as
+  `ckpt_root/b_k{k}_{setting}.json` and not run again.
 
   Returns:
     {"runs": [Run], "steps": [T], "acc_a": [T, R], "acc_b": [T, R]}.
+
+  Raises:
+    checkpoint.NonFiniteError: a run's loss became NaN or infinite.
   """
   p = config.protocol
+  name = f"b_k{k}_{setting}"
+  done_path = pathlib.Path(ckpt_root) / f"{name}.json" if ckpt_root else None
+  if done_path is not None and done_path.exists():
+    d = json.loads(done_path.read_text(encoding="utf-8"))
+    logging.info("B k=%d %s A: finished before, read %s", k, setting, done_path)
+    return {
+      "runs": make_runs(config),
+      "steps": np.asarray(d["steps"]),
+      "acc_a": np.asarray(d["acc_a"], np.float32),
+      "acc_b": np.asarray(d["acc_b"], np.float32),
+    }
   s_count = len(seeds)
   params = jax.vmap(
     functools.partial(
@@ -590,16 +684,55 @@ def train_b(
       "-" if rate is None else f"{rate:.0f}",
     )
 
-  a0, b0 = evaluate(state.params, x_test, y_test)
-  record(0, np.asarray(a0), np.asarray(b0), None)
-  for _ in range(p.b_steps // p.eval_every):
-    t0 = time.time()
-    state, _ = chunk(state, penalty, keys, data.x_train, data.y_train)
-    a, b = evaluate(state.params, x_test, y_test)
-    a, b = np.asarray(a), np.asarray(b)
-    record(
-      int(state.step[0]), a, b, p.eval_every * len(runs) / (time.time() - t0)
-    )
+  ckpt = checkpoint_lib.Checkpointer(ckpt_root / name) if ckpt_root else None
+  start = -1  # the last step whose evaluation is recorded
+  if ckpt is not None and ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(state)
+    start = meta["step"]
+    steps = list(meta["steps"])
+    acc_a = list(np.asarray(meta["acc_a"], np.float32))
+    acc_b = list(np.asarray(meta["acc_b"], np.float32))
+    logging.info("B k=%d %s A resumed at step %d", k, setting, start)
+  # Lines after the checkpoint (or of a run killed before it) run again.
+  _drop_lines(log_path, k, setting, start)
+  every = p.get("checkpoint_every", 0)
+  with metrics_lib.JsonlWriter(log_path) as log:
+    if start < 0:
+      a0, b0 = evaluate(state.params, x_test, y_test)
+      record(0, np.asarray(a0), np.asarray(b0), None)
+    for _ in range(max(start, 0) // p.eval_every, p.b_steps // p.eval_every):
+      t0 = time.time()
+      state, stats = chunk(state, penalty, keys, data.x_train, data.y_train)
+      a, b = evaluate(state.params, x_test, y_test)
+      a, b = np.asarray(a), np.asarray(b)
+      step = int(state.step[0])
+      bad = checkpoint_lib.first_nonfinite(stats["loss"])
+      if bad is not None:
+        raise checkpoint_lib.NonFiniteError(
+          f"two_models diverged: B run {runs[bad].name} (seed "
+          f"{runs[bad].seed}, k={k}, {setting} A) has a non-finite loss in "
+          f"steps {step - p.eval_every + 1}-{step}; stopped (lower opt_b.lr "
+          "or the alphas)"
+        )
+      record(step, a, b, p.eval_every * len(runs) / (time.time() - t0))
+      requested = stop is not None and stop.requested
+      if (
+        ckpt is not None
+        and step < p.b_steps
+        and (requested or (every and step % every == 0))
+      ):
+        meta = {"step": step, "steps": steps, "acc_a": acc_a, "acc_b": acc_b}
+        ckpt.save(step, state, metrics_lib.plain(meta))
+        if requested:
+          ckpt.close()
+          raise stop.interrupted(f"B step {step} (k={k}, {setting} A)")
+  if ckpt is not None:  # B's final state stays (one step) beside its JSON
+    meta = {"step": p.b_steps, "steps": steps, "acc_a": acc_a, "acc_b": acc_b}
+    if ckpt.latest_step() != p.b_steps:  # (not if killed right after it)
+      ckpt.save(p.b_steps, state, metrics_lib.plain(meta))
+    ckpt.keep_only_latest()
+    ckpt.close()
+    metrics_lib.write_json(done_path, meta)
   return {
     "runs": runs,
     "steps": np.asarray(steps),
@@ -739,14 +872,16 @@ def train_and_evaluate(
   """
   validate(config)
   data = _load_data(config)
+  check_data(config, data)
   logging.info("JAX devices: %s; workdir %s", jax.devices(), workdir)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir_lib.claim(workdir, config, resumable=RESUMABLE)  # the first write
   seeds = [config.seed + s for s in range(config.num_seeds)]
   t0 = time.time()
-  params_a = train_a(config, data, seeds)
+  ckpt_root = workdir / "checkpoints"
   results = {}
-  with metrics_lib.JsonlWriter(workdir / "metrics.jsonl") as log:
+  with checkpoint_lib.StopOnSignal() as stop:
+    params_a = train_a(config, data, seeds, ckpt_dir=ckpt_root / "a", stop=stop)
     cache = {}
     for k in config.protocol.shared_layers:
       for setting in config.protocol.a_settings:
@@ -757,8 +892,10 @@ def train_and_evaluate(
           seeds,
           k=k,
           setting=setting,
-          log=log,
+          log_path=workdir / "metrics.jsonl",
           cache=cache,
+          ckpt_root=ckpt_root,
+          stop=stop,
         )
   order = lambda key: (A_SETTINGS.index(key[1]), key[0])
   results = {key: results[key] for key in sorted(results, key=order)}

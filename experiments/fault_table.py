@@ -1,0 +1,242 @@
+"""Runs main.py on bad input and faults; prints WORKSPACE.md's fault table.
+
+  python experiments/fault_table.py [--data_dir=../shared/data]
+
+Every case runs `main.py` in a fresh interpreter inside a temporary folder
+and records the exact command, the `error:` line (or the last line of
+stderr), the exit status and what became of the workdir: "not created",
+"unchanged" (every file's bytes and mtime as before) or the files it holds.
+Each case is also a test (tests/reliability_test.py, tests/main_test.py,
+tests/validation_test.py); this script only makes the table. About 4 min
+on 2 cores (two smoke runs and the compiles of the divergence cases).
+"""
+
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
+
+_DATA = flags.DEFINE_string("data_dir", "../shared/data", "Shared data dir.")
+
+TWO = "--config=experiments/two_models.py:smoke"
+ENAS = "--config=experiments/enas_ptb.py:smoke,wpl"
+
+
+def _snapshot(path: pathlib.Path):
+  if not path.exists():
+    return None
+  return {
+    str(p.relative_to(path)): (p.stat().st_mtime_ns, p.read_bytes())
+    for p in sorted(path.rglob("*"))
+    if p.is_file()
+  }
+
+
+def _run(args: list[str], *, kill_after_lines=None, watch=None):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "main.py", *args]
+  proc = subprocess.Popen(
+    cmd,
+    cwd=str(_ROOT),
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  if kill_after_lines:
+    while proc.poll() is None:
+      if watch.exists() and len(watch.read_text().splitlines()) >= (
+        kill_after_lines
+      ):
+        proc.send_signal(signal.SIGKILL)
+        break
+      time.sleep(0.05)
+  out, err = proc.communicate(timeout=900)
+  return proc.returncode, out, err
+
+
+def _message(err: str) -> str:
+  lines = [x for x in err.splitlines() if x.startswith("error:")]
+  if lines:
+    return lines[-1]
+  lines = [
+    x
+    for x in err.splitlines()
+    if x.strip() and not x.startswith(("I", "W")) or "skipped" in x
+  ]
+  return lines[-1] if lines else ""
+
+
+def _after(before, now) -> str:
+  if now is None:
+    return "not created"
+  if before is not None and now == before:
+    return "unchanged"
+  top = sorted({k.split("/")[0] for k in now})
+  return "holds " + ", ".join(top)
+
+
+def _shown(args: list[str], tmp: pathlib.Path) -> str:
+  text = " ".join(["python main.py", *args])
+  return text.replace(str(tmp), "$TMP").replace(str(_ROOT) + "/", "")
+
+
+def main(argv):
+  del argv
+  data = pathlib.Path(_DATA.value).absolute()
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix="faults_"))
+  rows = []
+
+  def case(name, args, workdir, *, test, setup=None, **kw):
+    if setup:
+      setup()
+    before = _snapshot(workdir)
+    code, _, err = _run(args, **kw)
+    rows.append(
+      (
+        name,
+        _shown(args, tmp),
+        _message(err),
+        code,
+        _after(before, _snapshot(workdir)),
+        test,
+      )
+    )
+    print(f"{name}: exit {code}: {rows[-1][2]}", flush=True)
+
+  done = tmp / "two_done"
+  code, _, err = _run([TWO, f"--workdir={done}"])
+  assert code == 0, err[-2000:]
+  case(
+    "rerun of a finished two-model run",
+    [TWO, f"--workdir={done}"],
+    done,
+    test="MainWorkdirTest.test_finished_run_is_reported_not_rewritten",
+  )
+  case(
+    "ENAS into a two-model workdir",
+    [ENAS, f"--data_dir={data / 'ptb'}", f"--workdir={done}"],
+    done,
+    test="MainWorkdirTest.test_two_models_into_enas_workdir_is_refused_untouched",
+  )
+  case(
+    "same experiment, another config",
+    [TWO, f"--workdir={done}", "--config.wpl.alpha=3"],
+    done,
+    test="WorkdirTest.test_refuses_another_config_naming_the_fields",
+  )
+  cut = tmp / "two_cut"
+  case(
+    "kill -9 of the two-model study mid-B",
+    [TWO, f"--workdir={cut}"],
+    cut,
+    test="KillResumeTest.test_two_models_kill9 (slow)",
+    kill_after_lines=14,
+    watch=cut / "metrics.jsonl",
+  )
+  case(
+    "... rerun of the same command",
+    [TWO, f"--workdir={cut}"],
+    cut,
+    test="KillResumeTest.test_two_models_kill9 (slow): bit-identical",
+  )
+  same = (done / "metrics.jsonl").read_bytes() == (
+    cut / "metrics.jsonl"
+  ).read_bytes()
+  rows[-1] = (
+    *rows[-1][:4],
+    rows[-1][4] + f"; metrics.jsonl equal: {same}",
+    rows[-1][5],
+  )
+  case(
+    "Fisher examples beyond the data",
+    [
+      TWO,
+      f"--workdir={tmp / 'w1'}",
+      "--config.fisher.num_examples=4096",
+      "--config.fisher.batch_size=32",
+    ],
+    tmp / "w1",
+    test="MainWorkdirTest.test_fisher_examples_beyond_the_data_write_nothing",
+  )
+  short = tmp / "ptb_empty_test"
+
+  def make_short():
+    short.mkdir()
+    for split in ("train", "valid"):
+      shutil.copy(data / "ptb" / f"ptb.{split}.txt", short)
+    (short / "ptb.test.txt").write_text("")
+
+  case(
+    "empty ptb.test.txt",
+    [ENAS, f"--data_dir={short}", f"--workdir={tmp / 'w2'}"],
+    tmp / "w2",
+    test="MainWorkdirTest.test_empty_ptb_test_file_is_found_before_any_write",
+    setup=make_short,
+  )
+  case(
+    "hidden size 0",
+    [
+      ENAS,
+      f"--data_dir={data / 'ptb'}",
+      f"--workdir={tmp / 'w3'}",
+      "--config.model.hidden=0",
+    ],
+    tmp / "w3",
+    test="validation_test (model.hidden, 0)",
+  )
+  case(
+    "ENAS shared lr 1e30",
+    [
+      ENAS,
+      f"--data_dir={data / 'ptb'}",
+      f"--workdir={tmp / 'w4'}",
+      "--config.shared.lr=1e30",
+    ],
+    tmp / "w4",
+    test="DivergenceTest.test_enas_diverging_shared_weights",
+  )
+  case(
+    "two-model B diverging (sgd 1e30)",
+    [
+      TWO,
+      f"--workdir={tmp / 'w5'}",
+      "--config.opt_b.name=sgd",
+      "--config.opt_b.lr=1e30",
+    ],
+    tmp / "w5",
+    test="DivergenceTest.test_two_models_diverging_b",
+  )
+  case(
+    "ENAS alpha -1",
+    [
+      ENAS,
+      f"--data_dir={data / 'ptb'}",
+      f"--workdir={tmp / 'w6'}",
+      "--config.wpl.alpha=-1",
+    ],
+    tmp / "w6",
+    test="validation_test (wpl.alpha, -1)",
+  )
+  print()
+  print("| case | command | message | exit | workdir after | test |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    cells = [str(c).replace("|", "\\|") for c in r]
+    cells[1] = f"`{cells[1]}`"
+    print("| " + " | ".join(cells) + " |")
+  shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
