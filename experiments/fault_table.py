@@ -106,7 +106,7 @@ def main(argv):
       (
         name,
         _shown(args, tmp),
-        _message(err),
+        _message(err).replace(str(tmp), "$TMP"),
         code,
         _after(before, _snapshot(workdir)),
         test,
@@ -153,11 +153,9 @@ def main(argv):
   same = (done / "metrics.jsonl").read_bytes() == (
     cut / "metrics.jsonl"
   ).read_bytes()
-  rows[-1] = (
-    *rows[-1][:4],
-    rows[-1][4] + f"; metrics.jsonl equal: {same}",
-    rows[-1][5],
-  )
+  name, cmd, msg, code, after, test = rows[-1]
+  after += f"; metrics.jsonl equal to the uninterrupted run's: {same}"
+  rows[-1] = (name, cmd, msg, code, after, test)
   case(
     "Fisher examples beyond the data",
     [
