@@ -372,11 +372,19 @@ class ProtocolTest(parameterized.TestCase):
     _assert_close(got, want, rtol=1e-5)
 
   def test_plain_tap_is_the_plain_loss(self):
+    # Called without a tap, a tapped loss is the ordinary loss: against a
+    # NumPy forward of the same MLP (float64), not against itself.
     params, batch = _mlp_setup(0)
-    self.assertEqual(
-      float(_mlp_loss(params, batch)),
-      float(_mlp_loss(params, batch, fisher_fast.PLAIN)),
-    )
+    p = jax.tree.map(lambda v: np.asarray(v, np.float64), params)
+    h = np.asarray(batch["x"], np.float64)
+    names = sorted((k for k in p if k[2:].isdigit()), key=lambda k: int(k[2:]))
+    for name in names:
+      h = np.maximum(h @ p[name]["kernel"] + p[name]["bias"], 0.0)
+    logits = h @ p["a_head"]["kernel"] + p["a_head"]["bias"]
+    logits = logits - logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    want = -np.mean(logp[np.arange(len(logp)), np.asarray(batch["y"])])
+    np.testing.assert_allclose(float(_mlp_loss(params, batch)), want, rtol=1e-5)
     self.assertIn("_mlp_loss", _mlp_loss.__name__)
 
   def test_auto_keeps_plain_losses_on_vmap(self):

@@ -7,6 +7,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from wpl_jax import fisher
+from wpl_jax import loss as loss_lib
 
 # Models -----------------------------------------------------------------------
 
@@ -301,6 +302,47 @@ class StateTest(parameterized.TestCase):
     state = fisher.reset(state, mask={"a": False, "b": True})
     np.testing.assert_array_equal(state.fisher["a"], 3.0)
     np.testing.assert_array_equal(state.fisher["b"], 0.0)
+
+  @parameterized.parameters("sum", "ema")
+  def test_three_models_against_the_formula(self, rule):
+    """Models 1..3 consolidated in turn; the penalty for model 4 by hand.
+
+    sum: F = F1 + F2 + F3, anchor θ3 (the paper's posterior recursion);
+    ema (d = 0.9): F = d·F3 + d(1−d)·F2 + d(1−d)²·F1, anchor θ3.
+    """
+    rng = np.random.default_rng(3)
+    thetas = [_mlp_params(s) for s in (10, 11, 12)]
+    fishers = [
+      jax.tree.map(lambda v: np.abs(rng.normal(size=v.shape)), _mlp_params(0))
+      for _ in range(3)
+    ]
+    fishers = [jax.tree.map(lambda v: v.astype(np.float32), f) for f in fishers]
+    state = fisher.init_state(thetas[0])
+    for theta, f in zip(thetas, fishers, strict=True):
+      state = fisher.consolidate(state, theta, f, rule=rule, decay=0.9)
+    d = 0.9
+    w = [1.0, 1.0, 1.0] if rule == "sum" else [d * (1 - d) ** 2, d * (1 - d), d]
+    theta4 = _mlp_params(13)
+    alpha = 2.5
+    want = 0.0
+    for path in (("l1", "w"), ("l1", "b"), ("l2", "w"), ("l2", "b")):
+      f_tot = sum(
+        wj * np.asarray(f[path[0]][path[1]], np.float64)
+        for wj, f in zip(w, fishers, strict=True)
+      )
+      diff = np.asarray(theta4[path[0]][path[1]], np.float64) - np.asarray(
+        thetas[2][path[0]][path[1]], np.float64
+      )
+      want += 0.5 * alpha * np.sum(f_tot * diff**2)
+    got = loss_lib.wpl_penalty(theta4, state.anchor, state.fisher, alpha=alpha)
+    np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+  def test_sum_rule_is_clean_only(self):
+    state = fisher.init_state({"w": np.zeros(3, np.float32)})
+    with self.assertRaisesRegex(ValueError, "rule='sum'.*mode='clean'"):
+      fisher.update_fisher(state, state.fisher, mode="reference", rule="sum")
+    with self.assertRaisesRegex(ValueError, "unknown accumulation rule"):
+      fisher.update_fisher(state, state.fisher, rule="max")
 
   def test_update_no_retrace(self):
     @jax.jit

@@ -74,12 +74,21 @@ class PenaltyTest(parameterized.TestCase):
     self.assertEqual(float(got), 0.0)
 
   def test_all_true_mask_equals_no_mask(self):
-    ones = partition.make_mask(self.params, lambda path, leaf: True)
-    a = loss.wpl_penalty(self.params, self.anchor, self.fisher, alpha=1.0)
-    b = loss.wpl_penalty(
-      self.params, self.anchor, self.fisher, alpha=1.0, mask=ones
+    # A traced all-True array mask takes the `where` branch, not the static
+    # `mask=None` one; both must give the NumPy value.
+    ones = jax.tree.map(lambda v: np.ones(np.shape(v), bool), self.params)
+    fn = jax.jit(
+      lambda m: loss.wpl_penalty(
+        self.params, self.anchor, self.fisher, alpha=1.0, mask=m
+      )
     )
-    np.testing.assert_allclose(a, b, rtol=0)
+    want = _np_penalty(self.params, self.anchor, self.fisher, 1.0)
+    np.testing.assert_allclose(fn(ones), want, rtol=1e-6)
+    np.testing.assert_allclose(
+      loss.wpl_penalty(self.params, self.anchor, self.fisher, alpha=1.0),
+      want,
+      rtol=1e-6,
+    )
 
   @parameterized.parameters(True, False)
   def test_masked_leaves_get_zero_gradient(self, traced_mask):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl.testing import absltest, parameterized
+from flax import nnx
 
 from wpl_jax import partition
 
@@ -48,6 +49,29 @@ class PartitionTest(parameterized.TestCase):
       if m
     ]
     self.assertEqual(got, want)
+
+  def test_mask_selecting_nothing_raises(self):
+    with self.assertRaisesRegex(
+      ValueError,
+      r"mask '\^nope' selects none of the 5 leaves .*'a_head/kernel'",
+    ):
+      partition.make_mask(_params(), r"^nope")
+    mask = partition.make_mask(_params(), r"^nope", allow_empty=True)
+    self.assertFalse(any(_leaves(mask)))
+
+  def test_nnx_state_paths_drop_value(self):
+    # nnx.State leaves end in a `.value` attribute: `kernel$` must still
+    # select the kernels (it silently selected nothing before).
+    model = nnx.Sequential(
+      nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1))
+    )
+    state = nnx.state(model, nnx.Param)
+    self.assertEqual(
+      partition.leaf_paths(state),
+      ["layers/0/bias", "layers/0/kernel", "layers/1/bias", "layers/1/kernel"],
+    )
+    mask = partition.make_mask(state, r"kernel$")
+    self.assertEqual(_leaves(mask), [False, True, False, True])
 
   def test_label_params_exhaustive_raises_naming_leaf(self):
     groups = {"shared": r"^shared_", "edges": r"edge_"}

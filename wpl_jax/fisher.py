@@ -38,6 +38,7 @@ from wpl_jax.types import Array, PRNGKey, PyTree
 ESTIMATORS = ("per_example", "batch_grad_squared", "sampled")
 MODES = ("clean", "reference")
 METHODS = ("auto", "vmap", "taps")
+RULES = ("ema", "sum")  # how `update_fisher` accumulates models
 
 LossFn = Callable[[PyTree, PyTree], Array]
 
@@ -286,11 +287,29 @@ def update_fisher(
   mask: PyTree | None = None,
   norm_axes: tuple[int, ...] | None = None,
   reset_unmasked: bool | None = None,
+  rule: str = "ema",
 ) -> FisherState:
-  """EMA update of the running Fisher, restricted to `mask`.
+  """Accumulates a new Fisher estimate into the running one, within `mask`.
 
-  `clean`:      F ← clip((1 − decay)·F + decay·F_new)
-  `reference`:  F ← α · clip_fro((1 − decay)·F + decay·F_new, clip)
+  Two accumulation rules for a sequence of models 1..k (F_j: the Fisher of
+  model j at its final weights θ_j, d = `decay`):
+
+  `rule="ema"` (the reference code's, REFERENCE.md §2):
+    `clean`:      F ← clip((1 − decay)·F + decay·F_new)
+    `reference`:  F ← α · clip_fro((1 − decay)·F + decay·F_new, clip)
+    so from F = 0, after k models F = Σ_j d·(1 − d)^(k−j)·F_j: old models
+    fade geometrically.
+  `rule="sum"` (the paper's posterior recursion: each Laplace factor adds
+  its precision, EWC-style), clean mode only, `decay` unused:
+    F ← clip(F + F_new), so after k models F = Σ_j F_j, with one moving
+    anchor θ̂ = θ_k (`consolidate` re-anchors): the penalty for model k+1 is
+    α/2 Σ_i (Σ_j F_j,i)(θ_i − θ_k,i)².
+
+  Example (three models, summed):
+    state = init_state(params)
+    for theta_j, f_j in finished_models:
+      state = consolidate(state, theta_j, f_j, rule="sum")
+    penalty = wpl_penalty(params, state.anchor, state.fisher, alpha=a)
 
   In ``reference`` mode α multiplies the stored state (REFERENCE.md §2), so
   it compounds: under repeated updates every touched matrix saturates at
@@ -311,6 +330,7 @@ def update_fisher(
     reset_unmasked: set F to zero outside `mask` (the reference resets the
       Fisher of matrices that got no gradient); default True in
       ``reference`` mode, False (keep) in ``clean`` mode.
+    rule: ``ema`` or ``sum`` (see above).
 
   Returns:
     The new state (the anchor is unchanged; see `reanchor`).
@@ -327,13 +347,27 @@ def update_fisher(
       raise ValueError(
         f"clean mode keeps α in the loss: leave alpha=1 here (got {a})"
       )
+  if rule not in RULES:
+    raise ValueError(
+      f"unknown accumulation rule {rule!r}; choose one of {RULES}"
+    )
+  if rule == "sum" and mode != "clean":
+    raise ValueError(
+      "rule='sum' is the clean posterior recursion: use mode='clean' (the "
+      "reference mode implements the reference code's EMA)"
+    )
   if reset_unmasked is None:
     reset_unmasked = mode == "reference"
-  mixed = jax.tree.map(
-    lambda f, g: (1.0 - decay) * f + decay * jnp.asarray(g, f.dtype),
-    state.fisher,
-    new_fisher,
-  )
+  if rule == "sum":
+    mixed = jax.tree.map(
+      lambda f, g: f + jnp.asarray(g, f.dtype), state.fisher, new_fisher
+    )
+  else:
+    mixed = jax.tree.map(
+      lambda f, g: (1.0 - decay) * f + decay * jnp.asarray(g, f.dtype),
+      state.fisher,
+      new_fisher,
+    )
   if clip is not None:
     mixed = clip_by_frobenius(mixed, clip, norm_axes=norm_axes)
   if mode == "reference":

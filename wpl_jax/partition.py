@@ -6,7 +6,9 @@ the weight plasticity loss touches.
 
 A leaf's *path string* joins its keys with "/", e.g. ``"shared_0/kernel"`` for
 ``params["shared_0"]["kernel"]``; sequence indices and dataclass attribute
-names are joined the same way (``"layers/0/w"``).
+names are joined the same way (``"layers/0/w"``). The ``value`` attribute that
+ends every Flax NNX `Variable` path is dropped, so ``"kernel$"`` selects the
+kernels of an `nnx.State` exactly as it does those of a Linen params dict.
 """
 
 import re
@@ -21,8 +23,15 @@ MaskSpec = str | Sequence[str] | Callable[[str, object], bool]
 
 
 def path_str(path: tuple) -> str:
-  """Returns the "/"-joined path string of a `tree_flatten_with_path` path."""
+  """Returns the "/"-joined path string of a `tree_flatten_with_path` path.
+
+  A trailing `.value` attribute (a Flax NNX Variable's array) is dropped:
+  `nnx.state(model)` paths read "linear/kernel", not "linear/kernel/value".
+  """
   parts = []
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey):
+    if path[-1].name == "value":
+      path = path[:-1]
   for entry in path:
     if isinstance(entry, jax.tree_util.DictKey):
       parts.append(str(entry.key))
@@ -51,7 +60,9 @@ def _as_predicate(spec: MaskSpec) -> Callable[[str, object], bool]:
   return lambda path, leaf: any(c.search(path) for c in compiled)
 
 
-def make_mask(params: PyTree, spec: MaskSpec) -> PyTree:
+def make_mask(
+  params: PyTree, spec: MaskSpec, *, allow_empty: bool = False
+) -> PyTree:
   """Builds a boolean mask tree shaped like `params`.
 
   Args:
@@ -59,9 +70,15 @@ def make_mask(params: PyTree, spec: MaskSpec) -> PyTree:
     spec: a regex, a sequence of regexes (a leaf is True if any matches with
       `re.search` against its path string), or a callable
       `(path_str, leaf) -> bool`.
+    allow_empty: accept a spec that selects no leaf. By default that raises:
+      a WPL mask that selects nothing makes the penalty silently 0.
 
   Returns:
     A pytree with the structure of `params` and a Python bool per leaf.
+
+  Raises:
+    ValueError: `spec` selects no leaf (and not `allow_empty`); the message
+      shows some of the paths it was matched against.
 
   Examples:
     >>> params = {"shared_0": {"kernel": 1.0}, "head": {"kernel": 2.0}}
@@ -69,9 +86,18 @@ def make_mask(params: PyTree, spec: MaskSpec) -> PyTree:
     {'head': {'kernel': False}, 'shared_0': {'kernel': True}}
   """
   pred = _as_predicate(spec)
-  return jax.tree_util.tree_map_with_path(
+  mask = jax.tree_util.tree_map_with_path(
     lambda p, x: bool(pred(path_str(p), x)), params
   )
+  if not allow_empty and not any(jax.tree.leaves(mask)):
+    paths = leaf_paths(params)
+    shown = ", ".join(repr(p) for p in paths[:4])
+    what = spec if not callable(spec) else getattr(spec, "__name__", "spec")
+    raise ValueError(
+      f"mask {what!r} selects none of the {len(paths)} leaves (paths look "
+      f"like {shown}); fix the pattern or pass allow_empty=True"
+    )
+  return mask
 
 
 def label_params(
