@@ -13,11 +13,21 @@ Three estimators, by name, all returning a pytree shaped like `params`:
   distribution per example.
 
 *One example* is one slice along the leading axis of every leaf of `batch`.
-`loss_fn(params, batch)` must return the MEAN loss over that axis, and be
-separable across examples (no batch statistics), since per-example
-estimators call it on batches of one. For a sequence model an example is a
-whole sequence, and `ℓ_b` is the loss of that sequence as `loss_fn` reduces
-it (typically the mean over its tokens): put the batch axis first.
+`loss_fn(params, batch)` must be separable across examples (no batch
+statistics), since per-example estimators call it on batches of one, and
+declare what it returns (the per-example contract, `reduction`): ``mean``
+(default) the mean of the per-example losses ℓ_b over the batch, ``sum``
+their sum, ``none`` the vector [B] of them. All three give the same F on
+every path. A token-masked mean over the whole batch (Σ m·ℓ / Σ m, the usual
+padded LM loss) is none of these: return each example's own masked mean
+with ``none``. For a sequence model an example is a whole sequence and ℓ_b
+its loss as `loss_fn` reduces it: put the batch axis first.
+
+Flax Linen models with `batch_stats` (batch-norm): run the loss in eval mode
+(`use_running_average=True`, `mutable=False`) inside `loss_fn`. In training
+mode a batch of one normalises each example by its own statistics, so the
+per-example gradients of every layer before the batch-norm are about 0 and F
+comes out ≈ 0 there without any error.
 
 The running state (`FisherState`) holds the Fisher and the anchor, and is
 updated by pure functions. None of these functions jit themselves; all run
@@ -39,6 +49,36 @@ ESTIMATORS = ("per_example", "batch_grad_squared", "sampled")
 MODES = ("clean", "reference")
 METHODS = ("auto", "vmap", "taps")
 RULES = ("ema", "sum")  # how `update_fisher` accumulates models
+# What a loss returns (the per-example contract): the mean or the sum of the
+# per-example losses over the batch, or the per-example losses [B].
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction: str) -> None:
+  """Raises ValueError unless `reduction` is one of `REDUCTIONS`."""
+  if reduction not in REDUCTIONS:
+    raise ValueError(
+      f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}"
+    )
+
+
+def _reduced(loss_fn, reduction: str, to: str):
+  """`loss_fn` returning its batch mean (`to="mean"`) or an example's loss.
+
+  On a batch of one (`to="example"`) every reduction is that example's
+  loss; the batch mean is the mean (divides a sum by B, averages [B]).
+  """
+  if reduction == "mean":
+    return loss_fn
+
+  def fn(params, batch):
+    out = loss_fn(params, batch)
+    if to == "example":
+      return jnp.sum(out)
+    return jnp.sum(out) / _batch_size(batch)
+
+  return fn
+
 
 LossFn = Callable[[PyTree, PyTree], Array]
 
@@ -116,12 +156,14 @@ def fisher_diagonal(
   chunk_size: int | None = None,
   num_samples: int = 1,
   method: str = "auto",
+  reduction: str | None = None,
 ) -> PyTree:
   """Estimates the diagonal Fisher information at `params`.
 
   Args:
-    loss_fn: `(params, batch) -> scalar` mean loss over the leading axis of
-      `batch` (used by ``per_example`` and ``batch_grad_squared``).
+    loss_fn: `(params, batch) -> loss` over the leading axis of `batch`, of
+      the form `reduction` declares (used by ``per_example`` and
+      ``batch_grad_squared``).
     params: the parameters (any pytree of float arrays).
     batch: a pytree of arrays whose leaves share the leading example axis B.
     estimator: ``per_example``, ``batch_grad_squared`` or ``sampled``.
@@ -141,6 +183,9 @@ def fisher_diagonal(
       by `wpl_jax.fisher_fast.tapped` do); ``auto`` (default): ``taps``
       when `loss_fn` has one, else ``vmap``. Both give the same F. Other
       estimators ignore it.
+    reduction: ``mean``, ``sum`` or ``none`` (see the module docstring);
+      None = the loss's own `reduction` attribute (`fisher_fast.tapped`
+      sets it), else ``mean``.
 
   Returns:
     A pytree shaped like `params` (float32 leaves), F ≥ 0, averaged over the
@@ -166,11 +211,20 @@ def fisher_diagonal(
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
   _checks.chunk_size(chunk_size)
+  declared = getattr(loss_fn, "reduction", None)
+  if reduction is None:
+    reduction = declared or "mean"
+  check_reduction(reduction)
+  if declared is not None and declared != reduction:
+    raise ValueError(
+      f"reduction={reduction!r} contradicts the loss's own {declared!r}"
+    )
   n = _batch_size(batch)
   if estimator == "batch_grad_squared":
     if loss_fn is None:
       raise ValueError("estimator 'batch_grad_squared' needs loss_fn")
-    return _square(_f32(jax.grad(loss_fn)(params, batch)))
+    mean_loss = _reduced(loss_fn, reduction, "mean")
+    return _square(_f32(jax.grad(mean_loss)(params, batch)))
 
   if estimator == "per_example":
     if loss_fn is None:
@@ -183,8 +237,10 @@ def fisher_diagonal(
     if method != "vmap" and fast is not None:
       return fast(params, batch, chunk_size=chunk_size)
 
+    example_loss = _reduced(loss_fn, reduction, "example")
+
     def sq_grad(example):
-      return _square(_f32(jax.grad(loss_fn)(params, _expand(example))))
+      return _square(_f32(jax.grad(example_loss)(params, _expand(example))))
 
     total = _sum_squared_grads(sq_grad, batch, chunk_size)
     return jax.tree.map(lambda s: s / n, total)

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax.extend import core as jex_core
 
 from wpl_jax import fisher as fisher_lib
+from wpl_jax import partition
 from wpl_jax.enas import search_space
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.models import enas_rnn
@@ -214,6 +215,10 @@ class _Recorder(Tap):
   def dense(self, name, x, w, b=None, *, batch_axis=0):
     ws, bs = _as_tuple(w), _as_tuple(b)
     _check_dense(name, x, ws, bs)
+    # Inside vmap the inputs are batching tracers: the example axis is gone
+    # from what the tap sees (pinned by tests/contract_test.py).
+    if any(type(v).__name__ == "BatchTracer" for v in (x, *ws, *bs)):
+      raise ValueError(f"tap.dense({name!r}): {_CONTEXT_HINT}")
     if not -x.ndim <= batch_axis < x.ndim - 1 or batch_axis == -1:
       raise ValueError(
         f"tap.dense({name!r}): batch_axis={batch_axis} must index a leading "
@@ -370,7 +375,32 @@ class _Plan:
   fallback: frozenset  # leaves estimated with vmap(grad)
 
 
-def _discover(loss_fn, params: PyTree, batch: PyTree) -> _Plan:
+def _check_output(shape: tuple, reduction: str, n: int) -> None:
+  """Raises ValueError unless the loss's output fits its declared reduction."""
+  if reduction == "none":
+    if tuple(shape) != (n,):
+      raise ValueError(
+        f"a loss declared reduction='none' must return the {n} per-example "
+        f"losses, shape ({n},); it returns shape {tuple(shape)}"
+      )
+  elif tuple(shape) != ():
+    raise ValueError(
+      f"a loss declared reduction={reduction!r} must return a scalar; it "
+      f"returns shape {tuple(shape)} (per-example losses: declare "
+      "reduction='none')"
+    )
+
+
+_CONTEXT_HINT = (
+  "a tap was used inside a transformation it does not support (a plain "
+  "jax.lax.scan, vmap, cond, while_loop or checkpoint): use tap.scan for "
+  "scans and keep taps out of the others, or use method='vmap'"
+)
+
+
+def _discover(
+  loss_fn, params: PyTree, batch: PyTree, reduction: str = "mean"
+) -> _Plan:
   """Traces `loss_fn` once with a recording tap (no computation)."""
   leaves, treedef = jax.tree.flatten(params)
   recorder = None
@@ -383,9 +413,11 @@ def _discover(loss_fn, params: PyTree, batch: PyTree) -> _Plan:
   avals = [
     jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)) for v in leaves
   ]
-  closed = jax.make_jaxpr(traced)(avals)
-  if jnp.shape(closed.out_avals[0]) != ():
-    raise ValueError("loss_fn must return a scalar (the mean loss)")
+  try:
+    closed = jax.make_jaxpr(traced)(avals)
+  except jax.errors.UnexpectedTracerError as e:
+    raise ValueError(_CONTEXT_HINT) from e
+  _check_output(jnp.shape(closed.out_avals[0]), reduction, _num_examples(batch))
   start = [frozenset([i]) for i in range(len(leaves))]
   (reaching,) = _dependencies(closed.jaxpr, start)
   # How each tapped leaf is used: ("weight" or "bias", slicing scan axis
@@ -483,7 +515,9 @@ def _sum_sq_outer(pairs: list, n: int, chunk_size: int | None) -> list:
   return fisher_lib.chunked_sum(part, pairs, chunk_size)
 
 
-def _tapped_fisher(loss_fn, params, batch, p: _Plan, n: int, chunk_size):
+def _tapped_fisher(
+  loss_fn, params, batch, p: _Plan, n: int, chunk_size, reduction="mean"
+):
   """Fisher of the tapped leaves from one probed backward pass: {index: F}."""
   probes = _probe_tree(p.root, p.tapped)
 
@@ -491,8 +525,13 @@ def _tapped_fisher(loss_fn, params, batch, p: _Plan, n: int, chunk_size):
     prober = _Prober(probe_tree)
     return loss_fn(params, batch, prober), prober.records
 
-  loss, vjp_fn, records = jax.vjp(probed, probes, has_aux=True)
-  (cotangents,) = vjp_fn(jnp.ones_like(loss))
+  try:
+    loss, vjp_fn, records = jax.vjp(probed, probes, has_aux=True)
+    # Per-example losses (reduction "none") each get cotangent 1: the
+    # probes then carry every example's own gradient, whatever the mix.
+    (cotangents,) = vjp_fn(jnp.ones_like(loss))
+  except jax.errors.UnexpectedTracerError as e:
+    raise ValueError(_CONTEXT_HINT) from e
 
   weight_parts, bias_parts = {}, {}
   for path, site, depth in _walk(p.root):
@@ -535,10 +574,13 @@ def _tapped_fisher(loss_fn, params, batch, p: _Plan, n: int, chunk_size):
   for i, parts in bias_parts.items():
     out[i] = jnp.sum(jnp.square(sum(parts)), axis=0)
   shapes = [jnp.shape(v) for v in jax.tree.leaves(params)]
-  # The probes carry d(mean loss)/dy = g_b / n: the per-example gradient is
-  # n times the sums above, and F = (1/n) Σ_b (n ·)² = n Σ_b (·)².
+  # With a mean loss the probes carry d(mean)/dy = g_b / n: the per-example
+  # gradient is n times the sums above, F = (1/n) Σ_b (n ·)² = n Σ_b (·)².
+  # With a sum (or per-example losses) they carry g_b: F = (1/n) Σ_b (·)².
+  scale = float(n) if reduction == "mean" else 1.0 / n
   return {
-    i: (n * f).reshape(shapes[i]).astype(jnp.float32) for i, f in out.items()
+    i: (scale * f).reshape(shapes[i]).astype(jnp.float32)
+    for i, f in out.items()
   }
 
 
@@ -557,6 +599,7 @@ def per_example_fisher(
   batch: PyTree,
   *,
   chunk_size: int | None = None,
+  reduction: str = "mean",
 ) -> PyTree:
   """Empirical diagonal Fisher `F = 1/B Σ_b (∇ℓ_b)²`, exact, via taps.
 
@@ -567,19 +610,28 @@ def per_example_fisher(
   jit itself.
 
   Args:
-    loss_fn: `(params, batch, tap) -> scalar`, the MEAN loss over the
-      leading axis of `batch`, separable across examples, written against
-      the tap protocol (see `Tap`).
+    loss_fn: `(params, batch, tap) -> loss`, separable across examples,
+      written against the tap protocol (see `Tap`); what it returns is
+      declared by `reduction`.
     params: any pytree of float arrays.
     batch: pytree whose leaves share the leading example axis B (the tapped
       inputs may hold the examples on another axis: `batch_axis`).
     chunk_size: examples per chunk for the per-example sums of weights used
       at several positions (and for the fallback); None = all B at once,
       holding [B, D_in, D_out] per such weight.
+    reduction: the per-example contract (see `REDUCTIONS`): ``mean``, a
+      scalar `1/B Σ_b ℓ_b`; ``sum``, a scalar `Σ_b ℓ_b`; ``none``, the
+      per-example losses `[B]`. A token-masked mean over the whole batch
+      (Σ m·ℓ / Σ m) is none of these: return each example's own loss (e.g.
+      its masked mean over its tokens) with ``none``.
 
   Returns:
     A pytree like `params` of float32 leaves: F ≥ 0, the mean over the B
     examples of the squared per-example gradient.
+
+  Raises:
+    ValueError: an unknown `reduction`, an output that does not fit it, or
+      a tap inside an unsupported transformation.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -590,14 +642,19 @@ def per_example_fisher(
     >>> f["w"][:, 0].tolist()  # example b has gradient 2·e_b, squared 4·e_b
     [2.0, 2.0]
   """
+  check_reduction(reduction)
   n = _num_examples(batch)
-  p = _discover(loss_fn, params, batch)
+  p = _discover(loss_fn, params, batch, reduction)
   leaves, treedef = jax.tree.flatten(params)
   out = [jnp.zeros(jnp.shape(v), jnp.float32) for v in leaves]
   if p.tapped:
-    for i, f in _tapped_fisher(
-      loss_fn, params, batch, p, n, chunk_size
-    ).items():
+    try:
+      tapped_f = _tapped_fisher(
+        loss_fn, params, batch, p, n, chunk_size, reduction
+      )
+    except jax.errors.UnexpectedTracerError as e:
+      raise ValueError(_CONTEXT_HINT) from e
+    for i, f in tapped_f.items():
       out[i] = f
   if p.fallback:
     order = sorted(p.fallback)
@@ -606,7 +663,8 @@ def per_example_fisher(
       merged = list(leaves)
       for i, v in zip(order, rest, strict=True):
         merged[i] = v
-      return loss_fn(jax.tree.unflatten(treedef, merged), b, PLAIN)
+      # On the fallback's batches of one, every reduction is ℓ_b.
+      return jnp.sum(loss_fn(jax.tree.unflatten(treedef, merged), b, PLAIN))
 
     rest_f = fisher_lib.fisher_diagonal(
       rest_loss,
@@ -621,15 +679,84 @@ def per_example_fisher(
   return jax.tree.unflatten(treedef, out)
 
 
+def verify(
+  loss_fn,
+  params: PyTree,
+  batch: PyTree,
+  *,
+  num_examples: int = 3,
+  rtol: float = 1e-3,
+) -> float:
+  """Checks a tapped loss's contract on a few examples; returns the error.
+
+  Computes the per-example Fisher of the first `num_examples` examples on
+  the fast path and with `vmap(grad)` and compares them. They differ when
+  the loss breaks the contract the fast path relies on: a wrong
+  `reduction`, a forgotten `batch_axis` (a time-major input), examples
+  that are not separable. Run it once on a new model (not inside jit).
+
+  Args:
+    loss_fn: a `TappedLoss` (from `tapped`).
+    params, batch: as for `per_example_fisher`; examples on the leading
+      axis of every leaf of `batch`.
+    num_examples: how many leading examples to compare (≥ 2, so that the
+      example axis is exercised).
+    rtol: the largest accepted relative error (max |fast − vmap| over
+      max |vmap|, per leaf).
+
+  Returns:
+    The largest relative error over the leaves.
+
+  Raises:
+    ValueError: the error exceeds `rtol` (naming the leaf) or the loss is
+      not a `TappedLoss`.
+  """
+  if not isinstance(loss_fn, TappedLoss):
+    raise ValueError("verify needs a tap-aware loss (fisher_fast.tapped)")
+  k = min(num_examples, _num_examples(batch))
+  sub = jax.tree.map(lambda x: x[:k], batch)
+  fast = loss_fn.per_example_fisher(params, sub)
+  slow = fisher_lib.fisher_diagonal(
+    loss_fn, params, sub, estimator="per_example", method="vmap"
+  )
+  worst, where = 0.0, None
+  paths = partition.leaf_paths(params)
+  for path, a, b in zip(
+    paths, jax.tree.leaves(fast), jax.tree.leaves(slow), strict=True
+  ):
+    scale = float(jnp.max(jnp.abs(b)))
+    err = float(jnp.max(jnp.abs(a - b))) / max(scale, 1e-30)
+    if scale == 0.0 and float(jnp.max(jnp.abs(a))) == 0.0:
+      err = 0.0
+    if err > worst:
+      worst, where = err, path
+  if worst > rtol:
+    raise ValueError(
+      f"the fast per-example Fisher differs from vmap(grad) at {where!r} "
+      f"(relative error {worst:.3g} on {k} examples): check the loss's "
+      "reduction, every tap's batch_axis, and that examples stay separable"
+    )
+  return worst
+
+
+REDUCTIONS = fisher_lib.REDUCTIONS  # ("mean", "sum", "none")
+check_reduction = fisher_lib.check_reduction
+
+
 class TappedLoss:
   """A tap-aware loss that is also a plain `(params, batch) -> loss`.
 
   `fisher.fisher_diagonal(..., estimator="per_example")` recognises it (by
-  its `per_example_fisher` method) and takes the fast exact path.
+  its `per_example_fisher` method) and takes the fast exact path; its
+  `reduction` tells every estimator what the loss returns.
   """
 
-  def __init__(self, fn: Callable[[PyTree, PyTree, Tap], Array]):
+  def __init__(
+    self, fn: Callable[[PyTree, PyTree, Tap], Array], reduction: str = "mean"
+  ):
+    check_reduction(reduction)
     self.fn = fn
+    self.reduction = reduction
     functools.update_wrapper(self, fn)
 
   def __call__(self, params: PyTree, batch: PyTree, tap: Tap = PLAIN) -> Array:
@@ -638,13 +765,26 @@ class TappedLoss:
   def per_example_fisher(
     self, params: PyTree, batch: PyTree, *, chunk_size: int | None = None
   ) -> PyTree:
-    """`per_example_fisher(self.fn, params, batch, chunk_size=...)`."""
-    return per_example_fisher(self.fn, params, batch, chunk_size=chunk_size)
+    """`per_example_fisher(self.fn, ..., reduction=self.reduction)`."""
+    return per_example_fisher(
+      self.fn, params, batch, chunk_size=chunk_size, reduction=self.reduction
+    )
 
 
-def tapped(fn: Callable[[PyTree, PyTree, Tap], Array]) -> TappedLoss:
-  """Marks `fn(params, batch, tap)` as tap-aware (usable as a decorator)."""
-  return TappedLoss(fn)
+def tapped(
+  fn: Callable[[PyTree, PyTree, Tap], Array] | None = None,
+  *,
+  reduction: str = "mean",
+):
+  """Marks `fn(params, batch, tap)` as tap-aware; a decorator.
+
+  `@tapped` declares a mean loss; `@tapped(reduction="sum")` a summed one;
+  `@tapped(reduction="none")` a loss returning the per-example losses [B]
+  (the form for masked or weighted losses). See `per_example_fisher`.
+  """
+  if fn is None:
+    return lambda f: TappedLoss(f, reduction)
+  return TappedLoss(fn, reduction)
 
 
 # The ENAS child ---------------------------------------------------------------
