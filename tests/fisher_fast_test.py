@@ -308,6 +308,46 @@ class FallbackTest(parameterized.TestCase):
     np.testing.assert_array_equal(got["unused"], 0.0)
 
 
+class JaxInternalsTest(absltest.TestCase):
+  """What fisher_fast reads from JAX beyond its public API, pinned.
+
+  If a JAX upgrade changes any of these, this fails loudly (rather than the
+  fast path silently falling back or mis-attributing a weight).
+  """
+
+  def test_scan_equation_params(self):
+    def f(w, xs):
+      return jax.lax.scan(lambda c, x: (c @ w + x, None), jnp.zeros(2), xs)[0]
+
+    closed = jax.make_jaxpr(f)(jnp.eye(2), jnp.ones((3, 2)))
+    (eqn,) = [e for e in closed.jaxpr.eqns if e.primitive.name == "scan"]
+    self.assertContainsSubset({"jaxpr", "num_consts", "num_carry"}, eqn.params)
+    self.assertTrue(hasattr(eqn.params["jaxpr"], "jaxpr"))
+    self.assertEqual(eqn.params["num_carry"], 1)
+    self.assertEqual(
+      len(eqn.invars), eqn.params["num_consts"] + eqn.params["num_carry"] + 1
+    )
+
+  def test_params_leaves_keep_their_identity_inside_a_trace(self):
+    # Weights are found by id(): a leaf passed through the trace unchanged
+    # must arrive at the tap as the very object the tracer was made from.
+    seen = []
+
+    def f(leaves):
+      seen.append([id(v) for v in leaves])
+      inner = leaves[0]
+      seen.append([id(inner)])
+      return jnp.sum(inner)
+
+    jax.make_jaxpr(f)([jnp.ones(2)])
+    self.assertEqual(seen[0][0], seen[1][0])
+
+  def test_vmap_tracers_are_named_batch_tracer(self):
+    names = []
+    jax.vmap(lambda x: names.append(type(x).__name__) or x)(jnp.ones(3))
+    self.assertEqual(names, ["BatchTracer"])
+
+
 class ProtocolTest(parameterized.TestCase):
   def test_weight_shared_by_sites_and_nested_scans(self):
     """One weight at several sites and in a scan within a scan: summed."""
