@@ -6,7 +6,7 @@ import optax
 
 from benchmarks.common import Case, measure
 from wpl_jax import fisher, fisher_fast
-from wpl_jax.enas import search_space, wpl
+from wpl_jax.enas import edge_fisher, search_space, wpl
 from wpl_jax.models import enas_rnn, two_models
 
 # (width, batch) of the two-model MLP 784-width×4-10.
@@ -169,14 +169,14 @@ def enas_cases(model, variables, arch, batch) -> list[Case]:
     ),
     Case(
       f"per_example taps (fisher_fast) chunk {ENAS_CHUNK}",
-      lambda v, b, a: fisher_fast.enas_edge_fisher(
+      lambda v, b, a: edge_fisher.enas_edge_fisher(
         model, v, a, b, chunk_size=ENAS_CHUNK
       ),
       args,
     ),
     Case(
       "per_example taps (fisher_fast) unchunked",
-      lambda v, b, a: fisher_fast.enas_edge_fisher(model, v, a, b),
+      lambda v, b, a: edge_fisher.enas_edge_fisher(model, v, a, b),
       args,
     ),
     Case("batch_grad_squared", estimate("batch_grad_squared"), args),

@@ -11,7 +11,7 @@ import numpy as np
 from benchmarks import fisher_bench
 from benchmarks.common import Case, measure
 from wpl_jax import fisher_fast
-from wpl_jax.enas import search_space
+from wpl_jax.enas import edge_fisher, search_space
 
 BASELINE = "torch autograd (batch)"
 
@@ -161,7 +161,7 @@ def enas_cases(torch, model, variables, arch, batch, chunk):
     value = loss(leaves, inputs.T, targets.T, hidden)
     return torch.autograd.grad(value, list(leaves.values()))
 
-  want = fisher_fast.enas_edge_fisher(model, variables, arch, batch)
+  want = edge_fisher.enas_edge_fisher(model, variables, arch, batch)
   want = {
     f"{k[-1]}{j + 1}": np.asarray(want[k])[i]
     for k in ("edge_c", "edge_h")

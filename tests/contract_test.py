@@ -7,6 +7,10 @@ paths (`taps`, `vmap`) and for `batch_grad_squared`. Misuse gives one clear
 `fisher_fast.verify` catches what shapes cannot (a forgotten `batch_axis`).
 """
 
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -194,6 +198,27 @@ class ContractTest(parameterized.TestCase):
 
     with self.assertRaisesRegex(ValueError, "use tap.scan for scans"):
       fisher.fisher_diagonal(loss, params, batch, estimator="per_example")
+
+
+class LayeringTest(absltest.TestCase):
+  def test_the_library_knows_no_model(self):
+    # wpl_jax.loss / fisher / fisher_fast import nothing of ENAS or the
+    # studies' models (the ENAS glue lives in wpl_jax.enas.edge_fisher).
+    code = (
+      "import sys\n"
+      "import wpl_jax.loss, wpl_jax.fisher, wpl_jax.fisher_fast\n"
+      "print(sorted(m for m in sys.modules if m.startswith('wpl_jax.')))\n"
+    )
+    out = subprocess.run(
+      [sys.executable, "-c", code],
+      capture_output=True,
+      text=True,
+      check=True,
+      cwd=str(pathlib.Path(__file__).resolve().parents[1]),
+    )
+    loaded = out.stdout.strip()
+    for forbidden in ("wpl_jax.enas", "wpl_jax.models", "wpl_jax.train"):
+      self.assertNotIn(forbidden, loaded)
 
 
 if __name__ == "__main__":

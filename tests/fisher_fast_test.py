@@ -7,8 +7,8 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from wpl_jax import fisher, fisher_fast
+from wpl_jax.enas import edge_fisher, wpl
 from wpl_jax.enas import search_space as ss
-from wpl_jax.enas import wpl
 from wpl_jax.models import enas_rnn
 from wpl_jax.models import two_models as two_models_lib
 
@@ -206,7 +206,7 @@ class EnasTest(parameterized.TestCase):
     args = (batch["inputs"].T, batch["hidden"], arch)
     want = jax.jit(model.apply)(variables, *args)
     got = jax.jit(
-      lambda v, x, h, a: fisher_fast.enas_forward(model, v, a, x, h)
+      lambda v, x, h, a: edge_fisher.enas_forward(model, v, a, x, h)
     )(variables, *args)
     chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
 
@@ -233,13 +233,13 @@ class EnasTest(parameterized.TestCase):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def fast(v, b, arch):
-      return fisher_fast.enas_edge_fisher(model, v, arch, b, chunk_size=2)
+      return edge_fisher.enas_edge_fisher(model, v, arch, b, chunk_size=2)
 
     ids = ss.edge_ids(ss.from_string("relu|0:sigmoid|1:tanh"))
     sub = {k: variables["params"]["cell"][k][ids] for k in wpl.EDGE_KEYS}
 
     def sub_loss(edges, b, tap):
-      logits, _ = fisher_fast.enas_forward(
+      logits, _ = edge_fisher.enas_forward(
         model, variables, arch, b["inputs"].T, b["hidden"], tap, edges=edges
       )
       return enas_rnn.cross_entropy(logits, b["targets"].T)

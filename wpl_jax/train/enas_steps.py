@@ -14,8 +14,7 @@ import ml_collections
 import optax
 
 from wpl_jax import fisher as fisher_lib
-from wpl_jax import fisher_fast
-from wpl_jax.enas import sampler, search_space
+from wpl_jax.enas import edge_fisher, sampler, search_space
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.models import controller as controller_lib
@@ -290,7 +289,7 @@ class Steps:
     if estimator == "per_example" and w.get("fisher_method", "fast") == "fast":
       # Exact per-example Fisher from one probed backward pass (issue 6);
       # equal to the vmap(grad) path below (tests/fisher_fast_test.py).
-      new_fisher = fisher_fast.enas_edge_fisher(
+      new_fisher = edge_fisher.enas_edge_fisher(
         self.model,
         {"params": params, "batch_stats": stats},
         arch,
