@@ -41,7 +41,83 @@ def _np_log_softmax(x):
   return z - np.log(np.exp(z).sum())
 
 
+def _np_sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _np_controller(p, decisions, n, temperature=5.0, tanh_c=2.5):
+  """The controller's recurrence in NumPy float64, written from the spec.
+
+  PyTorch LSTMCell gate order: the 4H columns of [x; h] @ kernel are the
+  input gate i, forget gate f, cell candidate g, output gate o. Inputs:
+  zeros first, then the embedding of each chosen token, where activation
+  a is token a and parent i is token 4 + i. One LSTM kernel serves every
+  decision; decision t is read by its own decoder (node 0's activation:
+  act_kernel[0]; node j's parent: parent_kernel[j-1], first j columns;
+  node j's activation: act_kernel[j]). Logits: tanh_c·tanh(z / T).
+
+  Returns:
+    (log_probs [2N-1], entropies [2N-1]).
+  """
+  p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+  h_size = p["embedding"].shape[1]
+  c = np.zeros(h_size)
+  h = np.zeros(h_size)
+  x = np.zeros(h_size)
+
+  def lstm(x, h, c):
+    z = np.concatenate([x, h]) @ p["lstm_kernel"] + p["lstm_bias"]
+    i = _np_sigmoid(z[0:h_size])
+    f = _np_sigmoid(z[h_size : 2 * h_size])
+    g = np.tanh(z[2 * h_size : 3 * h_size])
+    o = _np_sigmoid(z[3 * h_size : 4 * h_size])
+    c = f * c + i * g
+    return o * np.tanh(c), c
+
+  def score(logits, d):
+    z = tanh_c * np.tanh(logits / temperature)
+    log_p = _np_log_softmax(z)
+    return log_p[d], -np.sum(np.exp(log_p) * log_p)
+
+  lps, ents = [], []
+  for t, d in enumerate(decisions):
+    h, c = lstm(x, h, c)
+    if t == 0:
+      logits = h @ p["act_kernel"][0] + p["act_bias"][0]
+      token = d
+    elif t % 2 == 1:  # node j's parent
+      j = (t + 1) // 2
+      logits = (h @ p["parent_kernel"][j - 1] + p["parent_bias"][j - 1])[:j]
+      token = 4 + d
+    else:  # node j's activation
+      j = t // 2
+      logits = h @ p["act_kernel"][j] + p["act_bias"][j]
+      token = d
+    lp, ent = score(logits, d)
+    lps.append(lp)
+    ents.append(ent)
+    x = p["embedding"][token]
+  del n
+  return np.array(lps), np.array(ents)
+
+
 class ControllerTest(parameterized.TestCase):
+  def test_recurrence_matches_numpy(self):
+    # Non-zero decoder biases and a larger scale, so that gate order, token
+    # offsets and decoder indices all move the numbers.
+    rng = np.random.default_rng(5)
+    params = jax.tree.map(
+      lambda v: jnp.asarray(rng.normal(size=v.shape) * 0.8, jnp.float32),
+      _params(),
+    )
+    archs, _, _ = _draw(params, jax.random.key(11))
+    for arch in ss.unstack(archs)[:4]:
+      decisions = np.asarray(ctl.arch_to_decisions(arch))
+      got_lp, got_ent = ctl.decision_log_probs(params, arch)
+      want_lp, want_ent = _np_controller(params, decisions, N)
+      np.testing.assert_allclose(got_lp, want_lp, rtol=1e-4, atol=1e-5)
+      np.testing.assert_allclose(got_ent, want_ent, rtol=1e-4, atol=1e-5)
+
   def test_decision_layout(self):
     self.assertEqual(ctl.num_decisions(12), 23)
     self.assertEqual(ctl.decision_sizes(3), (4, 1, 4, 2, 4))
