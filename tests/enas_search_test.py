@@ -66,6 +66,66 @@ def _ce_grad(model, params, stats, x, y, h, arch):
   return jax.device_get(jax.grad(ce)(params))
 
 
+class TrainingModeFisherTest(absltest.TestCase):
+  def test_batch_grad_squared_with_dropout_matches_independent_grad(self):
+    """fisher_step's `batch_grad_squared` in training mode, dropout on.
+
+    Independent path: jax.grad of the training-mode cross-entropy of the
+    whole supernet with the same dropout key (split from fisher_step's key,
+    as the step does), squared, on the arch's edges; 0 on other edges.
+    Clean mode, ema_new = 1 and no clip, so F is exactly the new estimate.
+    """
+    config = _tiny_config(
+      estimator="batch_grad_squared", mode="clean", ema_new=1.0, clip=0.0
+    )
+    for name in ("dropout_output", "dropout_input", "dropout_embed"):
+      config.model[name] = 0.3
+    config.model.dropconnect = 0.4
+    model, steps, state, x, y, h, _ = _setup(config)
+    arch = search_space.from_string("tanh|0:relu|1:sigmoid")
+    shared = state["shared"]
+    key = jax.random.key(9)
+    new_state, _ = jax.jit(steps.fisher_step)(
+      shared, state["wpl"], arch, x, y, h, jnp.float32(1.0), key=key
+    )
+    k_drop, _ = jax.random.split(key)
+
+    def ce(p):
+      (logits, _), _ = model.apply(
+        {"params": p, "batch_stats": shared.batch_stats},
+        x,
+        h,
+        arch,
+        train=True,
+        rngs={"dropout": k_drop},
+        mutable=["batch_stats"],
+      )
+      return enas_rnn.cross_entropy(logits, y)
+
+    grads = jax.device_get(jax.grad(ce)(shared.params))["cell"]
+    ids = np.asarray(search_space.edge_ids(arch))
+    for k in ("edge_h", "edge_c"):
+      want = np.zeros_like(grads[k])
+      want[ids] = np.square(grads[k][ids])
+      got = np.asarray(new_state.fisher[k])
+      self.assertGreater(float(np.abs(want).max()), 0.0)
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-12, err_msg=k)
+    # Dropout is on: another key gives another estimate.
+    other, _ = jax.jit(steps.fisher_step)(
+      shared,
+      state["wpl"],
+      arch,
+      x,
+      y,
+      h,
+      jnp.float32(1.0),
+      key=jax.random.key(10),
+    )
+    self.assertFalse(
+      np.allclose(other.fisher["edge_h"], new_state.fisher["edge_h"])
+    )
+
+
 class ReferenceModeTest(parameterized.TestCase):
   """One architecture's full turn in reference mode against NumPy."""
 
