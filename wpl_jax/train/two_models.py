@@ -822,6 +822,19 @@ def write_outputs(config, workdir: pathlib.Path, results, rows) -> None:
   metrics_lib.write_json(
     workdir / "results.json", {"config": config.to_dict(), "rows": rows}
   )
+  plot_figure(config, results, workdir / "figure.png")
+
+
+def plot_figure(config, results, path) -> None:
+  """A's and B's test accuracy against B's iterations, one panel per (k, A).
+
+  Args:
+    config: the study's config.
+    results: {(k, setting): {"runs", "steps" [T], "acc_a" [T, R],
+      "acc_b" [T, R]}}, as `train_b` returns or `results_from_metrics`
+      rebuilds; curves are mean ± std over the seeds of each headline run.
+    path: the PNG to write.
+  """
   style = {
     "plain": ("--", "without WPL"),
     "l2": (":", "uniform L2"),
@@ -848,11 +861,48 @@ def write_outputs(config, workdir: pathlib.Path, results, rows) -> None:
     panels.append({"title": f"k={k} shared, {setting} A", "curves": curves})
   metrics_lib.plot_panels(
     panels,
-    workdir / "figure.png",
+    path,
     xlabel="iterations of B",
     ylabel="test accuracy",
     ncols=len(config.protocol.shared_layers),
   )
+
+
+def results_from_metrics(config, records: list[dict]) -> dict:
+  """Rebuilds `train_b`'s results from metrics.jsonl records (any prefix).
+
+  Evaluations not yet written (a running job) are left out: each
+  (k, setting) keeps the steps at which every run has a record.
+
+  Returns:
+    {(k, setting): {"runs", "steps" [T], "acc_a" [T, R], "acc_b" [T, R]}}
+    in the order the study runs them.
+  """
+  runs = make_runs(config)
+  index = {(r.name, r.seed): i for i, r in enumerate(runs)}
+  out = {}
+  for k in config.protocol.shared_layers:
+    for setting in config.protocol.a_settings:
+      rows = [r for r in records if r["k"] == k and r["a_setting"] == setting]
+      by_step = {}
+      for r in rows:
+        by_step.setdefault(r["step"], {})[index[(r["run"], r["seed"])]] = r
+      steps = sorted(s for s, got in by_step.items() if len(got) == len(runs))
+      if not steps:
+        continue
+      acc = {
+        m: np.array(
+          [[by_step[s][i][f"acc_{m}"] for i in range(len(runs))] for s in steps]
+        )
+        for m in ("a", "b")
+      }
+      out[(k, setting)] = {
+        "runs": runs,
+        "steps": np.asarray(steps),
+        "acc_a": acc["a"],
+        "acc_b": acc["b"],
+      }
+  return out
 
 
 def train_and_evaluate(
