@@ -113,12 +113,20 @@ def main(argv: list[str]) -> None:
   except (ValueError, OSError) as e:  # DataError, NonFiniteError included
     _fail(e)
   except KeyboardInterrupt:
-    print("error: interrupted (no checkpoint at this point)", file=sys.stderr)
+    print(
+      "error: interrupted; rerun the same command to resume from the last "
+      "checkpoint",
+      file=sys.stderr,
+    )
     sys.exit(130)
   except Exception as e:
-    if type(e).__name__ != "Interrupted":  # a bug: keep the traceback
+    # A stop at SIGTERM/SIGINT after a checkpoint (the module is loaded by
+    # then; importing it here keeps orbax out of a bad flag's start-up).
+    from wpl_jax import checkpoint  # noqa: PLC0415
+
+    if not isinstance(e, checkpoint.Interrupted):  # a bug: keep the traceback
       raise
-    print(f"error: {e}", file=sys.stderr)  # a checkpointed stop at a signal
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(128 + e.signum)
 
 
