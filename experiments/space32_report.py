@@ -165,27 +165,67 @@ COLUMNS = [
 ]
 
 
-def plot(groups, path: pathlib.Path) -> None:
+# Kendall τ of a random ranking of 32 items: mean 0, standard deviation
+# sqrt(2(2n + 5) / (9n(n − 1))) = 0.124; |τ| > 1.96 · 0.124 = 0.24 is
+# unlikely (p < 0.05) for a ranking unrelated to the truth.
+NULL_TAU_95 = 1.96 * float(np.sqrt(2 * (2 * 32 + 5) / (9 * 32 * 31)))
+_COLORS = {"off": "tab:blue", "reference": "tab:orange", "clean": "tab:green"}
+
+
+def _curve(runs, key, label, color, linestyle, start=0):
+  n = min(len(r) for r in runs)
+  x = [r["epoch"] for r in runs[0][start:n]]
+  vals = np.asarray([[rec[key] for rec in r[start:n]] for r in runs], float)
+  return {
+    "label": label,
+    "x": x,
+    "mean": vals.mean(0),
+    "std": vals.std(0),
+    "color": color,
+    "linestyle": linestyle,
+  }
+
+
+def plot(groups, path: pathlib.Path, ceiling: float | None = None) -> None:
+  """τ per policy (with the ceiling and the random-ranking band) and
+  forgetting from epoch 1 on (epoch 0's fresh weights dwarf the rest)."""
+  order = sorted(groups, key=lambda k: ORDER.index(k) if k in ORDER else 99)
+  hlines = [(0.0, "random ranking (τ = 0)", "-")]
+  hlines += [
+    (NULL_TAU_95, "95% band of a random ranking", ":"),
+    (-NULL_TAU_95, None, ":"),
+  ]
+  if ceiling is not None:
+    hlines.append((ceiling, "ground-truth seed-to-seed τ", "--"))
   panels = []
-  for key, title in (("rank_tau", "Kendall τ vs ground truth"),) + tuple(
-    (k, f"{k.replace('diff_', 'forgetting ')} (ppl)") for k in FORGETTING
-  ):
-    curves = []
-    for g in sorted(groups, key=lambda k: ORDER.index(k) if k in ORDER else 99):
-      runs = groups[g]
-      n = min(len(r) for r in runs)
-      x = [r["epoch"] for r in runs[0][:n]]
-      vals = np.asarray([[rec[key] for rec in r[:n]] for r in runs], float)
-      curves.append(
+  for policy, title in (("enas", "ENAS controller"), ("random", "uniform")):
+    curves = [
+      _curve(groups[g], "rank_tau", f"WPL {g[1]}", _COLORS.get(g[1]), "-")
+      for g in order
+      if g[0] == policy
+    ]
+    if curves:
+      panels.append(
         {
-          "label": f"{g[0]} / {g[1]}",
-          "x": x,
-          "mean": vals.mean(0),
-          "std": vals.std(0),
-          "linestyle": "-" if g[0] == "enas" else "--",
+          "title": f"Kendall τ, {title} sampling",
+          "curves": curves,
+          "hlines": hlines,
         }
       )
-    panels.append({"title": title, "curves": curves})
+  for key in ("diff_mean", "diff_max"):
+    curves = [
+      _curve(
+        groups[g],
+        key,
+        f"{g[0]} / {g[1]}",
+        _COLORS.get(g[1]),
+        "-" if g[0] == "enas" else "--",
+        start=1,
+      )
+      for g in order
+    ]
+    name = key.replace("diff_", "forgetting ")
+    panels.append({"title": f"{name} (ppl), epochs 1+", "curves": curves})
   metrics_lib.plot_panels(
     panels, path, xlabel="epoch", ylabel="", ncols=4, ylim=None
   )
@@ -215,7 +255,12 @@ def main(argv):
         f"Spearman ρ {c['rho_mean']:.3f}"
       )
   (out / "table.md").write_text(table + "\n")
-  plot(groups, out / "figure.png")
+  ceiling = None
+  if truth is not None:
+    ceiling = (json.loads(truth_path.read_text()).get("ceiling") or {}).get(
+      "tau_mean"
+    )
+  plot(groups, out / "figure.png", ceiling)
   print(table)
 
 

@@ -114,7 +114,9 @@ def plot_panels(
   Args:
     panels: each {"title": str, "curves": [curve, ...]} where a curve is
       {"label": str, "x": [T], "mean": [T], "std": [T], "color": str,
-      "linestyle": str}; "std", "color" and "linestyle" are optional.
+      "linestyle": str}; "std", "color" and "linestyle" are optional (the
+      ±std band takes the line's colour). A panel may also hold "hlines":
+      [(y, label, linestyle)] reference lines.
     path: output file (PNG).
     xlabel: x-axis label of every panel.
     ylabel: y-axis label of every panel.
@@ -136,7 +138,7 @@ def plot_panels(
     for curve in panel["curves"]:
       x = np.asarray(curve["x"])
       mean = np.asarray(curve["mean"])
-      ax.plot(
+      (line,) = ax.plot(
         x,
         mean,
         label=curve["label"],
@@ -147,8 +149,10 @@ def plot_panels(
       if curve.get("std") is not None:
         std = np.asarray(curve["std"])
         ax.fill_between(
-          x, mean - std, mean + std, color=curve.get("color"), alpha=0.15
+          x, mean - std, mean + std, color=line.get_color(), alpha=0.12
         )
+    for y, label, style in panel.get("hlines", ()):
+      ax.axhline(y, color="0.35", linestyle=style, linewidth=1.0, label=label)
     ax.set_title(panel["title"], fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -157,11 +161,18 @@ def plot_panels(
     ax.grid(alpha=0.3)
   for ax in list(axes.flat)[len(panels) :]:
     ax.axis("off")
-  handles, labels = axes.flat[0].get_legend_handles_labels()
+  # One legend entry per label, over every panel (panels may differ).
+  seen = {}
+  for ax in axes.flat:
+    for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+      if lab and not lab.startswith("_"):
+        seen.setdefault(lab, h)
+  handles, labels = list(seen.values()), list(seen)
   fig.legend(
     handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=9
   )
-  fig.tight_layout(rect=(0, 0.14 / nrows, 1, 1))
+  legend_rows = math.ceil(len(labels) / min(4, max(len(labels), 1)))
+  fig.tight_layout(rect=(0, (0.06 + 0.07 * legend_rows) / nrows, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 
