@@ -111,6 +111,12 @@ def main(argv: list[str]) -> None:
     module.train_and_evaluate(config, workdir)
     workdir_lib.finish(workdir)
   except (ValueError, OSError) as e:  # DataError, NonFiniteError included
+    if type(e).__name__ == "SaveError":  # wpl_jax.checkpoint.SaveError
+      # A save that failed inside orbax can leave a thread that blocks the
+      # interpreter's exit: say so and leave at once.
+      print(f"error: {_message(e)}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(1)
     _fail(e)
   except KeyboardInterrupt:
     print(

@@ -325,7 +325,7 @@ class CheckpointTest(absltest.TestCase):
     )
     self.assertEqual(out.returncode, 3, msg=out.stderr[-2000:])
     self.assertIn("saving checkpoint step 0 in", out.stdout)
-    self.assertIn("zero size", out.stdout)
+    self.assertIn("['w'] has zero size (0, 4)", out.stdout)
 
   def test_first_nonfinite(self):
     self.assertIsNone(checkpoint_lib.first_nonfinite([1.0, 2.0]))

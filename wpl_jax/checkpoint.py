@@ -39,6 +39,10 @@ class NonFiniteError(ValueError):
   """A training state or metric holds NaN or infinity."""
 
 
+class SaveError(OSError):
+  """A checkpoint could not be saved (the run must end at once)."""
+
+
 def all_finite(tree: PyTree) -> bool:
   """Whether every floating-point leaf of `tree` is finite (one host sync)."""
   leaves = [
@@ -109,12 +113,23 @@ class Checkpointer:
     Raises:
       NonFiniteError: `state` has a NaN or infinity (nothing is saved, so
         the older checkpoints stay).
-      OSError: the save failed (one line naming the step and folder).
+      SaveError (an OSError): the save failed (one line naming the step
+        and folder).
     """
     if not all_finite(state):
       raise NonFiniteError(
         f"refusing to checkpoint step {step}: the state has NaN or infinity"
       )
+    # Orbax cannot save an empty array, and a save that fails inside it can
+    # leave a background thread that blocks the interpreter's exit: refuse
+    # before it starts.
+    flat, _ = jax.tree_util.tree_flatten_with_path(state)
+    for path, leaf in flat:
+      if getattr(leaf, "size", 1) == 0:
+        raise SaveError(
+          f"saving checkpoint step {step} in {self.directory} failed: "
+          f"{jax.tree_util.keystr(path)} has zero size {tuple(leaf.shape)}"
+        )
     try:
       self._manager.save(
         step,
@@ -125,7 +140,7 @@ class Checkpointer:
       self._manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001 (any failure ends the run now)
       self._abandon()
-      raise OSError(
+      raise SaveError(
         f"saving checkpoint step {step} in {self.directory} failed: "
         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
       ) from e
