@@ -25,6 +25,7 @@ from experiments import enas_ptb
 from experiments import two_models as two_models_config
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import workdir as workdir_lib
+from wpl_jax.train import enas_search
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _TWO = "--config=" + str(_ROOT / "experiments/two_models.py") + ":smoke"
@@ -190,6 +191,25 @@ class DivergenceTest(absltest.TestCase):
     self.assertIn("steps 1-20", out.stderr)
     self.assertFalse((workdir / "results.md").exists())
 
+  def test_enas_finiteness_check_names_epoch_and_step(self):
+    # The check the search runs once per epoch, on its device-side losses.
+    config = enas_ptb.get_config("smoke")
+    config.search.batches_per_arch = 3
+    losses = [jnp.float32(2.0)] * 4 + [jnp.float32(jnp.nan)]
+    with self.assertRaisesRegex(
+      checkpoint_lib.NonFiniteError,
+      r"enas_ptb diverged at epoch 2: non-finite training loss at shared "
+      r"step 4 of the epoch \(arch 2, batch 2\); stopped, checkpoint: epoch "
+      r"1's is kept",
+    ):
+      enas_search._check_finite(config, 2, losses, [1.0, 2.0], [])  # noqa: SLF001
+    with self.assertRaisesRegex(checkpoint_lib.NonFiniteError, "reward"):
+      enas_search._check_finite(  # noqa: SLF001
+        config, 0, losses[:2], [1.0], [jnp.float32(jnp.inf)]
+      )
+    enas_search._check_finite(config, 0, losses[:2], [1.0], [0.5])  # noqa: SLF001
+
+  @pytest.mark.slow
   def test_enas_diverging_shared_weights(self):
     workdir = pathlib.Path(self.create_tempdir().full_path) / "run"
     out = _main(
