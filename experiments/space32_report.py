@@ -21,10 +21,12 @@ import collections
 import glob
 import json
 import pathlib
+import re
 import sys
 
 import numpy as np
 from absl import app, flags
+from scipy import stats as scipy_stats
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
@@ -74,6 +76,9 @@ def load_runs(
       records = [_restat(r, *truth) for r in records]
     elif "rank_tau" not in records[0]:
       raise ValueError(f"{path} was run without a ground truth: pass --truth")
+    seed = re.search(r"_s(\d+)$", run.stem if run.suffix else run.name)
+    for r in records:
+      r.setdefault("seed", int(seed.group(1)) if seed else None)
     groups[(records[0]["policy"], records[0]["wpl"])].append(records)
   return dict(groups)
 
@@ -107,6 +112,7 @@ def _restat(record: dict, names: list[str], truth: np.ndarray) -> dict:
       f"rank_shared_ppl has {shared.size} cells, not {truth.size}"
     )
   stats = ranking.ranking_stats(shared, truth, k=3)
+  stats["tau_p"] = float(scipy_stats.kendalltau(shared, truth).pvalue)
   return {**record, **{f"rank_{k}": v for k, v in stats.items()}}
 
 
@@ -162,6 +168,88 @@ COLUMNS = [
   ("diff_best5", "forget best-5"),
   ("diff_max", "forget max"),
   ("best", "shared top-1 (runs)"),
+]
+
+
+def _last_k_tau(recs) -> float:
+  return float(np.mean([r["rank_tau"] for r in recs[-LAST_K:]]))
+
+
+def per_run(groups) -> list[dict]:
+  """One row per run: its seed, last-epoch τ with its p-value, last-4 τ."""
+  rows = []
+  for key in sorted(groups, key=lambda k: ORDER.index(k) if k in ORDER else 99):
+    for recs in sorted(groups[key], key=lambda r: r[0]["seed"] or 0):
+      last = recs[-1]
+      rows.append(
+        {
+          "group": f"{key[0]} / WPL {key[1]}",
+          "seed": last["seed"],
+          "tau": f"{last['rank_tau']:.3f}",
+          "p": f"{last['rank_tau_p']:.2g}" if "rank_tau_p" in last else "-",
+          "tau_last": f"{_last_k_tau(recs):.3f}",
+          "best": last["rank_best"],
+          "regret": f"{last['rank_regret']:.1f}",
+        }
+      )
+  return rows
+
+
+PER_RUN_COLUMNS = [
+  ("group", "policy / WPL"),
+  ("seed", "seed"),
+  ("tau", "τ (last epoch)"),
+  ("p", "p (τ = 0)"),
+  ("tau_last", "τ, mean of last 4"),
+  ("best", "shared top-1"),
+  ("regret", "regret (ppl)"),
+]
+
+
+def paired(groups) -> list[dict]:
+  """Differences within a seed: each WPL mode minus off, ENAS minus random.
+
+  Runs of one seed share the initial weights and data order, so the
+  per-seed difference removes part of the seed-to-seed spread.
+  """
+
+  def by_seed(key):
+    return {recs[0]["seed"]: recs for recs in groups.get(key, [])}
+
+  rows = []
+  pairs = [
+    ((p, w), (p, "off"), f"{p}: WPL {w} − off")
+    for p in ("enas", "random")
+    for w in ("reference", "clean")
+  ] + [
+    (("enas", w), ("random", w), f"WPL {w}: ENAS − random")
+    for w in ("off", "reference", "clean")
+  ]
+  for a, b, label in pairs:
+    ra, rb = by_seed(a), by_seed(b)
+    seeds = sorted(set(ra) & set(rb))
+    if not seeds:
+      continue
+    d_last = [ra[s][-1]["rank_tau"] - rb[s][-1]["rank_tau"] for s in seeds]
+    d_k = [_last_k_tau(ra[s]) - _last_k_tau(rb[s]) for s in seeds]
+    rows.append(
+      {
+        "pair": label,
+        "seeds": len(seeds),
+        "d_last": _ms(d_last),
+        "d_k": _ms(d_k),
+        "wins": f"{sum(d > 0 for d in d_k)}/{len(seeds)}",
+      }
+    )
+  return rows
+
+
+PAIRED_COLUMNS = [
+  ("pair", "comparison (same seed)"),
+  ("seeds", "seeds"),
+  ("d_last", "Δτ, last epoch"),
+  ("d_k", "Δτ, mean of last 4"),
+  ("wins", "seeds with Δτ(last 4) > 0"),
 ]
 
 
@@ -254,6 +342,8 @@ def main(argv):
         f"{c['tau_mean']:.3f} [{c['tau_min']:.3f}, {c['tau_max']:.3f}], "
         f"Spearman ρ {c['rho_mean']:.3f}"
       )
+  table += "\n\n" + metrics_lib.markdown_table(per_run(groups), PER_RUN_COLUMNS)
+  table += "\n\n" + metrics_lib.markdown_table(paired(groups), PAIRED_COLUMNS)
   (out / "table.md").write_text(table + "\n")
   ceiling = None
   if truth is not None:
