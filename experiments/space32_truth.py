@@ -31,6 +31,26 @@ _RUNS = flags.DEFINE_list("runs", None, "Ground-truth workdirs, one per seed.")
 _OUT = flags.DEFINE_string("out", None, "Output JSON path.")
 # Config fields that differ between seeds of one ground truth.
 _PER_RUN = ("seed", "data_dir")
+# What the ground truth reads: the runs must agree on these sections (the
+# shared space32 config also holds the searches' settings, which may move
+# between commits without touching the truth).
+_TRUTH_SECTIONS = ("experiment", "model", "data", "truth")
+# Fields added after a stored seed ran, with the value that reproduces the
+# earlier behaviour (truth.eval_tokens = 0: every validation token).
+_ADDED_DEFAULTS = {"truth": {"eval_tokens": 0}}
+
+
+def _truth_config(config: dict) -> dict:
+  """The part of a run's config that determines its ground truth."""
+  out = {}
+  for k in _TRUTH_SECTIONS:
+    if k not in config:
+      continue
+    v = config[k]
+    if isinstance(v, dict):
+      v = {**_ADDED_DEFAULTS.get(k, {}), **v}
+    out[k] = v
+  return out
 
 
 def merge(runs: list[pathlib.Path]) -> dict:
@@ -49,11 +69,11 @@ def merge(runs: list[pathlib.Path]) -> dict:
     except (OSError, ValueError) as e:
       raise ValueError(f"{path} is unreadable: {e}") from None
   first = loaded[0]
-  config = {k: v for k, v in first["config"].items() if k not in _PER_RUN}
+  config = _truth_config(first["config"])
   for run, d in zip(runs, loaded, strict=True):
     if d["archs"] != first["archs"]:
       raise ValueError(f"{run} lists other cells than {runs[0]}")
-    other = {k: v for k, v in d["config"].items() if k not in _PER_RUN}
+    other = _truth_config(d["config"])
     if other != config:
       diff = sorted(
         k for k in set(config) | set(other) if config.get(k) != other.get(k)
