@@ -35,11 +35,12 @@ ALWAYS_RESUMABLE = ("data_dir",)
 State = Literal["new", "resume", "finished"]
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+  """A nested dict as {"dotted.path": leaf value}."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
+      out.update(flatten(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
@@ -51,7 +52,7 @@ def config_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _differences(now: dict, old: dict, skip: tuple[str, ...]) -> list[str]:
-  now, old = _flat(now), _flat(old)
+  now, old = flatten(now), flatten(old)
 
   def skipped(key: str) -> bool:
     return any(key == s or key.startswith(s + ".") for s in skip)

@@ -480,22 +480,12 @@ def _comparable(config: ml_collections.ConfigDict) -> dict:
   return d
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _check_same_config(config, saved: dict | None) -> None:
   """Raises ValueError if a checkpoint was written under another config."""
   if saved is None:
     return
-  now = _flat(json.loads(json.dumps(_comparable(config))))
-  old = _flat(saved)
+  now = workdir_lib.flatten(json.loads(json.dumps(_comparable(config))))
+  old = workdir_lib.flatten(saved)
   diff = sorted(k for k in set(now) | set(old) if now.get(k) != old.get(k))
   if diff:
     raise ValueError(
