@@ -9,9 +9,11 @@ Usage (from the project root):
 Every figure is the median of several repetitions after a warm-up call,
 interleaved across the cases of a table so that load from other processes
 falls on all of them alike; compile time is reported apart. Groups:
-fisher (estimators vs one batch gradient), torch (the PyTorch peer; needs
-`pip install torch numpy`, benchmark-only), enas (search-step throughput,
-vmapped evaluation, compile counts), wpl (penalty and `add_wpl` overhead).
+fisher (estimators vs one batch gradient), flax (the per-example Fisher
+of plain Flax NNX/Linen CNNs and a GRU vs their batch gradient), torch (the
+PyTorch peer; needs `pip install torch numpy`, benchmark-only), enas
+(search-step throughput, vmapped evaluation, compile counts), wpl (penalty
+and `add_wpl` overhead).
 """
 
 import argparse
@@ -22,7 +24,7 @@ import pathlib
 import sys
 import time
 
-GROUPS = ("fisher", "torch", "enas", "wpl")
+GROUPS = ("fisher", "flax", "torch", "enas", "wpl")
 _DEFAULT_OUT = pathlib.Path(__file__).parent / "out" / "results.json"
 
 
@@ -66,6 +68,7 @@ def main(argv=None) -> None:
     common,
     enas_bench,
     fisher_bench,
+    flax_bench,
     torch_peer,
     wpl_bench,
   )
@@ -81,6 +84,8 @@ def main(argv=None) -> None:
     t_group = time.time()
     if group == "fisher":
       rows += fisher_bench.run(args.sizes, args.reps)
+    elif group == "flax":
+      rows += flax_bench.run(args.sizes, args.reps)
     elif group == "torch":
       try:
         import torch

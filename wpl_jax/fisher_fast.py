@@ -74,6 +74,118 @@ def _dense(x: Array, ws: tuple, bs: tuple) -> Array:
   return y
 
 
+@dataclasses.dataclass(frozen=True)
+class _ConvSpec:
+  """Static settings of a channels-last convolution (one int per axis)."""
+
+  window: tuple[int, ...]
+  strides: tuple[int, ...]
+  padding: str | tuple[tuple[int, int], ...]
+  input_dilation: tuple[int, ...]
+  kernel_dilation: tuple[int, ...]
+
+  def numbers(self) -> jax.lax.ConvDimensionNumbers:
+    n = len(self.window)
+    lhs = (0, n + 1, *range(1, n + 1))  # [B, *spatial, C] in (N, C, *sp) order
+    rhs = (n + 1, n, *range(n))  # [*window, C_in, C_out] as (O, I, *sp)
+    return jax.lax.ConvDimensionNumbers(lhs, rhs, lhs)
+
+  def apply(self, x: Array, w: Array) -> Array:
+    return jax.lax.conv_general_dilated(
+      x,
+      w,
+      self.strides,
+      self.padding,
+      self.input_dilation,
+      self.kernel_dilation,
+      self.numbers(),
+    )
+
+  def unfold(self, x: Array) -> Array:
+    """Patches [B, *out_spatial, C_in·prod(window)]: features (C_in, *win)."""
+    return jax.lax.conv_general_dilated_patches(
+      x,
+      self.window,
+      self.strides,
+      self.padding,
+      self.input_dilation,
+      self.kernel_dilation,
+      self.numbers(),
+    )
+
+
+def _per_axis(name: str, what: str, v, n: int) -> tuple[int, ...]:
+  t = (v,) * n if isinstance(v, int) else tuple(v)
+  if len(t) != n or not all(isinstance(k, int) and k >= 1 for k in t):
+    raise ValueError(
+      f"tap.conv({name!r}): {what}={v!r} must be a positive int or {n} of them"
+    )
+  return t
+
+
+def _conv_spec(
+  name, x, w, b, strides, padding, input_dilation, kernel_dilation
+) -> _ConvSpec:
+  """Trace-time checks of a `conv` call; its `_ConvSpec`."""
+  if isinstance(w, (tuple, list)) or isinstance(b, (tuple, list)):
+    raise ValueError(f"tap.conv({name!r}): one kernel and one bias, not lists")
+  n = jnp.ndim(w) - 2
+  if n < 1 or jnp.ndim(x) != n + 2 or w.shape[-2] != x.shape[-1]:
+    raise ValueError(
+      f"tap.conv({name!r}): kernel {jnp.shape(w)} does not fit inputs "
+      f"{jnp.shape(x)} (want inputs [B, *spatial, C_in] and a kernel "
+      "[*window, C_in, C_out], channels last)"
+    )
+  if b is not None and jnp.shape(b) != (w.shape[-1],):
+    raise ValueError(
+      f"tap.conv({name!r}): bias {jnp.shape(b)} is not [{w.shape[-1]}]"
+    )
+  if isinstance(padding, str):
+    if padding not in ("SAME", "VALID", "SAME_LOWER"):
+      raise ValueError(
+        f"tap.conv({name!r}): padding {padding!r} is not SAME, VALID or "
+        "SAME_LOWER (pad the input yourself for circular or causal padding)"
+      )
+    pad = padding
+  elif isinstance(padding, int):
+    pad = ((padding, padding),) * n
+  else:
+    pad = tuple(
+      (p, p) if isinstance(p, int) else tuple(map(int, p)) for p in padding
+    )
+    if len(pad) != n or any(len(p) != 2 for p in pad):
+      raise ValueError(
+        f"tap.conv({name!r}): padding {padding!r} needs {n} (low, high) pairs"
+      )
+  return _ConvSpec(
+    window=tuple(w.shape[:n]),
+    strides=_per_axis(name, "strides", strides, n),
+    padding=pad,
+    input_dilation=_per_axis(name, "input_dilation", input_dilation, n),
+    kernel_dilation=_per_axis(name, "kernel_dilation", kernel_dilation, n),
+  )
+
+
+def _conv(x: Array, w: Array, b: Array | None, spec: _ConvSpec) -> Array:
+  y = spec.apply(x, w)
+  return y if b is None else y + b.reshape((1,) * (y.ndim - 1) + b.shape)
+
+
+_CONV_DEFAULTS = {
+  "strides": 1,
+  "padding": "SAME",
+  "input_dilation": 1,
+  "kernel_dilation": 1,
+}
+
+
+def _conv_settings(settings: dict) -> dict:
+  unknown = set(settings) - set(_CONV_DEFAULTS)
+  if unknown:
+    raise TypeError(f"tap.conv got unknown settings {sorted(unknown)}")
+  return {**_CONV_DEFAULTS, **settings}
+
+
 def _scan_length(xs, length) -> int:
   if length is not None:
     return length
@@ -129,6 +241,43 @@ class Tap:
     _check_dense(name, x, ws, bs)
     return _dense(x, ws, bs)
 
+  def conv(
+    self,
+    name: str,
+    x: Array,
+    w: Array,
+    b: Array | None = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: str | Sequence = "SAME",
+    input_dilation: int | Sequence[int] = 1,
+    kernel_dilation: int | Sequence[int] = 1,
+  ) -> Array:
+    """A channels-last convolution `conv(x, w) + b` (Flax's layout).
+
+    The per-example Fisher of `w` comes from the unfolded inputs (patches)
+    and the output cotangents: example b's gradient is
+    `Σ_p patch_{b,p} g_{b,p}ᵀ` over its output positions p, as in BackPACK.
+
+    Args:
+      name: unique within the enclosing function or `scan` body.
+      x: inputs [B, *spatial, C_in]; axis 0 indexes examples.
+      w: a [*window, C_in, C_out] params leaf (no feature groups).
+      b: None or a [C_out] leaf.
+      strides, input_dilation, kernel_dilation: one int, or one per
+        spatial axis (`lax.conv_general_dilated`'s window strides,
+        lhs and rhs dilation).
+      padding: "SAME", "VALID", "SAME_LOWER", or (low, high) pairs (or one
+        int each) per spatial axis.
+
+    Returns:
+      [B, *out_spatial, C_out].
+    """
+    spec = _conv_spec(
+      name, x, w, b, strides, padding, input_dilation, kernel_dilation
+    )
+    return _conv(x, w, b, spec)
+
   def scan(
     self,
     name: str,
@@ -169,6 +318,7 @@ class _Site:
   bias_widths: tuple[int, ...]
   out: jax.ShapeDtypeStruct  # output in the frame of its scope
   batch_axis: int  # non-negative, in the frame of x
+  conv: _ConvSpec | None = None  # a `conv` site (inputs are unfolded)
 
 
 @dataclasses.dataclass
@@ -210,10 +360,17 @@ class _Recorder(Tap):
   def dense(self, name, x, w, b=None, *, batch_axis=0):
     ws, bs = _as_tuple(w), _as_tuple(b)
     _check_dense(name, x, ws, bs)
+    return self._record(name, x, ws, bs, batch_axis, None)
+
+  def conv(self, name, x, w, b=None, **settings):
+    spec = _conv_spec(name, x, w, b, **_conv_settings(settings))
+    return self._record(name, x, (w,), _as_tuple(b), 0, spec)
+
+  def _record(self, name, x, ws, bs, batch_axis, spec):
     # Inside vmap the inputs are batching tracers: the example axis is gone
     # from what the tap sees (pinned by tests/contract_test.py).
     if any(type(v).__name__ == "BatchTracer" for v in (x, *ws, *bs)):
-      raise ValueError(f"tap.dense({name!r}): {_CONTEXT_HINT}")
+      raise ValueError(f"tap {name!r}: {_CONTEXT_HINT}")
     if not -x.ndim <= batch_axis < x.ndim - 1 or batch_axis == -1:
       raise ValueError(
         f"tap.dense({name!r}): batch_axis={batch_axis} must index a leading "
@@ -224,16 +381,21 @@ class _Recorder(Tap):
     wi, wa = zip(*map(self._resolve, ws), strict=True)
     bi, ba = zip(*map(self._resolve, bs), strict=True) if bs else ((), ())
     zero = lambda v, i: v if i is None else jnp.zeros(v.shape, v.dtype)
-    y = _dense(x, tuple(map(zero, ws, wi)), tuple(map(zero, bs, bi)))
+    ws0, bs0 = tuple(map(zero, ws, wi)), tuple(map(zero, bs, bi))
+    if spec is None:
+      y = _dense(x, ws0, bs0)
+    else:
+      y = _conv(x, ws0[0], bs0[0] if bs0 else None, spec)
     scope.sites[name] = _Site(
       weights=wi,
       biases=bi,
       weight_axes=wa,
       bias_axes=ba,
-      widths=tuple(v.shape[1] for v in ws),
+      widths=tuple(v.shape[-1] for v in ws),
       bias_widths=tuple(v.shape[0] for v in bs),
       out=jax.ShapeDtypeStruct(y.shape, y.dtype),
       batch_axis=batch_axis % x.ndim,
+      conv=spec,
     )
     return y
 
@@ -277,7 +439,14 @@ class _Prober(Tap):
     self._stack = [(probes, self.records)]
 
   def dense(self, name, x, w, b=None, *, batch_axis=0):
-    y = super().dense(name, x, w, b, batch_axis=batch_axis)
+    return self._probe(
+      name, x, super().dense(name, x, w, b, batch_axis=batch_axis)
+    )
+
+  def conv(self, name, x, w, b=None, **settings):
+    return self._probe(name, x, super().conv(name, x, w, b, **settings))
+
+  def _probe(self, name, x, y):
     probes, records = self._stack[-1]
     if name in probes["sites"]:
       y = y + probes["sites"][name]
@@ -421,7 +590,11 @@ def _discover(
   uses = {}
   for _, site, _ in _walk(recorder.root):
     for role, idx, axes in (
-      ("weight", site.weights, site.weight_axes),
+      (
+        "weight" if site.conv is None else "conv",
+        site.weights,
+        site.weight_axes,
+      ),
       ("bias", site.biases, site.bias_axes),
     ):
       for i, axis in zip(idx, axes, strict=True):
@@ -439,12 +612,17 @@ def _discover(
 def plan(loss_fn, params: PyTree, batch: PyTree) -> PyTree:
   """How `per_example_fisher` will estimate each leaf (trace only).
 
+  Args:
+    loss_fn: `(params, batch, tap) -> loss`; a `TappedLoss`'s declared
+      reduction is respected, any other function is taken as a mean.
+    params, batch: as for `per_example_fisher`.
+
   Returns:
     A pytree like `params` of strings: ``"tap"`` (from the probes),
     ``"vmap"`` (the `vmap(grad)` fallback) or ``"unused"`` (the loss does
     not depend on it: zero).
   """
-  p = _discover(loss_fn, params, batch)
+  p = _discover(loss_fn, params, batch, getattr(loss_fn, "reduction", "mean"))
   leaves, treedef = jax.tree.flatten(params)
   kinds = [
     "tap" if i in p.tapped else "vmap" if i in p.fallback else "unused"
@@ -500,7 +678,7 @@ def _sum_sq_outer(pairs: list, n: int, chunk_size: int | None) -> list:
 
   def part(chunk):
     return [
-      jnp.sum(jnp.square(jnp.einsum("bspi,bspo->bsio", a, g)), axis=0)
+      fisher_lib.sum_examples(jnp.square(jnp.einsum("bspi,bspo->bsio", a, g)))
       for a, g in chunk
     ]
 
@@ -528,7 +706,7 @@ def _tapped_fisher(
   except jax.errors.UnexpectedTracerError as e:
     raise ValueError(_CONTEXT_HINT) from e
 
-  weight_parts, bias_parts = {}, {}
+  weight_parts, bias_parts, conv_kernels = {}, {}, {}
   for path, site, depth in _walk(p.root):
     a, g = _lookup(records, path), _lookup(cotangents, path)
     if a is None:
@@ -539,6 +717,14 @@ def _tapped_fisher(
         f"tap site {'/'.join(path)!r}: axis {site.batch_axis} has "
         f"{a.shape[axis]} entries, the batch has {n} examples"
       )
+    if site.conv is not None:
+      # A convolution is a dense map of its patches: [..., B, *out, K].
+      lead = a.shape[: depth + 1]
+      patches = site.conv.unfold(a.reshape((-1,) + a.shape[depth + 1 :]))
+      a = patches.reshape(lead + patches.shape[1:])
+      for i in site.weights:
+        if i is not None:
+          conv_kernels[i] = site.conv
     # Every leading axis but the examples' (and the slicing scan's, for a
     # scanned leaf) is a position within an example.
     for i, k, lo, hi in _spans(site.weights, site.weight_axes, site.widths):
@@ -567,12 +753,18 @@ def _tapped_fisher(
   sums = _sum_sq_outer([pair for _, pair in pending], n, chunk_size)
   out.update({i: s for (i, _), s in zip(pending, sums, strict=True)})
   for i, parts in bias_parts.items():
-    out[i] = jnp.sum(jnp.square(sum(parts)), axis=0)
+    out[i] = fisher_lib.sum_examples(jnp.square(sum(parts)))
   shapes = [jnp.shape(v) for v in jax.tree.leaves(params)]
   # With a mean loss the probes carry d(mean)/dy = g_b / n: the per-example
   # gradient is n times the sums above, F = (1/n) Σ_b (n ·)² = n Σ_b (·)².
   # With a sum (or per-example losses) they carry g_b: F = (1/n) Σ_b (·)².
   scale = float(n) if reduction == "mean" else 1.0 / n
+  for i, spec in conv_kernels.items():
+    # [S, C_in·prod(window), C_out] with features (C_in, *window) → the
+    # kernel's [S, *window, C_in, C_out].
+    f = out[i]
+    f = f.reshape((f.shape[0], -1, *spec.window, f.shape[-1]))
+    out[i] = jnp.moveaxis(f, 1, -2)
   return {
     i: (scale * f).reshape(shapes[i]).astype(jnp.float32)
     for i, f in out.items()
