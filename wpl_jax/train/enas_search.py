@@ -8,6 +8,10 @@ validation perplexity on a fixed batch right after its training, err1,
 and again at the end of the epoch in one vmapped call, err2), then C
 controller steps; every D epochs, derive the best of M sampled cells.
 Checkpoints every epoch; a rerun with the same workdir resumes.
+
+Parts: `enas_search_config` (checks of the config and data, the validation
+splits, the resume check), `enas_search_eval` (forgetting, derive, ranking)
+and `enas_search_report` (TensorBoard, results.md, figure).
 """
 
 import json
@@ -22,20 +26,42 @@ from absl import logging
 
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import metrics as metrics_lib
-from wpl_jax import validation
 from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import ptb
-from wpl_jax.enas import ranking, search_space
+from wpl_jax.enas import search_space
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.models import controller as controller_lib
 from wpl_jax.models import enas_rnn
 from wpl_jax.train import enas_steps, retrain
+from wpl_jax.train.enas_search_config import (
+  _RESUMABLE,
+  _check_same_config,
+  _comparable,
+  check_data,
+  valid_splits,
+  validate,
+)
+from wpl_jax.train.enas_search_config import (
+  validate_model as validate_model,  # re-exported (enas_truth)
+)
+from wpl_jax.train.enas_search_eval import (
+  _derive,
+  _eval_chunked,
+  _one,
+  _Ranker,
+  forgetting_stats,
+)
+from wpl_jax.train.enas_search_report import (
+  _fmt,
+  _plot,
+  _results_md,
+  _tb_write,
+  _tensorboard,
+)
 from wpl_jax.train.enas_steps import ControllerState, SharedState
 
 # Independent random streams, folded into the run's base key.
 _INIT, _SHARED, _CONTROLLER, _DERIVE, _FISHER, _EPOCHS = range(6)
-# Config fields that may change when a run is resumed (e.g. to extend it).
-_RESUMABLE = ("search.epochs", "retrain", "data_dir")
 RESUMABLE = _RESUMABLE  # fields a rerun in the same workdir may change
 
 
@@ -51,17 +77,6 @@ def wpl_alpha_at(config: ml_collections.ConfigDict, epoch: int) -> float:
   if not w.enabled or epoch < w.start_epoch:
     return 0.0
   return max(0.0, w.alpha - w.alpha_decay * max(0, epoch - w.alpha_decay_after))
-
-
-def forgetting_stats(err1: np.ndarray, err2: np.ndarray) -> dict[str, float]:
-  """Mean, best-5 (mean of the 5 largest) and max of err2 − err1 (ppl)."""
-  diff = np.asarray(err2, np.float64) - np.asarray(err1, np.float64)
-  top = np.sort(diff)[::-1][:5]
-  return {
-    "diff_mean": float(diff.mean()),
-    "diff_best5": float(top.mean()),
-    "diff_max": float(diff.max()),
-  }
 
 
 class _Windows:
@@ -81,79 +96,6 @@ class _Windows:
       pos = 0
     x, y = ptb.get_batch(self.source, pos, self.bptt)
     return pos + self.bptt, x, y, wrapped
-
-
-def valid_splits(config: ml_collections.ConfigDict, valid_ids: np.ndarray):
-  """Cuts the validation stream into three disjoint parts.
-
-  * "heldout": the last `search.heldout_tokens` tokens, for the ranking
-    evaluation of the whole space (`ptb.eval_windows`, B columns, padded
-    and masked): no training, Fisher, reward or forgetting batch reads it.
-    None when `heldout_tokens` is 0.
-  * "forget": the first BPTT window (inputs, targets) of the rest,
-    batchified into B columns: the forgetting metric's fixed batch.
-  * "stream": the rows after that window (none shared with it, not even
-    a target row), walked by the Fisher and the reward batches.
-
-  Raises:
-    ValueError: when the split leaves fewer than two windows' rows.
-  """
-  b, bptt = config.data.batch_size, config.data.bptt
-  n_held = config.search.get("heldout_tokens", 0)
-  ids = np.asarray(valid_ids)
-  heldout = None
-  if n_held:
-    if n_held >= len(ids):
-      raise ValueError(
-        f"config.search.heldout_tokens={n_held} is not smaller than the "
-        f"{len(ids)} validation tokens"
-      )
-    heldout = ptb.eval_windows(ids[-n_held:], b, bptt)
-    ids = ids[:-n_held]
-  src = ptb.batchify(ids, b)
-  if len(src) < 2 * (bptt + 1):
-    raise ValueError(
-      f"the validation split ({len(ids)} tokens in {b} columns) is shorter "
-      f"than two {bptt}-token windows: lower search.heldout_tokens"
-    )
-  forget = ptb.get_batch(src, 0, bptt)
-  return {"forget": forget, "stream": src[bptt + 1 :], "heldout": heldout}
-
-
-class _Ranker:
-  """Scores every cell of the space with the shared weights (held-out split).
-
-  Logs the shared-weight perplexity of each cell, the shared ranking's best
-  cell and, with a stored ground truth (`search.truth_path`), Kendall τ,
-  Spearman ρ, top-3 hit and regret against it (`wpl_jax.enas.ranking`).
-  """
-
-  def __init__(self, config, steps, heldout):
-    if heldout is None:
-      raise ValueError("config.search.rank_every needs search.heldout_tokens")
-    self.archs = enas_steps.space_archs(config)
-    self.names = [
-      search_space.to_string(a) for a in search_space.unstack(self.archs)
-    ]
-    self.x, self.y, self.mask = heldout
-    self.count = float(self.mask.sum())
-    self.fn = jax.jit(steps.eval_archs_windows)
-    self.truth = None
-    path = config.search.get("truth_path", "")
-    if path:
-      self.truth = ranking.truth_for(path, self.names)
-
-  def __call__(self, shared) -> dict:
-    nll = np.asarray(self.fn(shared, self.archs, self.x, self.y, self.mask))
-    ppl = np.exp(nll / self.count)
-    out = {
-      "rank_shared_ppl": ppl.tolist(),
-      "rank_best": self.names[int(np.argmin(ppl))],
-    }
-    if self.truth is not None:
-      stats = ranking.ranking_stats(ppl, self.truth, k=3)
-      out.update({f"rank_{k}": v for k, v in stats.items()})
-    return out
 
 
 def _init_state(config, model, key):
@@ -178,7 +120,7 @@ def _init_state(config, model, key):
     opt_state=enas_steps.controller_optimizer(config.controller.lr).init(
       ctrl_params
     ),
-    baseline=jnp.zeros([], jnp.float32),
+    baseline=enas_steps.initial_baseline(config),
     step=jnp.zeros([], jnp.int32),
   )
   b, h = config.data.batch_size, config.model.hidden
@@ -191,21 +133,6 @@ def _init_state(config, model, key):
     "ctrl_hidden": jnp.zeros((b, h), jnp.float32),
     "pos": jnp.zeros((3,), jnp.int32),  # train, fisher, controller windows
   }
-
-
-def _eval_chunked(eval_fn, shared, archs, x, y, hidden, chunk):
-  """Perplexities of K archs in vmapped chunks of a fixed size (1 compile)."""
-  k = archs.activations.shape[0]
-  pad = (-k) % chunk
-  if pad:
-    archs = jax.tree.map(
-      lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), archs
-    )
-  out = []
-  for i in range(0, k + pad, chunk):
-    part = jax.tree.map(lambda a, i=i: a[i : i + chunk], archs)
-    out.append(np.asarray(eval_fn(shared, part, x, y, hidden)))
-  return np.concatenate(out)[:k]
 
 
 def search(
@@ -468,32 +395,6 @@ def _check_finite(config, epoch, losses, err1, rewards) -> None:
     )
 
 
-def _comparable(config: ml_collections.ConfigDict) -> dict:
-  """The config as a dict, without the fields a resume may change."""
-  d = config.to_dict()
-  for field in _RESUMABLE:
-    *parents, leaf = field.split(".")
-    node = d
-    for p in parents:
-      node = node.get(p, {})
-    node.pop(leaf, None)
-  return d
-
-
-def _check_same_config(config, saved: dict | None) -> None:
-  """Raises ValueError if a checkpoint was written under another config."""
-  if saved is None:
-    return
-  now = workdir_lib.flatten(json.loads(json.dumps(_comparable(config))))
-  old = workdir_lib.flatten(saved)
-  diff = sorted(k for k in set(now) | set(old) if now.get(k) != old.get(k))
-  if diff:
-    raise ValueError(
-      "the checkpoint in this workdir was written with a different config "
-      f"({', '.join(diff[:4])}); use a new --workdir"
-    )
-
-
 def _truncate_jsonl(path: pathlib.Path, last_epoch: int) -> None:
   """Keeps the lines of `path` whose epoch is <= `last_epoch`."""
   if not path.exists():
@@ -510,176 +411,10 @@ def _cache_size(fn) -> int | None:
   return size() if size is not None else None
 
 
-def _one(arch):
-  return jax.tree.map(lambda x: x[None], arch)
-
-
-def _fmt(v):
-  return "-" if v is None else f"{v:.3f}"
-
-
 def _fisher_norm(wpl_state) -> float:
   return float(
     sum(jnp.sum(f * f) for f in jax.tree.leaves(wpl_state.fisher)) ** 0.5
   )
-
-
-def _derive(config, state, sample, eval_archs, key, x, y, hidden):
-  """Best of M controller samples by validation perplexity on one batch."""
-  m = config.search.derive_samples
-  archs = jax.device_get(sample(state["controller"].params, key=key, k=m))
-  ppl = _eval_chunked(
-    eval_archs, state["shared"], archs, x, y, hidden, config.search.eval_chunk
-  )
-  best = int(np.argmin(ppl))
-  arch = jax.tree.map(lambda a: a[best], archs)
-  return search_space.to_string(arch), float(ppl[best])
-
-
-def _tensorboard(path):
-  try:
-    from tensorboardX import SummaryWriter  # Optional: only for TB logs.
-  except ImportError:
-    logging.warning("tensorboardX not installed: no TensorBoard logs")
-    return None
-  return SummaryWriter(str(path))
-
-
-def _tb_write(tb, record, epoch):
-  if tb is None:
-    return
-  for k, v in record.items():
-    if isinstance(v, (int, float)) and k != "epoch":
-      tb.add_scalar(k, v, epoch)
-  tb.flush()
-
-
-def validate_model(config: ml_collections.ConfigDict) -> None:
-  """Ranges of the model, data and shared-optimiser fields (one line each)."""
-  v = validation
-  v.integer(config, "model.hidden", min=1)
-  v.integer(config, "model.num_nodes", min=2)
-  for name in (
-    "dropout_output",
-    "dropout_input",
-    "dropout_embed",
-    "dropconnect",
-  ):
-    v.number(config, f"model.{name}", min=0, max=1, open_max=True)
-  v.number(config, "model.clip_norm", min=0, open_min=True)
-  v.number(config, "model.init_range", min=0, open_min=True)
-  if "ce_chunk" in config.model:
-    v.integer(config, "model.ce_chunk", min=0)
-  v.integer(config, "data.batch_size", min=1)
-  v.integer(config, "data.bptt", min=1)
-  v.number(config, "shared.lr", min=0, open_min=True)
-  v.number(config, "shared.lr_decay", min=0, max=1, open_min=True)
-  v.integer(config, "shared.lr_decay_after", min=0)
-  v.number(config, "shared.grad_clip", min=0, open_min=True)
-  v.number(config, "shared.weight_decay", min=0)
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError (one line) on an inconsistent config."""
-  validate_model(config)
-  v = validation
-  c = config.controller
-  v.integer(config, "controller.hidden", min=1)
-  v.number(config, "controller.lr", min=0, open_min=True)
-  v.integer(config, "controller.steps_per_epoch", min=0)
-  v.integer(config, "controller.batch_size", min=1)
-  v.number(config, "controller.temperature", min=0, open_min=True)
-  v.number(
-    config, "controller.tanh_constant", min=0, open_min=True, allow_none=True
-  )
-  v.number(config, "controller.reward_c", min=0, open_min=True)
-  v.number(config, "controller.entropy_coef", min=0)
-  v.number(config, "controller.baseline_decay", min=0, max=1)
-  del c
-  v.number(config, "wpl.alpha", min=0)
-  v.integer(config, "wpl.start_epoch", min=0)
-  v.integer(config, "wpl.reset_every", min=0)
-  v.integer(config, "wpl.alpha_decay_after", min=0)
-  v.number(config, "wpl.alpha_decay", min=0)
-  v.number(config, "wpl.ema_new", min=0, max=1)
-  v.number(config, "wpl.clip", min=0)
-  v.integer(config, "wpl.chunk_size", min=1)
-  r = config.retrain
-  v.number(config, "retrain.lr", min=0, open_min=True)
-  v.number(config, "retrain.lr_decay", min=0, max=1, open_min=True)
-  v.integer(config, "retrain.lr_decay_after", min=0)
-  v.number(config, "retrain.grad_clip", min=0, open_min=True)
-  v.number(config, "retrain.weight_decay", min=0)
-  v.integer(config, "retrain.random_archs", min=0)
-  v.integer(config, "retrain.eval_batch_size", min=1)
-  v.integer(config, "retrain.max_batches_per_epoch", min=0)
-  v.integer(config, "retrain.log_every", min=1)
-  v.integer(config, "search.epochs", min=0 if r.arch else 1)
-  v.integer(config, "retrain.epochs", min=0)
-  w = config.wpl
-  if w.mode not in ("reference", "clean"):
-    raise ValueError(f"config.wpl.mode must be reference or clean: {w.mode!r}")
-  if w.estimator not in ("batch_grad_squared", "per_example", "sampled"):
-    raise ValueError(f"unknown config.wpl.estimator {w.estimator!r}")
-  if w.get("fisher_method", "fast") not in ("fast", "vmap"):
-    raise ValueError("config.wpl.fisher_method must be 'fast' or 'vmap'")
-  if config.search.get("eval_bn", "running") not in ("running", "batch"):
-    raise ValueError("config.search.eval_bn must be 'running' or 'batch'")
-  if config.model.num_nodes < 2:
-    raise ValueError("config.model.num_nodes must be >= 2")
-  if enas_steps.search_policy(config) not in enas_steps.POLICIES:
-    raise ValueError(
-      f"config.search.policy must be one of {enas_steps.POLICIES}: "
-      f"{config.search.policy!r}"
-    )
-  enas_steps.fixed_first_activation(config)  # raises on an unknown name
-  for field in ("heldout_tokens", "rank_every"):
-    if config.search.get(field, 0) < 0:
-      raise ValueError(f"config.search.{field} must be >= 0")
-  for field in (
-    "archs_per_epoch",
-    "batches_per_arch",
-    "derive_every",
-    "derive_samples",
-    "eval_chunk",
-  ):
-    if config.search[field] < 1:
-      raise ValueError(f"config.search.{field} must be >= 1")
-  if config.retrain.arch:
-    search_space.validate(search_space.from_string(config.retrain.arch))
-
-
-def _stream_rows(name: str, ids: np.ndarray, columns: int, need: int) -> None:
-  rows = len(ids) // columns
-  if rows < need:
-    raise ValueError(
-      f"ptb.{name}.txt has {len(ids)} tokens: fewer than {need} rows of "
-      f"{columns} columns ({need * columns} tokens) that this config needs"
-    )
-
-
-def check_data(config: ml_collections.ConfigDict, data: ptb.PTBData) -> None:
-  """Raises ValueError (one line) if a split is too short for the config.
-
-  Checked before anything is written, so that a short or empty file is not
-  found after the whole search: the train split must give one BPTT window,
-  the validation split the forgetting, stream and held-out parts
-  (`valid_splits`), and with retraining valid and test one target each.
-  """
-  b, bptt = config.data.batch_size, config.data.bptt
-  _stream_rows("train", data.train, b, bptt + 1)
-  valid_splits(config, data.valid)
-  if config.retrain.epochs > 0:
-    eb = config.retrain.eval_batch_size
-    _stream_rows("valid", data.valid, eb, 2)
-    _stream_rows("test", data.test, eb, 2)
-  if config.search.get("rank_every", 0):
-    if not config.search.get("heldout_tokens", 0):
-      raise ValueError("config.search.rank_every needs search.heldout_tokens")
-    path = config.search.get("truth_path", "")
-    if path:
-      archs = search_space.unstack(enas_steps.space_archs(config))
-      ranking.truth_for(path, [search_space.to_string(a) for a in archs])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -742,58 +477,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _plot(result["history"], workdir / "figure.png")
   print(_results_md(out, result["history"]))
   return out
-
-
-def _results_md(out, history) -> str:
-  lines = [f"search: {out['search_seconds']:.0f} s; derived: {out['derived']}"]
-  if history:
-    last = history[-1]
-    lines.append(
-      f"last epoch {last['epoch']}: reward {_fmt(last['reward'])}, "
-      f"forgetting mean/best5/max {last['diff_mean']:.1f}/"
-      f"{last['diff_best5']:.1f}/{last['diff_max']:.1f}"
-    )
-  rows = out.get("retrained", [])
-  if rows:
-    lines.append("")
-    lines.append(
-      metrics_lib.markdown_table(
-        [
-          {
-            **r,
-            "valid_ppl": f"{r['valid_ppl']:.2f}",
-            "test_ppl": f"{r['test_ppl']:.2f}",
-          }
-          for r in rows
-        ],
-        [
-          ("name", "run"),
-          ("arch", "architecture"),
-          ("valid_ppl", "valid ppl"),
-          ("test_ppl", "test ppl"),
-        ],
-      )
-    )
-  return "\n".join(lines) + "\n"
-
-
-def _plot(history, path):
-  if not history:
-    return
-  x = [h["epoch"] for h in history]
-  panels = [
-    {
-      "title": t,
-      "curves": [{"label": "run", "x": x, "mean": [h[k] for h in history]}],
-    }
-    for k, t in (
-      ("diff_mean", "mean diff (ppl)"),
-      ("diff_best5", "best-5 diff (ppl)"),
-      ("diff_max", "max diff (ppl)"),
-      ("reward", "controller reward"),
-    )
-    if all(h.get(k) is not None for h in history)
-  ]
-  metrics_lib.plot_panels(
-    panels, path, xlabel="epoch", ylabel="", ncols=4, ylim=None
-  )

@@ -1,0 +1,220 @@
+"""ENAS search: checks of the config and data, before any work and on resume.
+
+`validate_model` (model, data and shared-optimiser fields; also used by
+`enas_truth`) and `validate` raise one-line ValueErrors on an inconsistent
+config. `valid_splits` cuts the validation stream into the forgetting, stream
+and held-out parts, and `check_data` checks that every split is long enough
+for the config. `_comparable` and `_check_same_config` compare a checkpoint's
+config with a rerun's, except for the fields in `_RESUMABLE`.
+"""
+
+import json
+
+import ml_collections
+import numpy as np
+
+from wpl_jax import validation
+from wpl_jax import workdir as workdir_lib
+from wpl_jax.data import ptb
+from wpl_jax.enas import ranking, search_space
+from wpl_jax.train import enas_steps
+
+# Config fields that may change when a run is resumed (e.g. to extend it).
+_RESUMABLE = ("search.epochs", "retrain", "data_dir")
+
+
+def validate_model(config: ml_collections.ConfigDict) -> None:
+  """Ranges of the model, data and shared-optimiser fields (one line each)."""
+  v = validation
+  v.integer(config, "model.hidden", min=1)
+  v.integer(config, "model.num_nodes", min=2)
+  for name in (
+    "dropout_output",
+    "dropout_input",
+    "dropout_embed",
+    "dropconnect",
+  ):
+    v.number(config, f"model.{name}", min=0, max=1, open_max=True)
+  v.number(config, "model.clip_norm", min=0, open_min=True)
+  v.number(config, "model.init_range", min=0, open_min=True)
+  if "ce_chunk" in config.model:
+    v.integer(config, "model.ce_chunk", min=0)
+  v.integer(config, "data.batch_size", min=1)
+  v.integer(config, "data.bptt", min=1)
+  v.number(config, "shared.lr", min=0, open_min=True)
+  v.number(config, "shared.lr_decay", min=0, max=1, open_min=True)
+  v.integer(config, "shared.lr_decay_after", min=0)
+  v.number(config, "shared.grad_clip", min=0, open_min=True)
+  v.number(config, "shared.weight_decay", min=0)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError (one line) on an inconsistent config."""
+  validate_model(config)
+  v = validation
+  c = config.controller
+  v.integer(config, "controller.hidden", min=1)
+  v.number(config, "controller.lr", min=0, open_min=True)
+  v.integer(config, "controller.steps_per_epoch", min=0)
+  v.integer(config, "controller.batch_size", min=1)
+  v.number(config, "controller.temperature", min=0, open_min=True)
+  v.number(
+    config, "controller.tanh_constant", min=0, open_min=True, allow_none=True
+  )
+  v.number(config, "controller.reward_c", min=0, open_min=True)
+  v.number(config, "controller.entropy_coef", min=0)
+  v.number(config, "controller.baseline_decay", min=0, max=1)
+  form = c.get("reward_form", "sequence")
+  if form not in enas_steps.REWARD_FORMS:
+    raise ValueError(
+      f"config.controller.reward_form must be one of "
+      f"{', '.join(enas_steps.REWARD_FORMS)}: {form!r}"
+    )
+  del c
+  v.number(config, "wpl.alpha", min=0)
+  v.integer(config, "wpl.start_epoch", min=0)
+  v.integer(config, "wpl.reset_every", min=0)
+  v.integer(config, "wpl.alpha_decay_after", min=0)
+  v.number(config, "wpl.alpha_decay", min=0)
+  v.number(config, "wpl.ema_new", min=0, max=1)
+  v.number(config, "wpl.clip", min=0)
+  v.integer(config, "wpl.chunk_size", min=1)
+  r = config.retrain
+  v.number(config, "retrain.lr", min=0, open_min=True)
+  v.number(config, "retrain.lr_decay", min=0, max=1, open_min=True)
+  v.integer(config, "retrain.lr_decay_after", min=0)
+  v.number(config, "retrain.grad_clip", min=0, open_min=True)
+  v.number(config, "retrain.weight_decay", min=0)
+  v.integer(config, "retrain.random_archs", min=0)
+  v.integer(config, "retrain.eval_batch_size", min=1)
+  v.integer(config, "retrain.max_batches_per_epoch", min=0)
+  v.integer(config, "retrain.log_every", min=1)
+  v.integer(config, "search.epochs", min=0 if r.arch else 1)
+  v.integer(config, "retrain.epochs", min=0)
+  w = config.wpl
+  if w.mode not in ("reference", "clean"):
+    raise ValueError(f"config.wpl.mode must be reference or clean: {w.mode!r}")
+  if w.estimator not in ("batch_grad_squared", "per_example", "sampled"):
+    raise ValueError(f"unknown config.wpl.estimator {w.estimator!r}")
+  if w.get("fisher_method", "fast") not in ("fast", "vmap"):
+    raise ValueError("config.wpl.fisher_method must be 'fast' or 'vmap'")
+  if config.search.get("eval_bn", "running") not in ("running", "batch"):
+    raise ValueError("config.search.eval_bn must be 'running' or 'batch'")
+  if config.model.num_nodes < 2:
+    raise ValueError("config.model.num_nodes must be >= 2")
+  if enas_steps.search_policy(config) not in enas_steps.POLICIES:
+    raise ValueError(
+      f"config.search.policy must be one of {enas_steps.POLICIES}: "
+      f"{config.search.policy!r}"
+    )
+  enas_steps.fixed_first_activation(config)  # raises on an unknown name
+  for field in ("heldout_tokens", "rank_every"):
+    if config.search.get(field, 0) < 0:
+      raise ValueError(f"config.search.{field} must be >= 0")
+  for field in (
+    "archs_per_epoch",
+    "batches_per_arch",
+    "derive_every",
+    "derive_samples",
+    "eval_chunk",
+  ):
+    if config.search[field] < 1:
+      raise ValueError(f"config.search.{field} must be >= 1")
+  if config.retrain.arch:
+    search_space.validate(search_space.from_string(config.retrain.arch))
+
+
+def valid_splits(config: ml_collections.ConfigDict, valid_ids: np.ndarray):
+  """Cuts the validation stream into three disjoint parts.
+
+  * "heldout": the last `search.heldout_tokens` tokens, for the ranking
+    evaluation of the whole space (`ptb.eval_windows`, B columns, padded
+    and masked): no training, Fisher, reward or forgetting batch reads it.
+    None when `heldout_tokens` is 0.
+  * "forget": the first BPTT window (inputs, targets) of the rest,
+    batchified into B columns: the forgetting metric's fixed batch.
+  * "stream": the rows after that window (none shared with it, not even
+    a target row), walked by the Fisher and the reward batches.
+
+  Raises:
+    ValueError: when the split leaves fewer than two windows' rows.
+  """
+  b, bptt = config.data.batch_size, config.data.bptt
+  n_held = config.search.get("heldout_tokens", 0)
+  ids = np.asarray(valid_ids)
+  heldout = None
+  if n_held:
+    if n_held >= len(ids):
+      raise ValueError(
+        f"config.search.heldout_tokens={n_held} is not smaller than the "
+        f"{len(ids)} validation tokens"
+      )
+    heldout = ptb.eval_windows(ids[-n_held:], b, bptt)
+    ids = ids[:-n_held]
+  src = ptb.batchify(ids, b)
+  if len(src) < 2 * (bptt + 1):
+    raise ValueError(
+      f"the validation split ({len(ids)} tokens in {b} columns) is shorter "
+      f"than two {bptt}-token windows: lower search.heldout_tokens"
+    )
+  forget = ptb.get_batch(src, 0, bptt)
+  return {"forget": forget, "stream": src[bptt + 1 :], "heldout": heldout}
+
+
+def _stream_rows(name: str, ids: np.ndarray, columns: int, need: int) -> None:
+  rows = len(ids) // columns
+  if rows < need:
+    raise ValueError(
+      f"ptb.{name}.txt has {len(ids)} tokens: fewer than {need} rows of "
+      f"{columns} columns ({need * columns} tokens) that this config needs"
+    )
+
+
+def check_data(config: ml_collections.ConfigDict, data: ptb.PTBData) -> None:
+  """Raises ValueError (one line) if a split is too short for the config.
+
+  Checked before anything is written, so that a short or empty file is not
+  found after the whole search: the train split must give one BPTT window,
+  the validation split the forgetting, stream and held-out parts
+  (`valid_splits`), and with retraining valid and test one target each.
+  """
+  b, bptt = config.data.batch_size, config.data.bptt
+  _stream_rows("train", data.train, b, bptt + 1)
+  valid_splits(config, data.valid)
+  if config.retrain.epochs > 0:
+    eb = config.retrain.eval_batch_size
+    _stream_rows("valid", data.valid, eb, 2)
+    _stream_rows("test", data.test, eb, 2)
+  if config.search.get("rank_every", 0):
+    if not config.search.get("heldout_tokens", 0):
+      raise ValueError("config.search.rank_every needs search.heldout_tokens")
+    path = config.search.get("truth_path", "")
+    if path:
+      archs = search_space.unstack(enas_steps.space_archs(config))
+      ranking.truth_for(path, [search_space.to_string(a) for a in archs])
+
+
+def _comparable(config: ml_collections.ConfigDict) -> dict:
+  """The config as a dict, without the fields a resume may change."""
+  d = config.to_dict()
+  for field in _RESUMABLE:
+    *parents, leaf = field.split(".")
+    node = d
+    for p in parents:
+      node = node.get(p, {})
+    node.pop(leaf, None)
+  return d
+
+
+def _check_same_config(config, saved: dict | None) -> None:
+  """Raises ValueError if a checkpoint was written under another config."""
+  if saved is None:
+    return
+  now = workdir_lib.flatten(json.loads(json.dumps(_comparable(config))))
+  old = workdir_lib.flatten(saved)
+  diff = sorted(k for k in set(now) | set(old) if now.get(k) != old.get(k))
+  if diff:
+    raise ValueError(
+      "the checkpoint in this workdir was written with a different config "
+      f"({', '.join(diff[:4])}); use a new --workdir"
+    )

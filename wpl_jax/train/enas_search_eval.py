@@ -1,0 +1,91 @@
+"""ENAS search: scoring sampled cells with the shared weights.
+
+The forgetting statistics (err2 − err1), the perplexities of many cells in
+vmapped chunks of a fixed size, the derived cell (the best of M controller
+samples) and the ranking of the whole space on the held-out split
+(`_Ranker`).
+"""
+
+import jax
+import numpy as np
+
+from wpl_jax.enas import ranking, search_space
+from wpl_jax.train import enas_steps
+
+
+def forgetting_stats(err1: np.ndarray, err2: np.ndarray) -> dict[str, float]:
+  """Mean, best-5 (mean of the 5 largest) and max of err2 − err1 (ppl)."""
+  diff = np.asarray(err2, np.float64) - np.asarray(err1, np.float64)
+  top = np.sort(diff)[::-1][:5]
+  return {
+    "diff_mean": float(diff.mean()),
+    "diff_best5": float(top.mean()),
+    "diff_max": float(diff.max()),
+  }
+
+
+class _Ranker:
+  """Scores every cell of the space with the shared weights (held-out split).
+
+  Logs the shared-weight perplexity of each cell, the shared ranking's best
+  cell and, with a stored ground truth (`search.truth_path`), Kendall τ,
+  Spearman ρ, top-3 hit and regret against it (`wpl_jax.enas.ranking`).
+  """
+
+  def __init__(self, config, steps, heldout):
+    if heldout is None:
+      raise ValueError("config.search.rank_every needs search.heldout_tokens")
+    self.archs = enas_steps.space_archs(config)
+    self.names = [
+      search_space.to_string(a) for a in search_space.unstack(self.archs)
+    ]
+    self.x, self.y, self.mask = heldout
+    self.count = float(self.mask.sum())
+    self.fn = jax.jit(steps.eval_archs_windows)
+    self.truth = None
+    path = config.search.get("truth_path", "")
+    if path:
+      self.truth = ranking.truth_for(path, self.names)
+
+  def __call__(self, shared) -> dict:
+    nll = np.asarray(self.fn(shared, self.archs, self.x, self.y, self.mask))
+    ppl = np.exp(nll / self.count)
+    out = {
+      "rank_shared_ppl": ppl.tolist(),
+      "rank_best": self.names[int(np.argmin(ppl))],
+    }
+    if self.truth is not None:
+      stats = ranking.ranking_stats(ppl, self.truth, k=3)
+      out.update({f"rank_{k}": v for k, v in stats.items()})
+    return out
+
+
+def _eval_chunked(eval_fn, shared, archs, x, y, hidden, chunk):
+  """Perplexities of K archs in vmapped chunks of a fixed size (1 compile)."""
+  k = archs.activations.shape[0]
+  pad = (-k) % chunk
+  if pad:
+    archs = jax.tree.map(
+      lambda a: np.concatenate([a, np.repeat(a[-1:], pad, 0)]), archs
+    )
+  out = []
+  for i in range(0, k + pad, chunk):
+    part = jax.tree.map(lambda a, i=i: a[i : i + chunk], archs)
+    out.append(np.asarray(eval_fn(shared, part, x, y, hidden)))
+  return np.concatenate(out)[:k]
+
+
+def _one(arch):
+  return jax.tree.map(lambda x: x[None], arch)
+
+
+def _derive(config, state, sample, eval_archs, key, x, y, hidden):
+  """Best of M controller samples by validation perplexity on one batch."""
+  m = config.search.derive_samples
+  archs = jax.device_get(sample(state["controller"].params, key=key, k=m))
+  ppl = _eval_chunked(
+    eval_archs, state["shared"], archs, x, y, hidden, config.search.eval_chunk
+  )
+  best = int(np.argmin(ppl))
+  arch = jax.tree.map(lambda a: a[best], archs)
+  return search_space.to_string(arch), float(ppl[best])
