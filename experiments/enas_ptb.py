@@ -85,6 +85,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ct.reward_c = 80.0  # reward = c / valid ppl.
   ct.entropy_coef = 1e-4
   ct.baseline_decay = 0.95
+  # "per_decision" (ENAS-pytorch, the reference code's base): decision t's
+  # reward R + coef·H_t with its own baseline; "sequence": one reward
+  # R + coef·Σ H_t and one baseline for every decision (WORKSPACE §4).
+  ct.reward_form = "per_decision"
 
   c.wpl = w = ml_collections.ConfigDict()
   w.enabled = False

@@ -75,6 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   se.rank_every = 1
   se.truth_path = str(TRUTH_PATH)
   c.controller.steps_per_epoch = 50
+  # The stored searches (WORKSPACE §7) ran with one reward per cell.
+  c.controller.reward_form = "sequence"
   c.shared.lr_decay_after = 8
   w = c.wpl
   w.start_epoch = 2

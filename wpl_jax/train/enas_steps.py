@@ -37,7 +37,7 @@ class ControllerState:
 
   params: Params
   opt_state: optax.OptState
-  baseline: Array  # float32 scalar, moving average of the reward
+  baseline: Array  # float32 moving average of the reward: [] or [2N-1]
   step: Array  # int32 scalar
 
 
@@ -111,6 +111,22 @@ def shared_optimizer(
     optax.add_decayed_weights(weight_decay),
     optax.scale(-1.0),
   )
+
+
+REWARD_FORMS = ("per_decision", "sequence")
+
+
+def reward_form(config: ml_collections.ConfigDict) -> str:
+  """REINFORCE's reward and baseline per decision or per cell (see Steps)."""
+  return config.controller.get("reward_form", "sequence")
+
+
+def initial_baseline(config: ml_collections.ConfigDict) -> Array:
+  """float32 zeros: [2N-1] per decision, or [] for the sequence form."""
+  if reward_form(config) == "per_decision":
+    n = 2 * config.model.num_nodes - 1
+    return jnp.zeros((n,), jnp.float32)
+  return jnp.zeros([], jnp.float32)
 
 
 def controller_optimizer(lr: float) -> optax.GradientTransformation:
@@ -457,9 +473,13 @@ class Steps:
   ) -> tuple[ControllerState, Array, dict[str, Array]]:
     """One REINFORCE step on K sampled archs (K = 1 in the reference).
 
-    reward = c / perplexity + entropy_coef · entropy (REFERENCE.md §4); the
-    moving-average baseline is updated first, then advantage = reward −
-    baseline, loss = −mean(log_prob · advantage).
+    R = reward_c / perplexity of the validation batch (REFERENCE.md §4).
+    `controller.reward_form` "per_decision" (ENAS-pytorch's form): decision
+    t of a cell gets reward R + entropy_coef · H_t and its own moving-average
+    baseline b_t (a [2N-1] vector); "sequence": every decision gets the
+    cell's R + entropy_coef · Σ_t H_t and one scalar baseline. The baseline
+    is updated first (to the mean over the K cells; at step 0 it is that
+    mean), then loss = −1/K Σ_k Σ_t log p_kt · (r_kt − b_t).
 
     Returns:
       `(ctrl, new_hidden, metrics)`: the hidden state of the first arch
@@ -473,20 +493,35 @@ class Steps:
     ppl, hiddens = self._eval_many(
       shared, archs, inputs_TxB, targets_TxB, hidden_BxH
     )
-    reward = c.reward_c / ppl + c.entropy_coef * entropies
-    mean_r = jnp.mean(reward)
+    scores = jax.vmap(
+      lambda a: controller_lib.decision_log_probs(
+        ctrl.params, a, **self._policy_kw()
+      )
+    )
+    if reward_form(self.config) == "per_decision":
+      # ENAS-pytorch: decision t's reward is R + coef · H_t, its baseline
+      # a moving average of that reward; [K, 2N-1].
+      _, decision_entropies = scores(archs)
+      reward = (c.reward_c / ppl)[:, None] + c.entropy_coef * decision_entropies
+    else:
+      # One reward per cell, R + coef · Σ_t H_t, for every decision; [K].
+      reward = c.reward_c / ppl + c.entropy_coef * entropies
+    mean_r = jnp.mean(reward, axis=0)  # over the K cells
     baseline = jnp.where(
       ctrl.step == 0,
       mean_r,
       c.baseline_decay * ctrl.baseline + (1 - c.baseline_decay) * mean_r,
     )
-    adv = jax.lax.stop_gradient(reward - baseline)
+    adv = jax.lax.stop_gradient(reward - baseline[None])  # [K] or [K, 2N-1]
 
     def loss_fn(cp):
       logp, _ = jax.vmap(
-        lambda a: controller_lib.log_prob(cp, a, **self._policy_kw())
-      )(archs)
-      return -jnp.mean(logp * adv)
+        lambda a: controller_lib.decision_log_probs(cp, a, **self._policy_kw())
+      )(archs)  # [K, 2N-1]
+      if adv.ndim == 1:
+        logp = jnp.sum(logp, axis=1)
+      # −Σ_t log p_t · adv_t, averaged over the K cells.
+      return -jnp.sum(logp * adv) / adv.shape[0]
 
     loss, grads = jax.value_and_grad(loss_fn)(ctrl.params)
     tx = controller_optimizer(c.lr)
@@ -498,11 +533,12 @@ class Steps:
       step=ctrl.step + 1,
     )
     metrics = {
-      "reward": mean_r,
+      # The cells' mean reward R + coef · Σ_t H_t, in either form.
+      "reward": jnp.mean(c.reward_c / ppl + c.entropy_coef * entropies),
       "ppl": jnp.mean(ppl),
       "entropy": jnp.mean(entropies),
       "loss": loss,
-      "baseline": baseline,
+      "baseline": jnp.mean(baseline),
     }
     return new_ctrl, hiddens[0], metrics
 
