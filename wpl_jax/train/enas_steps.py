@@ -493,37 +493,34 @@ class Steps:
     ppl, hiddens = self._eval_many(
       shared, archs, inputs_TxB, targets_TxB, hidden_BxH
     )
-    scores = jax.vmap(
-      lambda a: controller_lib.decision_log_probs(
-        ctrl.params, a, **self._policy_kw()
-      )
-    )
-    if reward_form(self.config) == "per_decision":
-      # ENAS-pytorch: decision t's reward is R + coef · H_t, its baseline
-      # a moving average of that reward; [K, 2N-1].
-      _, decision_entropies = scores(archs)
-      reward = (c.reward_c / ppl)[:, None] + c.entropy_coef * decision_entropies
-    else:
-      # One reward per cell, R + coef · Σ_t H_t, for every decision; [K].
-      reward = c.reward_c / ppl + c.entropy_coef * entropies
-    mean_r = jnp.mean(reward, axis=0)  # over the K cells
-    baseline = jnp.where(
-      ctrl.step == 0,
-      mean_r,
-      c.baseline_decay * ctrl.baseline + (1 - c.baseline_decay) * mean_r,
-    )
-    adv = jax.lax.stop_gradient(reward - baseline[None])  # [K] or [K, 2N-1]
+    per_decision = reward_form(self.config) == "per_decision"
 
     def loss_fn(cp):
-      logp, _ = jax.vmap(
+      logp, ent = jax.vmap(
         lambda a: controller_lib.decision_log_probs(cp, a, **self._policy_kw())
-      )(archs)  # [K, 2N-1]
-      if adv.ndim == 1:
+      )(archs)  # [K, 2N-1] each, from one teacher-forced pass
+      if per_decision:
+        # ENAS-pytorch: decision t's reward is R + coef · H_t, its baseline
+        # a moving average of that reward; [K, 2N-1].
+        reward = (c.reward_c / ppl)[:, None] + c.entropy_coef * ent
+      else:
+        # One reward per cell, R + coef · Σ_t H_t, for every decision; [K].
+        reward = c.reward_c / ppl + c.entropy_coef * entropies
         logp = jnp.sum(logp, axis=1)
+      reward = jax.lax.stop_gradient(reward)
+      mean_r = jnp.mean(reward, axis=0)  # over the K cells
+      baseline = jnp.where(
+        ctrl.step == 0,
+        mean_r,
+        c.baseline_decay * ctrl.baseline + (1 - c.baseline_decay) * mean_r,
+      )
+      adv = reward - baseline[None]  # [K] or [K, 2N-1]
       # −Σ_t log p_t · adv_t, averaged over the K cells.
-      return -jnp.sum(logp * adv) / adv.shape[0]
+      return -jnp.sum(logp * adv) / adv.shape[0], baseline
 
-    loss, grads = jax.value_and_grad(loss_fn)(ctrl.params)
+    (loss, baseline), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      ctrl.params
+    )
     tx = controller_optimizer(c.lr)
     updates, opt_state = tx.update(grads, ctrl.opt_state, ctrl.params)
     new_ctrl = ControllerState(
