@@ -198,17 +198,47 @@ class EqualsVmapTest(parameterized.TestCase):
 
 class EnasTest(parameterized.TestCase):
   @parameterized.parameters(("last", True), ("leaf_mean", False))
-  def test_forward_equals_model(self, source, batch_norm):
+  def test_edges_argument_is_the_archs_edges(self, source, batch_norm):
+    """`edges=` replaces exactly the matrices the arch reads."""
     model, variables, batch = _enas_setup(
       hidden_source=source, use_batch_norm=batch_norm
     )
     arch = ss.from_string("tanh|0:identity|1:sigmoid")
     args = (batch["inputs"].T, batch["hidden"], arch)
-    want = jax.jit(model.apply)(variables, *args)
-    got = jax.jit(
-      lambda v, x, h, a: edge_fisher.enas_forward(model, v, a, x, h)
-    )(variables, *args)
-    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+    cell = variables["params"]["cell"]
+    apply = jax.jit(model.apply)
+    want = apply(variables, *args)
+    got = apply(variables, *args, edges=enas_rnn.arch_edges(cell, arch))
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+    # Other edges: the same as a model whose params hold them.
+    ids = ss.edge_ids(arch)
+    new_cell = {k: v.at[ids].multiply(-2.0) for k, v in cell.items()}
+    moved = {
+      **variables,
+      "params": wpl.with_edges(variables["params"], new_cell),
+    }
+    want = apply(moved, *args)
+    got = apply(variables, *args, edges=enas_rnn.arch_edges(new_cell, arch))
+    chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
+    self.assertGreater(
+      float(jnp.max(jnp.abs(got[0] - apply(variables, *args)[0]))), 1e-4
+    )
+
+  def test_tapped_train_mode_batch_norm_raises(self):
+    model, variables, batch = _enas_setup(use_batch_norm=True)
+    arch = ss.from_string("tanh|0:identity|1:sigmoid")
+    recorder = fisher_fast.Tap()  # any tap but PLAIN
+    with self.assertRaisesRegex(ValueError, "separable examples"):
+      model.apply(
+        variables,
+        batch["inputs"].T,
+        batch["hidden"],
+        arch,
+        train=True,
+        tap=recorder,
+        rngs={"dropout": jax.random.key(0)},
+        mutable=["batch_stats"],
+      )
 
   def test_edge_fisher_equals_estimate_fisher(self):
     """Chunked, and one trace serves every architecture."""
@@ -235,19 +265,18 @@ class EnasTest(parameterized.TestCase):
     def fast(v, b, arch):
       return edge_fisher.enas_edge_fisher(model, v, arch, b, chunk_size=2)
 
-    ids = ss.edge_ids(ss.from_string("relu|0:sigmoid|1:tanh"))
-    sub = {k: variables["params"]["cell"][k][ids] for k in wpl.EDGE_KEYS}
+    arch = ss.from_string("relu|0:sigmoid|1:tanh")
+    fused = enas_rnn.arch_edges(variables["params"]["cell"], arch)
 
     def sub_loss(edges, b, tap):
-      logits, _ = edge_fisher.enas_forward(
-        model, variables, arch, b["inputs"].T, b["hidden"], tap, edges=edges
+      logits, _ = model.apply(
+        variables, b["inputs"].T, b["hidden"], arch, tap=tap, edges=edges
       )
       return enas_rnn.cross_entropy(logits, b["targets"].T)
 
-    arch = ss.from_string("relu|0:sigmoid|1:tanh")
-    self.assertEqual(
-      fisher_fast.plan(sub_loss, sub, batch), {"edge_h": "tap", "edge_c": "tap"}
-    )
+    # The model's own forward: the fused edges reach the loss only through
+    # the "edge" tap; node 0, embedding and batch-norm are constants here.
+    self.assertEqual(fisher_fast.plan(sub_loss, fused, batch), "tap")
     for cell in (
       "relu|0:sigmoid|1:tanh",
       "identity|0:relu|0:tanh",

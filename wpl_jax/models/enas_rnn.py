@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from wpl_jax import fisher_fast
 from wpl_jax.enas import search_space
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.types import Array, PRNGKey, PyTree
@@ -216,8 +217,18 @@ class SharedRNN(nn.Module):
     *,
     train: bool = False,
     decode: bool = True,
+    tap: fisher_fast.Tap = fisher_fast.PLAIN,
+    edges: Array | None = None,
   ) -> tuple[Array, Array]:
     """Runs the child `arch` over a time-major batch of tokens.
+
+    The forward is written against the tap protocol (`wpl_jax.fisher_fast`):
+    with the plain tap it is an ordinary forward; `enas.edge_fisher` passes
+    a recording/probing tap and the arch's edge matrices as `edges` to get
+    the exact per-example Fisher of the edges from one backward pass. Tap
+    sites: node 0's input projection "node0_x" (examples on axis 1), and in
+    the time scan "time" node 0's recurrent matmul "node0_h" and the scan
+    over nodes 1..N-1 "nodes", whose step's edge matmul is "edge".
 
     Args:
       inputs_TxB: int32[T, B] token ids.
@@ -229,6 +240,11 @@ class SharedRNN(nn.Module):
       decode: apply the tied decoder. False returns the float32[T, B, H]
         decoder inputs (after output dropout) instead of the logits, for
         `chunked_cross_entropy`, which never holds all [T, B, V] logits.
+      tap: the tap (`fisher_fast.PLAIN`: an ordinary forward). Any other
+        tap needs separable examples: not with `train=True` and batch-norm.
+      edges: None to use the arch's edges from the params, or float32
+        [N-1, H, 2H]: row j-1 is the matrix node j reads, `[W^c | W^h]`
+        of edge (parents[j] -> j) (`arch_edges` gathers them).
 
     Returns:
       `(logits, new_hidden)`: float32[T, B, V] next-token logits (or the
@@ -248,6 +264,16 @@ class SharedRNN(nn.Module):
       )
     if self.hidden_source not in HIDDEN_SOURCES:
       raise ValueError(f"hidden_source must be one of {HIDDEN_SOURCES}")
+    if tap is not fisher_fast.PLAIN and train and self.use_batch_norm:
+      raise ValueError(
+        "a tapped SharedRNN forward needs separable examples, but train-mode "
+        "batch-norm normalises with batch statistics: use train=False"
+      )
+    if edges is not None and edges.shape != (n - 1, h, 2 * h):
+      raise ValueError(
+        f"edges must be [{n - 1}, {h}, {2 * h}] (N-1 rows of [W^c | W^h]), "
+        f"got {edges.shape}"
+      )
 
     embedding = self.param("embedding", _uniform(self.init_range), (v, h))
     decoder_bias = self.param("decoder_bias", nn.initializers.zeros, (v,))
@@ -279,12 +305,16 @@ class SharedRNN(nn.Module):
     # Gate and candidate weights are fused, [..., :H] for c and [..., H:]
     # for the activation's input, for node 0 and every edge alike. Node 0's
     # input projections run for all steps at once, outside the time scan.
-    w_x = jnp.concatenate([w0["w_xc"], w0["w_xh"]], axis=1)
-    b_x = jnp.concatenate([w0["b_xc"], w0["b_xh"]])
-    xz_TxBx2H = jnp.einsum("tbh,hk->tbk", x_TxBxH, w_x) + b_x[None, None]
+    xz_TxBx2H = tap.dense(
+      "node0_x",
+      x_TxBxH,
+      (w0["w_xc"], w0["w_xh"]),
+      (w0["b_xc"], w0["b_xh"]),
+      batch_axis=1,
+    )
     w_h0 = jnp.concatenate([w_hc, w_hh], axis=1)
-    ids = search_space.edge_ids(arch)
-    w_edges = jnp.concatenate([edge_c[ids], edge_h[ids]], axis=2)  # [N-1,H,2H]
+    if edges is None:
+      edges = arch_edges({"edge_c": edge_c, "edge_h": edge_h}, arch)
 
     acts, parents = arch.activations, arch.parents
     leaf = search_space.leaf_mask(arch).astype(jnp.float32)
@@ -296,19 +326,20 @@ class SharedRNN(nn.Module):
       # Node j reads node parents[j] through edge (parents[j] -> j).
       j, w_Hx2H, act, parent = xs
       h_in = jax.lax.dynamic_index_in_dim(nodes_NxBxH, parent, keepdims=False)
-      h_j = _highway(h_in @ w_Hx2H, h_in, act)
+      h_j = _highway(tap.dense("edge", h_in, w_Hx2H), h_in, act)
       return jax.lax.dynamic_update_index_in_dim(nodes_NxBxH, h_j, j, 0), None
 
     def step(carry, xz_Bx2H):
       h_prev, mean, var = carry
       # Node 0 reads x_t and h_{t-1} (REFERENCE.md §4).
-      z = xz_Bx2H + h_prev @ w_h0
+      z = xz_Bx2H + tap.dense("node0_h", h_prev, w_h0)
       nodes = jnp.zeros((n, batch, h), h_prev.dtype)
       nodes = nodes.at[0].set(_highway(z, h_prev, acts[0]))
-      nodes, _ = jax.lax.scan(
+      nodes, _ = tap.scan(
+        "nodes",
         node_step,
         nodes,
-        (jnp.arange(1, n), w_edges, acts[1:], parents[1:]),
+        (jnp.arange(1, n), edges, acts[1:], parents[1:]),
         unroll=self.node_unroll,
       )
       leaf_mean = jnp.sum(nodes * leaf_w[:, None, None], axis=0)
@@ -331,8 +362,8 @@ class SharedRNN(nn.Module):
       new_h = new_h * jax.lax.stop_gradient(factor)
       return (new_h, mean, var), out
 
-    (new_hidden, run_mean, run_var), out_TxBxH = jax.lax.scan(
-      step, (hidden_BxH, run_mean, run_var), xz_TxBx2H
+    (new_hidden, run_mean, run_var), out_TxBxH = tap.scan(
+      "time", step, (hidden_BxH, run_mean, run_var), xz_TxBx2H
     )
     if train and self.use_batch_norm:
       bn.update(run_mean, run_var)
@@ -344,6 +375,21 @@ class SharedRNN(nn.Module):
       return out_TxBxH, new_hidden
     logits = jnp.einsum("tbh,vh->tbv", out_TxBxH, embedding)
     return logits + decoder_bias[None, None], new_hidden
+
+
+def arch_edges(cell: dict[str, Array], arch: Arch) -> Array:
+  """The edge matrices one arch reads, fused: float32[N-1, H, 2H].
+
+  Args:
+    cell: `{"edge_c", "edge_h"}`, the stacked [E, H, H] edge leaves.
+    arch: one `Arch` with int32[N] fields.
+
+  Returns:
+    Row j-1 is `[W^c | W^h]` of edge (parents[j] -> j), the matrix node j
+    reads; the gate columns come first, as in `_highway`.
+  """
+  ids = search_space.edge_ids(arch)
+  return jnp.concatenate([cell["edge_c"][ids], cell["edge_h"][ids]], axis=2)
 
 
 def init_variables(model: SharedRNN, *, key: PRNGKey) -> PyTree:
