@@ -202,11 +202,13 @@ class ContractTest(parameterized.TestCase):
 
 class LayeringTest(absltest.TestCase):
   def test_the_library_knows_no_model(self):
-    # wpl_jax.loss / fisher / fisher_fast import nothing of ENAS or the
-    # studies' models (the ENAS glue lives in wpl_jax.enas.edge_fisher).
+    # wpl_jax.loss / fisher / taps / fisher_fast / flax_taps import nothing
+    # of ENAS or the studies' models (the ENAS glue lives in
+    # wpl_jax.enas.edge_fisher).
     code = (
       "import sys\n"
       "import wpl_jax.loss, wpl_jax.fisher, wpl_jax.fisher_fast\n"
+      "import wpl_jax.taps, wpl_jax.flax_taps\n"
       "print(sorted(m for m in sys.modules if m.startswith('wpl_jax.')))\n"
     )
     out = subprocess.run(

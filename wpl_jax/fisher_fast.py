@@ -25,410 +25,30 @@ every other leaf the loss reads gets `vmap(grad)` (`fisher_diagonal`'s
 path), so the result is exact whatever the model does outside its taps.
 """
 
-import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core as jex_core
 
+from wpl_jax import _tap_discovery as disc
+from wpl_jax import _tap_ops as ops
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import partition
+from wpl_jax.taps import PLAIN, Tap
 from wpl_jax.types import Array, PyTree
 
-
-def _as_tuple(v) -> tuple:
-  if v is None:
-    return ()
-  return tuple(v) if isinstance(v, (tuple, list)) else (v,)
-
-
-def _check_dense(name: str, x, ws: tuple, bs: tuple) -> None:
-  """Trace-time shape checks of a `dense` call."""
-  if not ws:
-    raise ValueError(f"tap.dense({name!r}): no weight")
-  for w in ws:
-    if jnp.ndim(w) != 2 or w.shape[0] != x.shape[-1]:
-      raise ValueError(
-        f"tap.dense({name!r}): weight {jnp.shape(w)} does not map inputs "
-        f"{x.shape} (want [{x.shape[-1]}, out])"
-      )
-  d_out = sum(w.shape[1] for w in ws)
-  if bs and (
-    any(jnp.ndim(b) != 1 for b in bs) or sum(b.shape[0] for b in bs) != d_out
-  ):
-    raise ValueError(
-      f"tap.dense({name!r}): biases {[jnp.shape(b) for b in bs]} do not add "
-      f"up to the output width {d_out}"
-    )
-
-
-def _dense(x: Array, ws: tuple, bs: tuple) -> Array:
-  """`x @ concat(ws, 1) + concat(bs)` for x [..., D_in]."""
-  w = ws[0] if len(ws) == 1 else jnp.concatenate(ws, axis=1)
-  y = jnp.einsum("...i,io->...o", x, w)
-  if bs:
-    b = bs[0] if len(bs) == 1 else jnp.concatenate(bs)
-    y = y + jnp.expand_dims(b, tuple(range(y.ndim - 1)))
-  return y
-
-
-@dataclasses.dataclass(frozen=True)
-class _ConvSpec:
-  """Static settings of a channels-last convolution (one int per axis)."""
-
-  window: tuple[int, ...]
-  strides: tuple[int, ...]
-  padding: str | tuple[tuple[int, int], ...]
-  input_dilation: tuple[int, ...]
-  kernel_dilation: tuple[int, ...]
-
-  def numbers(self) -> jax.lax.ConvDimensionNumbers:
-    n = len(self.window)
-    lhs = (0, n + 1, *range(1, n + 1))  # [B, *spatial, C] in (N, C, *sp) order
-    rhs = (n + 1, n, *range(n))  # [*window, C_in, C_out] as (O, I, *sp)
-    return jax.lax.ConvDimensionNumbers(lhs, rhs, lhs)
-
-  def apply(self, x: Array, w: Array) -> Array:
-    return jax.lax.conv_general_dilated(
-      x,
-      w,
-      self.strides,
-      self.padding,
-      self.input_dilation,
-      self.kernel_dilation,
-      self.numbers(),
-    )
-
-  def unfold(self, x: Array) -> Array:
-    """Patches [B, *out_spatial, C_in·prod(window)]: features (C_in, *win)."""
-    return jax.lax.conv_general_dilated_patches(
-      x,
-      self.window,
-      self.strides,
-      self.padding,
-      self.input_dilation,
-      self.kernel_dilation,
-      self.numbers(),
-    )
-
-
-def _per_axis(name: str, what: str, v, n: int) -> tuple[int, ...]:
-  t = (v,) * n if isinstance(v, int) else tuple(v)
-  if len(t) != n or not all(isinstance(k, int) and k >= 1 for k in t):
-    raise ValueError(
-      f"tap.conv({name!r}): {what}={v!r} must be a positive int or {n} of them"
-    )
-  return t
-
-
-def _conv_spec(
-  name, x, w, b, strides, padding, input_dilation, kernel_dilation
-) -> _ConvSpec:
-  """Trace-time checks of a `conv` call; its `_ConvSpec`."""
-  if isinstance(w, (tuple, list)) or isinstance(b, (tuple, list)):
-    raise ValueError(f"tap.conv({name!r}): one kernel and one bias, not lists")
-  n = jnp.ndim(w) - 2
-  if n < 1 or jnp.ndim(x) != n + 2 or w.shape[-2] != x.shape[-1]:
-    raise ValueError(
-      f"tap.conv({name!r}): kernel {jnp.shape(w)} does not fit inputs "
-      f"{jnp.shape(x)} (want inputs [B, *spatial, C_in] and a kernel "
-      "[*window, C_in, C_out], channels last)"
-    )
-  if b is not None and jnp.shape(b) != (w.shape[-1],):
-    raise ValueError(
-      f"tap.conv({name!r}): bias {jnp.shape(b)} is not [{w.shape[-1]}]"
-    )
-  if isinstance(padding, str):
-    if padding not in ("SAME", "VALID", "SAME_LOWER"):
-      raise ValueError(
-        f"tap.conv({name!r}): padding {padding!r} is not SAME, VALID or "
-        "SAME_LOWER (pad the input yourself for circular or causal padding)"
-      )
-    pad = padding
-  elif isinstance(padding, int):
-    pad = ((padding, padding),) * n
-  else:
-    pad = tuple(
-      (p, p) if isinstance(p, int) else tuple(map(int, p)) for p in padding
-    )
-    if len(pad) != n or any(len(p) != 2 for p in pad):
-      raise ValueError(
-        f"tap.conv({name!r}): padding {padding!r} needs {n} (low, high) pairs"
-      )
-  return _ConvSpec(
-    window=tuple(w.shape[:n]),
-    strides=_per_axis(name, "strides", strides, n),
-    padding=pad,
-    input_dilation=_per_axis(name, "input_dilation", input_dilation, n),
-    kernel_dilation=_per_axis(name, "kernel_dilation", kernel_dilation, n),
-  )
-
-
-def _conv(x: Array, w: Array, b: Array | None, spec: _ConvSpec) -> Array:
-  y = spec.apply(x, w)
-  return y if b is None else y + b.reshape((1,) * (y.ndim - 1) + b.shape)
-
-
-_CONV_DEFAULTS = {
-  "strides": 1,
-  "padding": "SAME",
-  "input_dilation": 1,
-  "kernel_dilation": 1,
-}
-
-
-def _conv_settings(settings: dict) -> dict:
-  unknown = set(settings) - set(_CONV_DEFAULTS)
-  if unknown:
-    raise TypeError(f"tap.conv got unknown settings {sorted(unknown)}")
-  return {**_CONV_DEFAULTS, **settings}
-
-
-def _scan_length(xs, length) -> int:
-  if length is not None:
-    return length
-  leaves = jax.tree.leaves(xs)
-  if not leaves:
-    raise ValueError("tap.scan needs xs or length")
-  return leaves[0].shape[0]
-
-
-class Tap:
-  """The tap protocol; this base class is the plain tap (no probes).
-
-  A model written against it takes a `tap` argument (default `PLAIN`) and
-  calls `tap.dense` for the matmuls whose weights should get the fast
-  per-example Fisher, and `tap.scan` for the scans around them. Rules:
-
-  * Examples stay separable: nothing mixes the example axis (e.g. no
-    batch-norm on batch statistics).
-  * Taps sit at the top level or inside `tap.scan` (nested too), not inside
-    `vmap`, `cond`, `while_loop` or `checkpoint`.
-  * A weight (or bias) is tapped when it is a params leaf passed as is, or
-    the slice of a leaf that `tap.scan` takes from its `xs` (stacked
-    layers, one matrix per step). A transformed weight (`w.T`, `w * mask`,
-    `stacked[i]`) still works but is not tapped: its leaf then takes the
-    `vmap(grad)` fallback.
-  """
-
-  def dense(
-    self,
-    name: str,
-    x: Array,
-    w: Array | Sequence[Array],
-    b: Array | Sequence[Array] | None = None,
-    *,
-    batch_axis: int = 0,
-  ) -> Array:
-    """Returns `x @ w + b`.
-
-    Args:
-      name: unique within the enclosing function or `scan` body.
-      x: inputs [..., D_in]; axis `batch_axis` indexes examples, any other
-        leading axes are positions within an example.
-      w: a [D_in, D_out] params leaf, or a tuple of [D_in, D_k] leaves
-        concatenated along the output axis (one matmul).
-      b: None, a [D_out] leaf, or a tuple of [D_k] leaves, concatenated.
-      batch_axis: the example axis of `x`.
-
-    Returns:
-      [..., D_out] = `x @ concat(w, 1) + concat(b)`.
-    """
-    del batch_axis
-    ws, bs = _as_tuple(w), _as_tuple(b)
-    _check_dense(name, x, ws, bs)
-    return _dense(x, ws, bs)
-
-  def conv(
-    self,
-    name: str,
-    x: Array,
-    w: Array,
-    b: Array | None = None,
-    *,
-    strides: int | Sequence[int] = 1,
-    padding: str | Sequence = "SAME",
-    input_dilation: int | Sequence[int] = 1,
-    kernel_dilation: int | Sequence[int] = 1,
-  ) -> Array:
-    """A channels-last convolution `conv(x, w) + b` (Flax's layout).
-
-    The per-example Fisher of `w` comes from the unfolded inputs (patches)
-    and the output cotangents: example b's gradient is
-    `Σ_p patch_{b,p} g_{b,p}ᵀ` over its output positions p, as in BackPACK.
-
-    Args:
-      name: unique within the enclosing function or `scan` body.
-      x: inputs [B, *spatial, C_in]; axis 0 indexes examples.
-      w: a [*window, C_in, C_out] params leaf (no feature groups).
-      b: None or a [C_out] leaf.
-      strides, input_dilation, kernel_dilation: one int, or one per
-        spatial axis (`lax.conv_general_dilated`'s window strides,
-        lhs and rhs dilation).
-      padding: "SAME", "VALID", "SAME_LOWER", or (low, high) pairs (or one
-        int each) per spatial axis.
-
-    Returns:
-      [B, *out_spatial, C_out].
-    """
-    spec = _conv_spec(
-      name, x, w, b, strides, padding, input_dilation, kernel_dilation
-    )
-    return _conv(x, w, b, spec)
-
-  def scan(
-    self,
-    name: str,
-    f: Callable,
-    init: PyTree,
-    xs: PyTree = None,
-    length: int | None = None,
-    *,
-    reverse: bool = False,
-    unroll: int | bool = 1,
-  ) -> tuple[PyTree, PyTree]:
-    """`jax.lax.scan(f, init, xs, length)`; taps inside `f` are per step.
-
-    Params leaves among the leaves of `xs` are tapped slice by slice: the
-    step-l slice a tap inside `f` reads is row l of the leaf.
-    """
-    del name
-    return jax.lax.scan(
-      f, init, xs, length=length, reverse=reverse, unroll=unroll
-    )
-
-
-PLAIN = Tap()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Site:
-  """One `dense` call as seen by the discovery trace."""
-
-  weights: tuple  # flat params index of each weight; None = not a leaf
-  biases: tuple
-  # Per weight (bias): None when it is the whole leaf; k when it is the
-  # leaf's slice taken by the k-th enclosing `tap.scan` (the leaf is in
-  # that scan's xs, so it has one slice per step).
-  weight_axes: tuple
-  bias_axes: tuple
-  widths: tuple[int, ...]  # D_out of each weight
-  bias_widths: tuple[int, ...]
-  out: jax.ShapeDtypeStruct  # output in the frame of its scope
-  batch_axis: int  # non-negative, in the frame of x
-  conv: _ConvSpec | None = None  # a `conv` site (inputs are unfolded)
-
-
-@dataclasses.dataclass
-class _Scope:
-  """Sites and scans of one function body (the top level or a scan body)."""
-
-  sites: dict = dataclasses.field(default_factory=dict)
-  scans: dict = dataclasses.field(default_factory=dict)  # name: (L, _Scope)
-  slices: dict = dataclasses.field(default_factory=dict)  # id: leaf index
-
-  def claim(self, name: str) -> None:
-    if name in self.sites or name in self.scans:
-      raise ValueError(f"tap name {name!r} is used twice in one scope")
-
-
-class _Recorder(Tap):
-  """Discovery: records sites; tapped leaves enter their matmuls as zeros.
-
-  With the zeros, the traced jaxpr depends on a leaf only through its uses
-  outside taps, which `_dependencies` then finds.
-  """
-
-  def __init__(self, leaves):
-    self._ids = {id(v): i for i, v in enumerate(leaves)}
-    self.root = _Scope()
-    self._stack = [self.root]
-
-  def _resolve(self, v) -> tuple[int | None, int | None]:
-    """`(leaf index, slicing scan axis)` of a weight; `(None, None)` if none."""
-    i = self._ids.get(id(v))
-    if i is not None:
-      return i, None
-    for depth in range(len(self._stack) - 1, 0, -1):
-      i = self._stack[depth].slices.get(id(v))
-      if i is not None:
-        return i, depth - 1
-    return None, None
-
-  def dense(self, name, x, w, b=None, *, batch_axis=0):
-    ws, bs = _as_tuple(w), _as_tuple(b)
-    _check_dense(name, x, ws, bs)
-    return self._record(name, x, ws, bs, batch_axis, None)
-
-  def conv(self, name, x, w, b=None, **settings):
-    spec = _conv_spec(name, x, w, b, **_conv_settings(settings))
-    return self._record(name, x, (w,), _as_tuple(b), 0, spec)
-
-  def _record(self, name, x, ws, bs, batch_axis, spec):
-    # Inside vmap the inputs are batching tracers: the example axis is gone
-    # from what the tap sees (pinned by tests/contract_test.py).
-    if any(type(v).__name__ == "BatchTracer" for v in (x, *ws, *bs)):
-      raise ValueError(f"tap {name!r}: {_CONTEXT_HINT}")
-    if not -x.ndim <= batch_axis < x.ndim - 1 or batch_axis == -1:
-      raise ValueError(
-        f"tap.dense({name!r}): batch_axis={batch_axis} must index a leading "
-        f"axis of inputs {x.shape}"
-      )
-    scope = self._stack[-1]
-    scope.claim(name)
-    wi, wa = zip(*map(self._resolve, ws), strict=True)
-    bi, ba = zip(*map(self._resolve, bs), strict=True) if bs else ((), ())
-    zero = lambda v, i: v if i is None else jnp.zeros(v.shape, v.dtype)
-    ws0, bs0 = tuple(map(zero, ws, wi)), tuple(map(zero, bs, bi))
-    if spec is None:
-      y = _dense(x, ws0, bs0)
-    else:
-      y = _conv(x, ws0[0], bs0[0] if bs0 else None, spec)
-    scope.sites[name] = _Site(
-      weights=wi,
-      biases=bi,
-      weight_axes=wa,
-      bias_axes=ba,
-      widths=tuple(v.shape[-1] for v in ws),
-      bias_widths=tuple(v.shape[0] for v in bs),
-      out=jax.ShapeDtypeStruct(y.shape, y.dtype),
-      batch_axis=batch_axis % x.ndim,
-      conv=spec,
-    )
-    return y
-
-  def scan(
-    self, name, f, init, xs=None, length=None, *, reverse=False, unroll=1
-  ):
-    scope = self._stack[-1]
-    scope.claim(name)
-    n = _scan_length(xs, length)
-    # Params leaves scanned over (stacked layers, per-node edges): a tap in
-    # the body that reads their slice taps the leaf, one slice per step.
-    scanned = {
-      pos: self._ids[id(v)]
-      for pos, v in enumerate(jax.tree.leaves(xs))
-      if id(v) in self._ids
-    }
-
-    def body(carry, x):
-      # A fresh scope per trace of the body: JAX may trace it more than
-      # once, and the last trace is the one that runs.
-      child = _Scope()
-      x_leaves = jax.tree.leaves(x)
-      child.slices = {id(x_leaves[pos]): i for pos, i in scanned.items()}
-      scope.scans[name] = (n, child)
-      self._stack.append(child)
-      try:
-        return f(carry, x)
-      finally:
-        self._stack.pop()
-
-    return jax.lax.scan(
-      body, init, xs, length=length, reverse=reverse, unroll=unroll
-    )
+__all__ = [
+  "PLAIN",
+  "REDUCTIONS",
+  "Tap",
+  "TappedLoss",
+  "check_reduction",
+  "per_example_fisher",
+  "plan",
+  "tapped",
+  "verify",
+]
 
 
 class _Prober(Tap):
@@ -476,137 +96,11 @@ class _Prober(Tap):
       body,
       init,
       (xs, probes["scans"][name]),
-      length=_scan_length(xs, length),
+      length=ops.scan_length(xs, length),
       reverse=reverse,
       unroll=unroll,
     )
     return carry, ys
-
-
-def _dependencies(jaxpr: jex_core.Jaxpr, deps_in: list) -> list:
-  """Which leaves each output of `jaxpr` depends on, given its inputs'.
-
-  `scan` bodies are followed (carries to a fixed point); any other
-  equation with a sub-jaxpr (jit, custom rules, cond, while) counts as
-  depending on all of its inputs: conservative, so a leaf may be reported
-  that is not needed, never the other way round.
-  """
-  none = frozenset()
-  env = {v: d for v, d in zip(jaxpr.invars, deps_in, strict=True) if d}
-  get = lambda v: none if isinstance(v, jex_core.Literal) else env.get(v, none)
-  for eqn in jaxpr.eqns:
-    ins = [get(v) for v in eqn.invars]
-    if not any(ins):
-      continue
-    if eqn.primitive.name == "scan":
-      outs = _scan_dependencies(eqn, ins)
-    else:
-      outs = [frozenset().union(*ins)] * len(eqn.outvars)
-    env.update((v, d) for v, d in zip(eqn.outvars, outs, strict=True) if d)
-  return [get(v) for v in jaxpr.outvars]
-
-
-def _scan_dependencies(eqn, ins: list) -> list:
-  """`_dependencies` of a scan equation's outputs (final carry, then ys)."""
-  body = eqn.params["jaxpr"].jaxpr
-  n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
-  consts = ins[:n_consts]
-  carry = ins[n_consts : n_consts + n_carry]
-  xs = ins[n_consts + n_carry :]
-  while True:
-    outs = _dependencies(body, consts + carry + xs)
-    grown = [c | o for c, o in zip(carry, outs[:n_carry], strict=True)]
-    if grown == carry:
-      return carry + outs[n_carry:]
-    carry = grown
-
-
-def _walk(scope: _Scope, depth: int = 0):
-  """Yields `(path, site, depth)`; depth = number of enclosing scans."""
-  for name, site in scope.sites.items():
-    yield (name,), site, depth
-  for name, (_, child) in scope.scans.items():
-    for path, site, d in _walk(child, depth + 1):
-      yield (name, *path), site, d
-
-
-@dataclasses.dataclass(frozen=True)
-class _Plan:
-  """What discovery found: the sites and how each leaf is estimated."""
-
-  root: _Scope
-  tapped: frozenset  # leaves estimated from probes
-  fallback: frozenset  # leaves estimated with vmap(grad)
-
-
-def _check_output(shape: tuple, reduction: str, n: int) -> None:
-  """Raises ValueError unless the loss's output fits its declared reduction."""
-  if reduction == "none":
-    if tuple(shape) != (n,):
-      raise ValueError(
-        f"a loss declared reduction='none' must return the {n} per-example "
-        f"losses, shape ({n},); it returns shape {tuple(shape)}"
-      )
-  elif tuple(shape) != ():
-    raise ValueError(
-      f"a loss declared reduction={reduction!r} must return a scalar; it "
-      f"returns shape {tuple(shape)} (per-example losses: declare "
-      "reduction='none')"
-    )
-
-
-_CONTEXT_HINT = (
-  "a tap was used inside a transformation it does not support (a plain "
-  "jax.lax.scan, vmap, cond, while_loop or checkpoint): use tap.scan for "
-  "scans and keep taps out of the others, or use method='vmap'"
-)
-
-
-def _discover(
-  loss_fn, params: PyTree, batch: PyTree, reduction: str = "mean"
-) -> _Plan:
-  """Traces `loss_fn` once with a recording tap (no computation)."""
-  leaves, treedef = jax.tree.flatten(params)
-  recorder = None
-
-  def traced(leaf_values):
-    nonlocal recorder
-    recorder = _Recorder(leaf_values)
-    return loss_fn(jax.tree.unflatten(treedef, leaf_values), batch, recorder)
-
-  avals = [
-    jax.ShapeDtypeStruct(jnp.shape(v), jnp.result_type(v)) for v in leaves
-  ]
-  try:
-    closed = jax.make_jaxpr(traced)(avals)
-  except jax.errors.UnexpectedTracerError as e:
-    raise ValueError(_CONTEXT_HINT) from e
-  _check_output(jnp.shape(closed.out_avals[0]), reduction, _num_examples(batch))
-  start = [frozenset([i]) for i in range(len(leaves))]
-  (reaching,) = _dependencies(closed.jaxpr, start)
-  # How each tapped leaf is used: ("weight" or "bias", slicing scan axis
-  # or None). A leaf used in two ways (a weight here, a bias there; whole
-  # here, scanned there) has no single per-example form: the fallback's.
-  uses = {}
-  for _, site, _ in _walk(recorder.root):
-    for role, idx, axes in (
-      (
-        "weight" if site.conv is None else "conv",
-        site.weights,
-        site.weight_axes,
-      ),
-      ("bias", site.biases, site.bias_axes),
-    ):
-      for i, axis in zip(idx, axes, strict=True):
-        if i is not None:
-          uses.setdefault(i, set()).add((role, axis is None))
-  mixed = {i for i, u in uses.items() if len(u) > 1}
-  tapped = set(uses) - reaching - mixed
-  return _Plan(
-    root=recorder.root,
-    tapped=frozenset(tapped),
-    fallback=frozenset(reaching | mixed),
-  )
 
 
 def plan(loss_fn, params: PyTree, batch: PyTree) -> PyTree:
@@ -622,7 +116,9 @@ def plan(loss_fn, params: PyTree, batch: PyTree) -> PyTree:
     ``"vmap"`` (the `vmap(grad)` fallback) or ``"unused"`` (the loss does
     not depend on it: zero).
   """
-  p = _discover(loss_fn, params, batch, getattr(loss_fn, "reduction", "mean"))
+  p = disc.discover(
+    loss_fn, params, batch, getattr(loss_fn, "reduction", "mean")
+  )
   leaves, treedef = jax.tree.flatten(params)
   kinds = [
     "tap" if i in p.tapped else "vmap" if i in p.fallback else "unused"
@@ -631,7 +127,7 @@ def plan(loss_fn, params: PyTree, batch: PyTree) -> PyTree:
   return jax.tree.unflatten(treedef, kinds)
 
 
-def _probe_tree(scope: _Scope, tapped: frozenset, prefix=()) -> dict:
+def _probe_tree(scope: disc.Scope, tapped: frozenset, prefix=()) -> dict:
   """Zero probes for the sites with a tapped leaf, `prefix` = scan lengths."""
   tree = {"sites": {}, "scans": {}}
   for name, site in scope.sites.items():
@@ -689,7 +185,7 @@ def _sum_sq_outer(pairs: list, n: int, chunk_size: int | None) -> list:
 
 
 def _tapped_fisher(
-  loss_fn, params, batch, p: _Plan, n: int, chunk_size, reduction="mean"
+  loss_fn, params, batch, p: disc.Plan, n: int, chunk_size, reduction="mean"
 ):
   """Fisher of the tapped leaves from one probed backward pass: {index: F}."""
   probes = _probe_tree(p.root, p.tapped)
@@ -704,10 +200,10 @@ def _tapped_fisher(
     # probes then carry every example's own gradient, whatever the mix.
     (cotangents,) = vjp_fn(jnp.ones_like(loss))
   except jax.errors.UnexpectedTracerError as e:
-    raise ValueError(_CONTEXT_HINT) from e
+    raise ValueError(disc.CONTEXT_HINT) from e
 
   weight_parts, bias_parts, conv_kernels = {}, {}, {}
-  for path, site, depth in _walk(p.root):
+  for path, site, depth in disc.walk(p.root):
     a, g = _lookup(records, path), _lookup(cotangents, path)
     if a is None:
       continue
@@ -771,15 +267,6 @@ def _tapped_fisher(
   }
 
 
-def _num_examples(batch: PyTree) -> int:
-  sizes = {jnp.shape(x)[0] for x in jax.tree.leaves(batch)}
-  if len(sizes) != 1:
-    raise ValueError(
-      f"batch leaves disagree on the leading (example) axis: {sorted(sizes)}"
-    )
-  return sizes.pop()
-
-
 def per_example_fisher(
   loss_fn: Callable[[PyTree, PyTree, Tap], Array],
   params: PyTree,
@@ -830,8 +317,8 @@ def per_example_fisher(
     [2.0, 2.0]
   """
   check_reduction(reduction)
-  n = _num_examples(batch)
-  p = _discover(loss_fn, params, batch, reduction)
+  n = disc.num_examples(batch)
+  p = disc.discover(loss_fn, params, batch, reduction)
   leaves, treedef = jax.tree.flatten(params)
   out = [jnp.zeros(jnp.shape(v), jnp.float32) for v in leaves]
   if p.tapped:
@@ -840,7 +327,7 @@ def per_example_fisher(
         loss_fn, params, batch, p, n, chunk_size, reduction
       )
     except jax.errors.UnexpectedTracerError as e:
-      raise ValueError(_CONTEXT_HINT) from e
+      raise ValueError(disc.CONTEXT_HINT) from e
     for i, f in tapped_f.items():
       out[i] = f
   if p.fallback:
@@ -900,7 +387,7 @@ def verify(
   """
   if not isinstance(loss_fn, TappedLoss):
     raise ValueError("verify needs a tap-aware loss (fisher_fast.tapped)")
-  k = min(num_examples, _num_examples(batch))
+  k = min(num_examples, disc.num_examples(batch))
   sub = jax.tree.map(lambda x: x[:k], batch)
   fast = loss_fn.per_example_fisher(params, sub)
   slow = fisher_lib.fisher_diagonal(

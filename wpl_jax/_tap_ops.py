@@ -1,0 +1,170 @@
+"""The arithmetic behind the tap protocol: dense maps, convolutions, checks.
+
+Private to `wpl_jax.taps` and `wpl_jax.fisher_fast`: what a tap computes
+(`dense`, `conv` and `ConvSpec.unfold`, the patches of a convolution) and
+the trace-time checks that give one clear error for a malformed call.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from wpl_jax.types import Array
+
+
+def as_tuple(v) -> tuple:
+  if v is None:
+    return ()
+  return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def check_dense(name: str, x, ws: tuple, bs: tuple) -> None:
+  """Trace-time shape checks of a `dense` call."""
+  if not ws:
+    raise ValueError(f"tap.dense({name!r}): no weight")
+  for w in ws:
+    if jnp.ndim(w) != 2 or w.shape[0] != x.shape[-1]:
+      raise ValueError(
+        f"tap.dense({name!r}): weight {jnp.shape(w)} does not map inputs "
+        f"{x.shape} (want [{x.shape[-1]}, out])"
+      )
+  d_out = sum(w.shape[1] for w in ws)
+  if bs and (
+    any(jnp.ndim(b) != 1 for b in bs) or sum(b.shape[0] for b in bs) != d_out
+  ):
+    raise ValueError(
+      f"tap.dense({name!r}): biases {[jnp.shape(b) for b in bs]} do not add "
+      f"up to the output width {d_out}"
+    )
+
+
+def dense(x: Array, ws: tuple, bs: tuple) -> Array:
+  """`x @ concat(ws, 1) + concat(bs)` for x [..., D_in]."""
+  w = ws[0] if len(ws) == 1 else jnp.concatenate(ws, axis=1)
+  y = jnp.einsum("...i,io->...o", x, w)
+  if bs:
+    b = bs[0] if len(bs) == 1 else jnp.concatenate(bs)
+    y = y + jnp.expand_dims(b, tuple(range(y.ndim - 1)))
+  return y
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSpec:
+  """Static settings of a channels-last convolution (one int per axis)."""
+
+  window: tuple[int, ...]
+  strides: tuple[int, ...]
+  padding: str | tuple[tuple[int, int], ...]
+  input_dilation: tuple[int, ...]
+  kernel_dilation: tuple[int, ...]
+
+  def numbers(self) -> jax.lax.ConvDimensionNumbers:
+    n = len(self.window)
+    lhs = (0, n + 1, *range(1, n + 1))  # [B, *spatial, C] in (N, C, *sp) order
+    rhs = (n + 1, n, *range(n))  # [*window, C_in, C_out] as (O, I, *sp)
+    return jax.lax.ConvDimensionNumbers(lhs, rhs, lhs)
+
+  def apply(self, x: Array, w: Array) -> Array:
+    return jax.lax.conv_general_dilated(
+      x,
+      w,
+      self.strides,
+      self.padding,
+      self.input_dilation,
+      self.kernel_dilation,
+      self.numbers(),
+    )
+
+  def unfold(self, x: Array) -> Array:
+    """Patches [B, *out_spatial, C_in·prod(window)]: features (C_in, *win)."""
+    return jax.lax.conv_general_dilated_patches(
+      x,
+      self.window,
+      self.strides,
+      self.padding,
+      self.input_dilation,
+      self.kernel_dilation,
+      self.numbers(),
+    )
+
+
+def per_axis(name: str, what: str, v, n: int) -> tuple[int, ...]:
+  t = (v,) * n if isinstance(v, int) else tuple(v)
+  if len(t) != n or not all(isinstance(k, int) and k >= 1 for k in t):
+    raise ValueError(
+      f"tap.conv({name!r}): {what}={v!r} must be a positive int or {n} of them"
+    )
+  return t
+
+
+def conv_spec(
+  name, x, w, b, strides, padding, input_dilation, kernel_dilation
+) -> ConvSpec:
+  """Trace-time checks of a `conv` call; its `ConvSpec`."""
+  if isinstance(w, (tuple, list)) or isinstance(b, (tuple, list)):
+    raise ValueError(f"tap.conv({name!r}): one kernel and one bias, not lists")
+  n = jnp.ndim(w) - 2
+  if n < 1 or jnp.ndim(x) != n + 2 or w.shape[-2] != x.shape[-1]:
+    raise ValueError(
+      f"tap.conv({name!r}): kernel {jnp.shape(w)} does not fit inputs "
+      f"{jnp.shape(x)} (want inputs [B, *spatial, C_in] and a kernel "
+      "[*window, C_in, C_out], channels last)"
+    )
+  if b is not None and jnp.shape(b) != (w.shape[-1],):
+    raise ValueError(
+      f"tap.conv({name!r}): bias {jnp.shape(b)} is not [{w.shape[-1]}]"
+    )
+  if isinstance(padding, str):
+    if padding not in ("SAME", "VALID", "SAME_LOWER"):
+      raise ValueError(
+        f"tap.conv({name!r}): padding {padding!r} is not SAME, VALID or "
+        "SAME_LOWER (pad the input yourself for circular or causal padding)"
+      )
+    pad = padding
+  elif isinstance(padding, int):
+    pad = ((padding, padding),) * n
+  else:
+    pad = tuple(
+      (p, p) if isinstance(p, int) else tuple(map(int, p)) for p in padding
+    )
+    if len(pad) != n or any(len(p) != 2 for p in pad):
+      raise ValueError(
+        f"tap.conv({name!r}): padding {padding!r} needs {n} (low, high) pairs"
+      )
+  return ConvSpec(
+    window=tuple(w.shape[:n]),
+    strides=per_axis(name, "strides", strides, n),
+    padding=pad,
+    input_dilation=per_axis(name, "input_dilation", input_dilation, n),
+    kernel_dilation=per_axis(name, "kernel_dilation", kernel_dilation, n),
+  )
+
+
+def conv(x: Array, w: Array, b: Array | None, spec: ConvSpec) -> Array:
+  y = spec.apply(x, w)
+  return y if b is None else y + b.reshape((1,) * (y.ndim - 1) + b.shape)
+
+
+CONV_DEFAULTS = {
+  "strides": 1,
+  "padding": "SAME",
+  "input_dilation": 1,
+  "kernel_dilation": 1,
+}
+
+
+def conv_settings(settings: dict) -> dict:
+  unknown = set(settings) - set(CONV_DEFAULTS)
+  if unknown:
+    raise TypeError(f"tap.conv got unknown settings {sorted(unknown)}")
+  return {**CONV_DEFAULTS, **settings}
+
+
+def scan_length(xs, length) -> int:
+  if length is not None:
+    return length
+  leaves = jax.tree.leaves(xs)
+  if not leaves:
+    raise ValueError("tap.scan needs xs or length")
+  return leaves[0].shape[0]

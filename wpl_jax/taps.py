@@ -1,0 +1,123 @@
+"""The tap protocol: how a model opts in to the fast exact per-example Fisher.
+
+A model written against it takes a `tap` argument (default `PLAIN`) and
+calls `tap.dense(name, x, w, b)` / `tap.conv(...)` for the matmuls and
+convolutions whose weights should get the one-backward-pass Fisher of
+`wpl_jax.fisher_fast`, and `tap.scan(name, ...)` for the scans around them.
+With `PLAIN` it is an ordinary forward: the protocol costs a model nothing.
+"""
+
+from collections.abc import Callable, Sequence
+
+import jax
+
+from wpl_jax import _tap_ops as ops
+from wpl_jax.types import Array, PyTree
+
+
+class Tap:
+  """The tap protocol; this base class is the plain tap (no probes).
+
+  A model written against it takes a `tap` argument (default `PLAIN`) and
+  calls `tap.dense` for the matmuls whose weights should get the fast
+  per-example Fisher, and `tap.scan` for the scans around them. Rules:
+
+  * Examples stay separable: nothing mixes the example axis (e.g. no
+    batch-norm on batch statistics).
+  * Taps sit at the top level or inside `tap.scan` (nested too), not inside
+    `vmap`, `cond`, `while_loop` or `checkpoint`.
+  * A weight (or bias) is tapped when it is a params leaf passed as is, or
+    the slice of a leaf that `tap.scan` takes from its `xs` (stacked
+    layers, one matrix per step). A transformed weight (`w.T`, `w * mask`,
+    `stacked[i]`) still works but is not tapped: its leaf then takes the
+    `vmap(grad)` fallback.
+  """
+
+  def dense(
+    self,
+    name: str,
+    x: Array,
+    w: Array | Sequence[Array],
+    b: Array | Sequence[Array] | None = None,
+    *,
+    batch_axis: int = 0,
+  ) -> Array:
+    """Returns `x @ w + b`.
+
+    Args:
+      name: unique within the enclosing function or `scan` body.
+      x: inputs [..., D_in]; axis `batch_axis` indexes examples, any other
+        leading axes are positions within an example.
+      w: a [D_in, D_out] params leaf, or a tuple of [D_in, D_k] leaves
+        concatenated along the output axis (one matmul).
+      b: None, a [D_out] leaf, or a tuple of [D_k] leaves, concatenated.
+      batch_axis: the example axis of `x`.
+
+    Returns:
+      [..., D_out] = `x @ concat(w, 1) + concat(b)`.
+    """
+    del batch_axis
+    ws, bs = ops.as_tuple(w), ops.as_tuple(b)
+    ops.check_dense(name, x, ws, bs)
+    return ops.dense(x, ws, bs)
+
+  def conv(
+    self,
+    name: str,
+    x: Array,
+    w: Array,
+    b: Array | None = None,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: str | Sequence = "SAME",
+    input_dilation: int | Sequence[int] = 1,
+    kernel_dilation: int | Sequence[int] = 1,
+  ) -> Array:
+    """A channels-last convolution `conv(x, w) + b` (Flax's layout).
+
+    The per-example Fisher of `w` comes from the unfolded inputs (patches)
+    and the output cotangents: example b's gradient is
+    `Σ_p patch_{b,p} g_{b,p}ᵀ` over its output positions p, as in BackPACK.
+
+    Args:
+      name: unique within the enclosing function or `scan` body.
+      x: inputs [B, *spatial, C_in]; axis 0 indexes examples.
+      w: a [*window, C_in, C_out] params leaf (no feature groups).
+      b: None or a [C_out] leaf.
+      strides, input_dilation, kernel_dilation: one int, or one per
+        spatial axis (`lax.conv_general_dilated`'s window strides,
+        lhs and rhs dilation).
+      padding: "SAME", "VALID", "SAME_LOWER", or (low, high) pairs (or one
+        int each) per spatial axis.
+
+    Returns:
+      [B, *out_spatial, C_out].
+    """
+    spec = ops.conv_spec(
+      name, x, w, b, strides, padding, input_dilation, kernel_dilation
+    )
+    return ops.conv(x, w, b, spec)
+
+  def scan(
+    self,
+    name: str,
+    f: Callable,
+    init: PyTree,
+    xs: PyTree = None,
+    length: int | None = None,
+    *,
+    reverse: bool = False,
+    unroll: int | bool = 1,
+  ) -> tuple[PyTree, PyTree]:
+    """`jax.lax.scan(f, init, xs, length)`; taps inside `f` are per step.
+
+    Params leaves among the leaves of `xs` are tapped slice by slice: the
+    step-l slice a tap inside `f` reads is row l of the leaf.
+    """
+    del name
+    return jax.lax.scan(
+      f, init, xs, length=length, reverse=reverse, unroll=unroll
+    )
+
+
+PLAIN = Tap()
