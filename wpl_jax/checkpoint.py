@@ -57,7 +57,7 @@ def all_finite(tree: PyTree) -> bool:
 
 
 def first_nonfinite(values) -> int | None:
-  """Index of the first non-finite entry of a 1-D sequence, or None."""
+  """Index of the first non-finite entry of `values` [N], or None."""
   arr = np.asarray(jax.device_get(values), dtype=np.float64).reshape(-1)
   bad = np.flatnonzero(~np.isfinite(arr))
   return int(bad[0]) if bad.size else None

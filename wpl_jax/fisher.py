@@ -306,6 +306,9 @@ class FisherState(NamedTuple):
 def init_state(params: PyTree) -> FisherState:
   """A state with zero Fisher (no penalty yet) anchored at a copy of `params`.
 
+  Both fields are pytrees shaped like `params`: `fisher` float32 zeros,
+  `anchor` in the params' dtypes.
+
   The anchor is a copy, so donating `params` to a jitted step later does not
   delete it.
   """
@@ -471,7 +474,10 @@ def _select(mask, on_true: PyTree, on_false: PyTree) -> PyTree:
 
 
 def reset(state: FisherState, mask: PyTree | None = None) -> FisherState:
-  """Zeroes the Fisher (where `mask`), e.g. every 2 epochs in the reference."""
+  """Zeroes the Fisher (where `mask`: a bool tree like params, or None = all).
+
+  The reference does this every 2 epochs. Shapes are unchanged.
+  """
   zeros = jax.tree.map(jnp.zeros_like, state.fisher)
   return state._replace(fisher=_select(mask, zeros, state.fisher))
 
@@ -480,6 +486,9 @@ def reanchor(
   state: FisherState, params: PyTree, mask: PyTree | None = None
 ) -> FisherState:
   """Sets the anchor θ̂ ← θ where `mask` (the reference re-anchors all edges).
+
+  `params` and `mask` (bool, or None = every leaf) are trees shaped like
+  `state.anchor`.
 
   The anchor gets copies of `params` (also under `jax.jit`, which would
   otherwise forward the same buffers), so donating `params` afterwards is
@@ -496,8 +505,9 @@ def consolidate(
 
   Args:
     state: the current state.
-    params: the weights the finished model leaves behind (new anchor).
-    new_fisher: its Fisher estimate.
+    params: the weights the finished model leaves behind (new anchor), a
+      pytree shaped like `state.anchor`.
+    new_fisher: its Fisher estimate, a pytree shaped like `state.fisher`.
     **update_kwargs: passed to `update_fisher` (mode, decay, clip, ...).
 
   Returns:

@@ -439,7 +439,11 @@ class TappedLoss:
   def per_example_fisher(
     self, params: PyTree, batch: PyTree, *, chunk_size: int | None = None
   ) -> PyTree:
-    """`per_example_fisher(self.fn, ..., reduction=self.reduction)`."""
+    """`per_example_fisher(self.fn, ..., reduction=self.reduction)`.
+
+    Returns a pytree like `params` of float32 leaves (the mean over the B
+    examples on the leading axis of `batch`).
+    """
     return per_example_fisher(
       self.fn, params, batch, chunk_size=chunk_size, reduction=self.reduction
     )

@@ -140,7 +140,7 @@ def label_params(
 
 
 def resolve_mask(mask, params: PyTree) -> PyTree | None:
-  """Returns `mask(params)` if `mask` is callable, else `mask` unchanged."""
+  """`mask(params)` if callable, else `mask`: a bool tree like `params`."""
   return mask(params) if callable(mask) else mask
 
 
@@ -172,7 +172,7 @@ def split(params: PyTree, mask: PyTree) -> tuple[PyTree, PyTree]:
 
 
 def merge(shared: PyTree, private: PyTree) -> PyTree:
-  """Inverse of `split`: takes each leaf from whichever part holds it."""
+  """Inverse of `split`: one tree like both, each leaf from its part."""
   is_node = lambda x: isinstance(x, optax.MaskedNode)
 
   def pick(a, b):

@@ -19,6 +19,8 @@ from scipy import stats
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
   """Kendall τ-b between per-architecture values `a` and `b` (ties allowed).
 
+  `a`, `b`: [K] values (perplexities), entry k for architecture k.
+
   `scipy.stats.kendalltau` on the values themselves (a true rank
   correlation, REFERENCE.md §5); 1 = same order, -1 = reversed, ~0 = unrelated.
   NaN if either input is constant.
@@ -28,13 +30,15 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
-  """Spearman ρ (Pearson correlation of average ranks; ties get mean rank)."""
+  """Spearman ρ of [K] values `a`, `b` (Pearson of ranks; ties: mean)."""
   a, b = _pair(a, b)
   return float(stats.spearmanr(a, b).statistic)
 
 
 def top_k_hit(shared: Sequence[float], truth: Sequence[float], k: int) -> bool:
   """Whether the true best cell (lowest `truth`) is in `shared`'s k lowest.
+
+  `shared`, `truth`: [K] perplexities, entry k for architecture k.
 
   Ties in `truth`: any cell sharing the lowest true value counts. Ties in
   `shared` at the k-th place are resolved by index (stable sort).
@@ -50,6 +54,8 @@ def top_k_hit(shared: Sequence[float], truth: Sequence[float], k: int) -> bool:
 def regret(shared: Sequence[float], truth: Sequence[float]) -> float:
   """True value of `shared`'s top-1 minus the true best (>= 0, ppl units).
 
+  `shared`, `truth`: [K] perplexities, entry k for architecture k.
+
   Ties for `shared`'s top-1 are resolved by index (the first).
   """
   shared, truth = _pair(shared, truth)
@@ -59,7 +65,7 @@ def regret(shared: Sequence[float], truth: Sequence[float]) -> float:
 def ranking_stats(
   shared: Sequence[float], truth: Sequence[float], *, k: int = 3
 ) -> dict[str, float]:
-  """τ, ρ, top-k hit (0/1) and regret of `shared` against `truth`."""
+  """τ, ρ, top-k hit (0/1) and regret of [K] `shared` against [K] `truth`."""
   return {
     "tau": kendall_tau(shared, truth),
     "rho": spearman_rho(shared, truth),

@@ -151,6 +151,8 @@ def sample_uniform(
 def validate(arch: Arch) -> None:
   """Checks an architecture (or a batch) on the host with NumPy.
 
+  `arch`: int32[N] fields, or [..., N] for a batch.
+
   Raises:
     ValueError: with a one-line message naming the first problem.
   """
@@ -215,7 +217,7 @@ def enumerate_space(num_nodes: int, *, fixed_first_activation=None) -> Arch:
 
 
 def to_string(arch: Arch) -> str:
-  """Encodes one architecture as text, e.g. "tanh|0:relu|1:identity".
+  """Encodes one architecture (int32[N] fields) as text, e.g. "tanh|0:relu".
 
   Fields are separated by "|": node 0's activation name, then
   "parent:activation" for each node j = 1..N-1. `from_string` inverts it.
@@ -254,7 +256,7 @@ def from_string(s: str) -> Arch:
 
 
 def stack(archs) -> Arch:
-  """Stacks a sequence of same-size architectures along a new leading axis."""
+  """Stacks K architectures (int32[N] fields) into one with int32[K, N]."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *archs)
 
 

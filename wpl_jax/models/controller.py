@@ -234,7 +234,13 @@ def _controller(params: Params, num_nodes: int, **kwargs) -> Controller:
 def init_params(
   *, key: PRNGKey, num_nodes: int, hidden_size: int = 100
 ) -> Params:
-  """Initial controller params (a nested dict) for `num_nodes`-node cells."""
+  """Initial controller params for `num_nodes`-node cells.
+
+  Returns a flat dict with H = `hidden_size`, N = `num_nodes`: `embedding`
+  [4+N-1, H], `lstm_kernel` [2H, 4H], `lstm_bias` [4H], `act_kernel`
+  [N, H, 4], `act_bias` [N, 4], `parent_kernel` [N-1, H, N-1],
+  `parent_bias` [N-1, N-1] (see `Controller`).
+  """
   model = Controller(num_nodes=num_nodes, hidden_size=hidden_size)
   return model.init({"params": key}, method="declare")["params"]
 

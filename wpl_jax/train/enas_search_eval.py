@@ -14,7 +14,7 @@ from wpl_jax.train import enas_steps
 
 
 def forgetting_stats(err1: np.ndarray, err2: np.ndarray) -> dict[str, float]:
-  """Mean, best-5 (mean of the 5 largest) and max of err2 − err1 (ppl)."""
+  """Mean, best-5 (mean of 5 largest) and max of err2 − err1 ([K] ppl)."""
   diff = np.asarray(err2, np.float64) - np.asarray(err1, np.float64)
   top = np.sort(diff)[::-1][:5]
   return {
