@@ -161,7 +161,7 @@ def enas_cases(torch, model, variables, arch, batch, chunk):
     value = loss(leaves, inputs.T, targets.T, hidden)
     return torch.autograd.grad(value, list(leaves.values()))
 
-  want = edge_fisher.enas_edge_fisher(model, variables, arch, batch)
+  want, _ = edge_fisher.enas_edge_fisher(model, variables, arch, batch)
   want = {
     f"{k[-1]}{j + 1}": np.asarray(want[k])[i]
     for k in ("edge_c", "edge_h")

@@ -195,6 +195,31 @@ class EqualsVmapTest(parameterized.TestCase):
     want = jax.jit(lambda p, b: _naive(loss_fn, p, b))(params, batch)
     _assert_close(got, want, rtol=1e-5)
 
+  @parameterized.parameters("tapped", "fallback_only")
+  def test_has_aux_returns_the_forwards_aux(self, which):
+    """`has_aux`: the same F, and the aux of a plain forward."""
+    params, batch = _mlp_setup(3)
+    if which == "tapped":
+      plain = _mlp_loss
+    else:  # no tap at all: every leaf takes the vmap(grad) fallback
+
+      def plain(p, b, tap=None):
+        del tap
+        return _mlp_loss(p, b, fisher_fast.PLAIN)
+
+    def with_aux(p, b, tap):
+      # aux [B, C] from an untapped forward: tap names are used once.
+      return plain(p, b, tap), 2.0 * _mlp_logits(p, b["x"])
+
+    got, aux = jax.jit(
+      lambda p, b: fisher_fast.per_example_fisher(with_aux, p, b, has_aux=True)
+    )(params, batch)
+    want = jax.jit(lambda p, b: _naive(plain, p, b))(params, batch)
+    _assert_close(got, want, rtol=1e-5)
+    np.testing.assert_allclose(
+      aux, 2.0 * _mlp_logits(params, batch["x"]), rtol=1e-6
+    )
+
 
 class EnasTest(parameterized.TestCase):
   @parameterized.parameters(("last", True), ("leaf_mean", False))
@@ -263,7 +288,7 @@ class EnasTest(parameterized.TestCase):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def fast(v, b, arch):
-      return edge_fisher.enas_edge_fisher(model, v, arch, b, chunk_size=2)
+      return edge_fisher.enas_edge_fisher(model, v, arch, b, chunk_size=2)[0]
 
     arch = ss.from_string("relu|0:sigmoid|1:tanh")
     fused = enas_rnn.arch_edges(variables["params"]["cell"], arch)
@@ -286,6 +311,17 @@ class EnasTest(parameterized.TestCase):
       _assert_close(got, naive(variables["params"], batch, arch), rtol=2e-6)
       unused = ~ss.edge_mask(arch)
       np.testing.assert_array_equal(got["edge_h"][unused], 0.0)
+
+  def test_edge_fisher_carries_the_eval_hidden_state(self):
+    model, variables, batch = _enas_setup(seed=2)
+    arch = ss.from_string("relu|0:sigmoid|1:tanh")
+    _, got = jax.jit(
+      lambda v, b: edge_fisher.enas_edge_fisher(model, v, arch, b)
+    )(variables, batch)
+    _, want = jax.jit(model.apply)(
+      variables, batch["inputs"].T, batch["hidden"], arch
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 class FallbackTest(parameterized.TestCase):

@@ -185,17 +185,30 @@ def _sum_sq_outer(pairs: list, n: int, chunk_size: int | None) -> list:
 
 
 def _tapped_fisher(
-  loss_fn, params, batch, p: disc.Plan, n: int, chunk_size, reduction="mean"
+  loss_fn,
+  params,
+  batch,
+  p: disc.Plan,
+  n: int,
+  chunk_size,
+  reduction="mean",
+  has_aux=False,
 ):
-  """Fisher of the tapped leaves from one probed backward pass: {index: F}."""
+  """Fisher of the tapped leaves from one probed backward pass.
+
+  Returns `({index: F}, aux)`; aux is the loss's own (None without
+  `has_aux`), from the same forward pass.
+  """
   probes = _probe_tree(p.root, p.tapped)
 
   def probed(probe_tree):
     prober = _Prober(probe_tree)
-    return loss_fn(params, batch, prober), prober.records
+    out = loss_fn(params, batch, prober)
+    loss, aux = out if has_aux else (out, None)
+    return loss, (prober.records, aux)
 
   try:
-    loss, vjp_fn, records = jax.vjp(probed, probes, has_aux=True)
+    loss, vjp_fn, (records, aux) = jax.vjp(probed, probes, has_aux=True)
     # Per-example losses (reduction "none") each get cotangent 1: the
     # probes then carry every example's own gradient, whatever the mix.
     (cotangents,) = vjp_fn(jnp.ones_like(loss))
@@ -264,7 +277,7 @@ def _tapped_fisher(
   return {
     i: (scale * f).reshape(shapes[i]).astype(jnp.float32)
     for i, f in out.items()
-  }
+  }, aux
 
 
 def per_example_fisher(
@@ -274,7 +287,8 @@ def per_example_fisher(
   *,
   chunk_size: int | None = None,
   reduction: str = "mean",
-) -> PyTree:
+  has_aux: bool = False,
+) -> PyTree | tuple[PyTree, PyTree]:
   """Empirical diagonal Fisher `F = 1/B Σ_b (∇ℓ_b)²`, exact, via taps.
 
   The same quantity as `fisher.fisher_diagonal(estimator="per_example")`:
@@ -298,10 +312,14 @@ def per_example_fisher(
       per-example losses `[B]`. A token-masked mean over the whole batch
       (Σ m·ℓ / Σ m) is none of these: return each example's own loss (e.g.
       its masked mean over its tokens) with ``none``.
+    has_aux: `loss_fn` returns `(loss, aux)`; `aux` (any pytree, e.g. a
+      carried RNN state) comes back from the same forward pass as the
+      Fisher (one plain extra call only when no leaf is tapped).
 
   Returns:
     A pytree like `params` of float32 leaves: F ≥ 0, the mean over the B
-    examples of the squared per-example gradient.
+    examples of the squared per-example gradient; with `has_aux`, the pair
+    `(F, aux)`.
 
   Raises:
     ValueError: an unknown `reduction`, an output that does not fit it, or
@@ -317,19 +335,25 @@ def per_example_fisher(
     [2.0, 2.0]
   """
   check_reduction(reduction)
+  full_fn = loss_fn
+  if has_aux:
+    loss_fn = lambda q, b, tap: full_fn(q, b, tap)[0]
   n = disc.num_examples(batch)
   p = disc.discover(loss_fn, params, batch, reduction)
   leaves, treedef = jax.tree.flatten(params)
   out = [jnp.zeros(jnp.shape(v), jnp.float32) for v in leaves]
+  aux = None
   if p.tapped:
     try:
-      tapped_f = _tapped_fisher(
-        loss_fn, params, batch, p, n, chunk_size, reduction
+      tapped_f, aux = _tapped_fisher(
+        full_fn, params, batch, p, n, chunk_size, reduction, has_aux
       )
     except jax.errors.UnexpectedTracerError as e:
       raise ValueError(disc.CONTEXT_HINT) from e
     for i, f in tapped_f.items():
       out[i] = f
+  elif has_aux:
+    aux = full_fn(params, batch, PLAIN)[1]
   if p.fallback:
     order = sorted(p.fallback)
 
@@ -350,7 +374,8 @@ def per_example_fisher(
     )
     for i, f in zip(order, rest_f, strict=True):
       out[i] = f
-  return jax.tree.unflatten(treedef, out)
+  f = jax.tree.unflatten(treedef, out)
+  return (f, aux) if has_aux else f
 
 
 def verify(

@@ -23,7 +23,7 @@ def enas_edge_fisher(
   batch: dict[str, Array],
   *,
   chunk_size: int | None = None,
-) -> dict[str, Array]:
+) -> tuple[dict[str, Array], Array]:
   """Per-example Fisher of the edge matrices an architecture uses.
 
   Equals `wpl_jax.enas.wpl.estimate_fisher(loss, params, arch, batch,
@@ -43,13 +43,15 @@ def enas_edge_fisher(
       at once, holding [B, N-1, H, 2H]).
 
   Returns:
-    `{"edge_h", "edge_c"}`: float32[E, H, H], zero outside the arch's edges.
+    `(fisher, new_hidden)`: `{"edge_h", "edge_c"}` float32[E, H, H], zero
+    outside the arch's edges, and the float32[B, H] hidden state after the
+    batch (eval mode), from the Fisher's own forward pass.
   """
   cell = variables["params"]["cell"]
   hidden = cell["edge_h"].shape[-1]
 
   def loss(edges, b, tap):
-    logits, _ = model.apply(
+    logits, new_hidden = model.apply(
       variables,
       b["inputs"].T,
       b["hidden"],
@@ -58,13 +60,18 @@ def enas_edge_fisher(
       tap=tap,
       edges=edges,
     )
-    return enas_rnn.cross_entropy(logits, b["targets"].T)
+    return enas_rnn.cross_entropy(logits, b["targets"].T), new_hidden
 
-  f = per_example_fisher(
-    loss, enas_rnn.arch_edges(cell, arch), batch, chunk_size=chunk_size
-  )  # [N-1, H, 2H]: [F^c | F^h] per used edge
+  f, new_hidden = per_example_fisher(
+    loss,
+    enas_rnn.arch_edges(cell, arch),
+    batch,
+    chunk_size=chunk_size,
+    has_aux=True,
+  )  # f: [N-1, H, 2H], [F^c | F^h] per used edge
   ids = search_space.edge_ids(arch)
-  return {
+  fisher = {
     k: jnp.zeros(cell[k].shape, jnp.float32).at[ids].set(part)
     for k, part in (("edge_c", f[..., :hidden]), ("edge_h", f[..., hidden:]))
   }
+  return fisher, new_hidden

@@ -305,7 +305,8 @@ class Steps:
     if estimator == "per_example" and w.get("fisher_method", "fast") == "fast":
       # Exact per-example Fisher from one probed backward pass (issue 6);
       # equal to the vmap(grad) path below (tests/fisher_fast_test.py).
-      new_fisher = edge_fisher.enas_edge_fisher(
+      # The carried hidden state comes from the Fisher's own forward.
+      new_fisher, new_hidden = edge_fisher.enas_edge_fisher(
         self.model,
         {"params": params, "batch_stats": stats},
         arch,
@@ -323,6 +324,15 @@ class Steps:
         logits_fn=logits_of,
         chunk_size=w.get("chunk_size", None),
       )
+      # Only the carried hidden state is needed: no decoder.
+      _, new_hidden = self.model.apply(
+        {"params": params, "batch_stats": stats},
+        inputs_TxB,
+        hidden_BxH,
+        arch,
+        train=False,
+        decode=False,
+      )
     wpl_state = enas_wpl.update_after_arch(
       wpl_state,
       params,
@@ -332,15 +342,6 @@ class Steps:
       alpha=alpha,
       decay=w.ema_new,
       clip=w.clip if w.clip > 0 else None,
-    )
-    # Only the carried hidden state is needed: no decoder.
-    _, new_hidden = self.model.apply(
-      {"params": params, "batch_stats": stats},
-      inputs_TxB,
-      hidden_BxH,
-      arch,
-      train=False,
-      decode=False,
     )
     return wpl_state, new_hidden
 
