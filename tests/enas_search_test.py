@@ -14,6 +14,7 @@ from absl.testing import absltest, parameterized
 from conftest import DATA_DIR
 
 from experiments import enas_ptb
+from wpl_jax import fisher as fisher_lib
 from wpl_jax import loss
 from wpl_jax.enas import search_space
 from wpl_jax.enas import wpl as enas_wpl
@@ -232,6 +233,68 @@ class ReferenceModeTest(parameterized.TestCase):
         enas_wpl.edge_params(params), a, f, alpha=2.0, mask=mask
       )
       np.testing.assert_allclose(got, want, rtol=1e-6)
+
+  @parameterized.product(mode=("reference", "clean"), dense=(True, False))
+  def test_gathered_update_equals_masked_dense_update(self, mode, dense):
+    """update_after_arch (N-1 gathered edges, one scatter) = the dense
+    masked `update_fisher` + `reanchor` over all E edges."""
+    config = _tiny_config()
+    _, _, state, *_ = _setup(config)
+    params = state["shared"].params
+    rng = np.random.default_rng(2)
+    pos = lambda a: np.abs(rng.normal(size=a.shape)).astype(np.float32)
+    edges = enas_wpl.edge_params(params)
+    old = enas_wpl.init_state(params)._replace(
+      fisher=jax.tree.map(pos, edges),
+      anchor=jax.tree.map(lambda w: w - 0.3, edges),
+    )
+    new_dense = jax.tree.map(lambda a: 50.0 * pos(a), edges)
+    arch = search_space.from_string("tanh|0:relu|1:sigmoid")
+    ids = search_space.edge_ids(arch)
+    new = new_dense if dense else jax.tree.map(lambda a: a[ids], new_dense)
+    kw = dict(mode=mode, decay=0.9, clip=0.5)
+    got = jax.jit(
+      lambda st, p, f, a: enas_wpl.update_after_arch(
+        st, p, f, a, alpha=3.0, **kw
+      )
+    )(old, params, new, arch)
+    mask = enas_wpl.arch_edge_mask(arch, edges["edge_h"].shape[0])
+    want = fisher_lib.reanchor(
+      fisher_lib.update_fisher(
+        old,
+        new_dense,
+        alpha=3.0 if mode == "reference" else 1.0,
+        mask=mask,
+        norm_axes=(-2, -1),
+        **kw,
+      ),
+      edges,
+    )
+    for k in enas_wpl.EDGE_KEYS:
+      np.testing.assert_allclose(got.fisher[k], want.fisher[k], rtol=1e-6)
+      np.testing.assert_array_equal(got.anchor[k], want.anchor[k])
+    # The clip bites (the new estimate is large), and the modes differ
+    # off the arch: reference resets, clean keeps.
+    unused = ~np.asarray(search_space.edge_mask(arch))
+    off = np.asarray(got.fisher["edge_h"])[unused]
+    if mode == "reference":
+      np.testing.assert_array_equal(off, 0.0)
+    else:
+      np.testing.assert_array_equal(
+        off, np.asarray(old.fisher["edge_h"])[unused]
+      )
+
+  def test_update_refuses_a_fisher_of_the_wrong_rows(self):
+    config = _tiny_config()
+    _, _, state, *_ = _setup(config)
+    params = state["shared"].params
+    st = enas_wpl.init_state(params)
+    arch = search_space.from_string("tanh|0:relu|1:sigmoid")
+    bad = jax.tree.map(lambda a: a[:1], st.fisher)
+    with self.assertRaisesRegex(ValueError, "rows"):
+      enas_wpl.update_after_arch(
+        st, params, bad, arch, mode="clean", alpha=1.0, decay=0.9, clip=None
+      )
 
   @parameterized.parameters(
     ("per_example", "fast"), ("per_example", "vmap"), ("sampled", "fast")

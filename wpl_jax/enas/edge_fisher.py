@@ -23,6 +23,7 @@ def enas_edge_fisher(
   batch: dict[str, Array],
   *,
   chunk_size: int | None = None,
+  dense: bool = True,
 ) -> tuple[dict[str, Array], Array]:
   """Per-example Fisher of the edge matrices an architecture uses.
 
@@ -41,10 +42,14 @@ def enas_edge_fisher(
       the squared per-sequence gradient.
     chunk_size: sequences per chunk of the per-example sums (None: all B
       at once, holding [B, N-1, H, 2H]).
+    dense: return [E, H, H] leaves (zero outside the arch's edges); False:
+      only the arch's [N-1, H, H], rows in `search_space.edge_ids` order
+      (what `wpl.update_after_arch` reads, without a dense scatter).
 
   Returns:
     `(fisher, new_hidden)`: `{"edge_h", "edge_c"}` float32[E, H, H], zero
-    outside the arch's edges, and the float32[B, H] hidden state after the
+    outside the arch's edges (`dense=False`: [N-1, H, H]), and the
+    float32[B, H] hidden state after the
     batch (eval mode), from the Fisher's own forward pass.
   """
   cell = variables["params"]["cell"]
@@ -69,9 +74,11 @@ def enas_edge_fisher(
     chunk_size=chunk_size,
     has_aux=True,
   )  # f: [N-1, H, 2H], [F^c | F^h] per used edge
-  ids = search_space.edge_ids(arch)
-  fisher = {
-    k: jnp.zeros(cell[k].shape, jnp.float32).at[ids].set(part)
-    for k, part in (("edge_c", f[..., :hidden]), ("edge_h", f[..., hidden:]))
-  }
+  fisher = {"edge_c": f[..., :hidden], "edge_h": f[..., hidden:]}
+  if dense:
+    ids = search_space.edge_ids(arch)
+    fisher = {
+      k: jnp.zeros(cell[k].shape, jnp.float32).at[ids].set(v)
+      for k, v in fisher.items()
+    }
   return fisher, new_hidden

@@ -150,12 +150,18 @@ def update_after_arch(
   The running Fisher is updated on the arch's edges only (per-matrix
   Frobenius clip; in ``reference`` mode α is folded in and the other
   edges' F is reset to 0), then ALL edge matrices are re-anchored at
-  their current values.
+  their current values. The update itself touches only the N−1 gathered
+  matrices (`fisher.update_fisher` on them, then one scatter), never a
+  dense pass over all E: the same values as `update_fisher` with the
+  arch's edge mask (tests/enas_search_test.py).
 
   Args:
-    state: running Fisher/anchor over the edge leaves.
+    state: running Fisher/anchor over the edge leaves, [E, H, H] each.
     params: the supernet params after the arch's training batches.
-    new_fisher: `estimate_fisher(...)` for this arch.
+    new_fisher: the arch's Fisher estimate `{"edge_h", "edge_c"}`: either
+      [E, H, H] (as `estimate_fisher` returns; rows outside the arch are
+      ignored) or [N−1, H, H], rows in `search_space.edge_ids(arch)` order
+      (`edge_fisher.enas_edge_fisher(..., dense=False)`).
     arch: the architecture.
     mode: ``reference`` or ``clean``.
     alpha: α(epoch), used in ``reference`` mode only.
@@ -163,17 +169,39 @@ def update_after_arch(
     clip: per-matrix Frobenius bound (10 in the reference) or None.
 
   Returns:
-    The new state.
+    The new state, [E, H, H] leaves; donate `state` to update in place.
   """
+  ids = search_space.edge_ids(arch)
   num_edges = state.fisher["edge_h"].shape[0]
-  state = fisher_lib.update_fisher(
-    state,
-    new_fisher,
+  sub_new = {}
+  for k in EDGE_KEYS:
+    rows = new_fisher[k].shape[0]
+    if rows == num_edges:
+      sub_new[k] = new_fisher[k][ids]
+    elif rows == ids.shape[0]:
+      sub_new[k] = new_fisher[k]
+    else:
+      raise ValueError(
+        f"new_fisher[{k!r}] has {rows} rows: want {num_edges} (all edges) "
+        f"or {ids.shape[0]} (the arch's edges)"
+      )
+  sub = fisher_lib.update_fisher(
+    fisher_lib.FisherState(fisher=_gather(state.fisher, ids), anchor=None),
+    sub_new,
     mode=mode,
     decay=decay,
     clip=clip,
     alpha=alpha if mode == "reference" else 1.0,
-    mask=arch_edge_mask(arch, num_edges),
     norm_axes=(-2, -1),
+    reset_unmasked=False,
   )
-  return fisher_lib.reanchor(state, edge_params(params))
+  # The reference resets F on the edges this arch does not use.
+  base = (
+    {k: jnp.zeros_like(v) for k, v in state.fisher.items()}
+    if mode == "reference"
+    else state.fisher
+  )
+  fisher = {k: base[k].at[ids].set(sub.fisher[k]) for k in EDGE_KEYS}
+  # Copies (as `fisher.reanchor`): donating params later stays safe.
+  anchor = {k: jnp.copy(v) for k, v in edge_params(params).items()}
+  return fisher_lib.FisherState(fisher=fisher, anchor=anchor)

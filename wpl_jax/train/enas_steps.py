@@ -312,6 +312,7 @@ class Steps:
         arch,
         batch,
         chunk_size=w.get("chunk_size", None),
+        dense=False,
       )
     else:
       new_fisher = enas_wpl.estimate_fisher(
