@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from wpl_jax import fisher, fisher_fast
+from wpl_jax import _tap_discovery, fisher, fisher_fast, partition
 from wpl_jax.enas import edge_fisher, wpl
 from wpl_jax.enas import search_space as ss
 from wpl_jax.models import enas_rnn
@@ -252,7 +252,11 @@ class EnasTest(parameterized.TestCase):
   def test_tapped_train_mode_batch_norm_raises(self):
     model, variables, batch = _enas_setup(use_batch_norm=True)
     arch = ss.from_string("tanh|0:identity|1:sigmoid")
-    recorder = fisher_fast.Tap()  # any tap but PLAIN
+
+    class PerExample(fisher_fast.Tap):
+      per_example = True
+
+    recorder = PerExample()
     with self.assertRaisesRegex(ValueError, "separable examples"):
       model.apply(
         variables,
@@ -322,6 +326,96 @@ class EnasTest(parameterized.TestCase):
       variables, batch["inputs"].T, batch["hidden"], arch
     )
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+class ValueAndGradTest(parameterized.TestCase):
+  """`fisher_fast.value_and_grad` = `jax.value_and_grad` of the plain loss."""
+
+  @parameterized.parameters("mlp", "rnn", "rnn_reverse", "conv")
+  def test_equals_autodiff_float64(self, model):
+    with jax.enable_x64(True):
+      if model == "mlp":
+        loss_fn = _mlp_loss
+        params, batch = _mlp_setup(4, jnp.float64)
+      elif model == "conv":
+        rng = np.random.default_rng(5)
+        params = {
+          "k": _normal(rng, (3, 3, 2, 4), 0.5, jnp.float64),
+          "b": _normal(rng, (4,), 0.5, jnp.float64),
+          "w": _normal(rng, (4, 3), 0.5, jnp.float64),
+        }
+        batch = {
+          "x": _normal(rng, (5, 6, 6, 2), 1.0, jnp.float64),
+          "y": jnp.asarray(rng.integers(0, 3, 5), jnp.int32),
+        }
+
+        def loss_fn(p, b, tap):
+          h = jax.nn.relu(tap.conv("c", b["x"], p["k"], p["b"], strides=2))
+          return _xent(tap.dense("d", jnp.mean(h, (1, 2)), p["w"]), b["y"])
+
+      else:
+        loss_fn = _make_rnn_loss(reverse=model == "rnn_reverse")
+        params, batch = _rnn_setup(4, jnp.float64)
+      got_v, got = jax.jit(
+        lambda p, b: fisher_fast.value_and_grad(loss_fn, p, b)
+      )(params, batch)
+      want_v, want = jax.jit(
+        jax.value_and_grad(lambda p, b: loss_fn(p, b, fisher_fast.PLAIN))
+      )(params, batch)
+      np.testing.assert_allclose(got_v, want_v, rtol=1e-12)
+      _assert_close(got, want, rtol=1e-10)
+      chex.assert_trees_all_equal_shapes_and_dtypes(got, want)
+
+  def test_enas_train_mode_scanned_edges(self):
+    """Dropout, training batch-norm (examples interact) and the edges as
+    a leaf sliced by the node scan: against autodiff of the model."""
+    model, variables, batch = _enas_setup(seed=3)
+    arch = ss.from_string("relu|0:sigmoid|1:tanh")
+    params = variables["params"]
+    leaves = {
+      "params": params,
+      "edges": enas_rnn.arch_edges(params["cell"], arch),
+    }
+
+    def loss_fn(q, b, tap):
+      v = {"params": q["params"], "batch_stats": variables["batch_stats"]}
+      (logits, hidden), _ = model.apply(
+        v,
+        b["inputs"].T,
+        b["hidden"],
+        arch,
+        train=True,
+        tap=tap,
+        edges=q["edges"],
+        rngs={"dropout": jax.random.key(7)},
+        mutable=["batch_stats"],
+      )
+      return enas_rnn.cross_entropy(logits, b["targets"].T), hidden
+
+    # The edges take the tapped path (so do node 0's input weights, passed
+    # to "node0_x" as params leaves); the stacked cell leaves are not read.
+    found = _tap_discovery.discover(
+      lambda q, b, t: loss_fn(q, b, t)[0], leaves, batch, reduction=None
+    )
+    paths = partition.leaf_paths(leaves)
+    tapped = sorted(paths[i] for i in found.tapped)
+    self.assertIn("edges", tapped)
+    self.assertContainsSubset(
+      {"params/node0/w_xc", "params/node0/b_xh"}, set(tapped)
+    )
+    self.assertNotIn("params/cell/edge_h", tapped)
+    (got_v, got_h), got = jax.jit(
+      lambda q, b: fisher_fast.value_and_grad(loss_fn, q, b, has_aux=True)
+    )(leaves, batch)
+    (want_v, want_h), want = jax.jit(
+      jax.value_and_grad(
+        lambda q, b: loss_fn(q, b, fisher_fast.PLAIN), has_aux=True
+      )
+    )(leaves, batch)
+    np.testing.assert_allclose(got_v, want_v, rtol=1e-6)
+    np.testing.assert_allclose(got_h, want_h, rtol=1e-6)
+    _assert_close(got, want, rtol=1e-5)
+    self.assertGreater(float(jnp.max(jnp.abs(got["edges"]))), 0.0)
 
 
 class FallbackTest(parameterized.TestCase):

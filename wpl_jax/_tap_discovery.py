@@ -58,10 +58,11 @@ class Recorder(taps.Tap):
   outside taps, which `dependencies` then finds.
   """
 
-  def __init__(self, leaves):
+  def __init__(self, leaves, per_example: bool = True):
     self._ids = {id(v): i for i, v in enumerate(leaves)}
     self.root = Scope()
     self._stack = [self.root]
+    self.per_example = per_example
 
   def _resolve(self, v) -> tuple[int | None, int | None]:
     """`(leaf index, slicing scan axis)` of a weight; `(None, None)` if none."""
@@ -228,15 +229,19 @@ CONTEXT_HINT = (
 
 
 def discover(
-  loss_fn, params: PyTree, batch: PyTree, reduction: str = "mean"
+  loss_fn, params: PyTree, batch: PyTree, reduction: str | None = "mean"
 ) -> Plan:
-  """Traces `loss_fn` once with a recording tap (no computation)."""
+  """Traces `loss_fn` once with a recording tap (no computation).
+
+  `reduction=None`: a batch gradient's trace (no per-example contract: the
+  output must be a scalar, the batch needs no example axis).
+  """
   leaves, treedef = jax.tree.flatten(params)
   recorder = None
 
   def traced(leaf_values):
     nonlocal recorder
-    recorder = Recorder(leaf_values)
+    recorder = Recorder(leaf_values, per_example=reduction is not None)
     return loss_fn(jax.tree.unflatten(treedef, leaf_values), batch, recorder)
 
   avals = [
@@ -246,7 +251,10 @@ def discover(
     closed = jax.make_jaxpr(traced)(avals)
   except jax.errors.UnexpectedTracerError as e:
     raise ValueError(CONTEXT_HINT) from e
-  check_output(jnp.shape(closed.out_avals[0]), reduction, num_examples(batch))
+  if reduction is None:
+    check_output(jnp.shape(closed.out_avals[0]), "sum", 0)
+  else:
+    check_output(jnp.shape(closed.out_avals[0]), reduction, num_examples(batch))
   start = [frozenset([i]) for i in range(len(leaves))]
   (reaching,) = dependencies(closed.jaxpr, start)
   # How each tapped leaf is used: ("weight" or "bias", slicing scan axis

@@ -31,7 +31,15 @@ class Tap:
     layers, one matrix per step). A transformed weight (`w.T`, `w * mask`,
     `stacked[i]`) still works but is not tapped: its leaf then takes the
     `vmap(grad)` fallback.
+
+  `per_example` says whether the tap computes per-example quantities (the
+  Fisher's taps): a model whose examples are not separable in some mode
+  (batch-norm on batch statistics) should refuse such a tap there. It is
+  False for `PLAIN` and for `fisher_fast.value_and_grad`'s taps, which
+  need no separability.
   """
+
+  per_example: bool = False
 
   def dense(
     self,

@@ -240,8 +240,9 @@ class SharedRNN(nn.Module):
       decode: apply the tied decoder. False returns the float32[T, B, H]
         decoder inputs (after output dropout) instead of the logits, for
         `chunked_cross_entropy`, which never holds all [T, B, V] logits.
-      tap: the tap (`fisher_fast.PLAIN`: an ordinary forward). Any other
-        tap needs separable examples: not with `train=True` and batch-norm.
+      tap: the tap (`fisher_fast.PLAIN`: an ordinary forward). A
+        per-example tap (the Fisher's) needs separable examples: not with
+        `train=True` and batch-norm; a gradient's tap works in any mode.
       edges: None to use the arch's edges from the params, or float32
         [N-1, H, 2H]: row j-1 is the matrix node j reads, `[W^c | W^h]`
         of edge (parents[j] -> j) (`arch_edges` gathers them).
@@ -264,9 +265,9 @@ class SharedRNN(nn.Module):
       )
     if self.hidden_source not in HIDDEN_SOURCES:
       raise ValueError(f"hidden_source must be one of {HIDDEN_SOURCES}")
-    if tap is not fisher_fast.PLAIN and train and self.use_batch_norm:
+    if tap.per_example and train and self.use_batch_norm:
       raise ValueError(
-        "a tapped SharedRNN forward needs separable examples, but train-mode "
+        "a per-example tap needs separable examples, but train-mode "
         "batch-norm normalises with batch statistics: use train=False"
       )
     if edges is not None and edges.shape != (n - 1, h, 2 * h):
