@@ -67,6 +67,48 @@ def _ce_grad(model, params, stats, x, y, h, arch):
   return jax.device_get(jax.grad(ce)(params))
 
 
+class TappedGradTest(parameterized.TestCase):
+  @parameterized.parameters("reference", "clean")
+  def test_shared_step_tapped_equals_autodiff(self, mode):
+    """model.tapped_grad (edges' gradient after the scan) = plain jax.grad,
+    dropout and training batch-norm on, a non-zero WPL penalty."""
+    outs = []
+    for tapped in (True, False):
+      config = _tiny_config(mode=mode)
+      config.model.tapped_grad = tapped
+      _, steps, state, x, y, h, _ = _setup(config)
+      ws = state["wpl"]
+      ws = ws._replace(
+        fisher=jax.tree.map(lambda f: f + 0.5, ws.fisher),
+        anchor=jax.tree.map(lambda a: a - 0.05, ws.anchor),
+      )
+      arch = search_space.from_string("tanh|0:relu|1:sigmoid")
+      shared, hidden, m = jax.jit(steps.shared_step)(
+        state["shared"],
+        ws,
+        arch,
+        x,
+        y,
+        h,
+        jnp.float32(0.5),
+        jnp.float32(2.0),
+        key=jax.random.key(3),
+      )
+      outs.append((shared, hidden, m))
+    (a, ha, ma), (b, hb, mb) = outs
+    self.assertGreater(float(ma["wpl"]), 0.0)
+    np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
+    np.testing.assert_allclose(ha, hb, rtol=1e-6, atol=1e-7)
+    for x_a, x_b in zip(
+      jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True
+    ):
+      np.testing.assert_allclose(x_a, x_b, rtol=1e-5, atol=1e-7)
+    moved = (
+      a.params["cell"]["edge_h"] - state["shared"].params["cell"]["edge_h"]
+    )
+    self.assertGreater(float(jnp.max(jnp.abs(moved))), 0.0)
+
+
 class TrainingModeFisherTest(absltest.TestCase):
   def test_batch_grad_squared_with_dropout_matches_independent_grad(self):
     """fisher_step's `batch_grad_squared` in training mode, dropout on.
