@@ -186,6 +186,52 @@ def _mlp_loss(params, x, y):
 
 
 class AddWPLTest(parameterized.TestCase):
+  def test_nnx_optimizer_with_a_state_mask(self):
+    """A mask, anchor and Fisher from `nnx.state` (paths end in `.value`)
+    inside `nnx.Optimizer`, which hands the transform plain arrays: the
+    same update as add_wpl on plain dicts."""
+
+    class Model(nnx.Module):
+      def __init__(self, rngs):
+        self.trunk = nnx.Linear(3, 4, rngs=rngs)
+        self.head = nnx.Linear(4, 2, rngs=rngs)
+
+      def __call__(self, x):
+        return self.head(jax.nn.relu(self.trunk(x)))
+
+    model = Model(nnx.Rngs(0))
+    state = nnx.state(model, nnx.Param)
+    mask = partition.make_mask(state, r"^trunk/")
+    anchor = jax.tree.map(lambda v: v + 1.0, state)
+    fisher = jax.tree.map(lambda v: jnp.full_like(v, 2.0), state)
+    x = jnp.ones((5, 3))
+    loss_fn = lambda m: jnp.mean(m(x))
+    grads = nnx.grad(loss_fn)(model)
+
+    pure = lambda t: nnx.to_pure_dict(t)
+    tx = optax.chain(loss.add_wpl(0.5, mask=pure(mask)), optax.sgd(0.1))
+    g, params = pure(grads), pure(state)
+    updates, _ = tx.update(
+      g,
+      tx.init(params),
+      params,
+      wpl_anchor=pure(anchor),
+      wpl_fisher=pure(fisher),
+    )
+    want = optax.apply_updates(params, updates)
+
+    tx = optax.chain(loss.add_wpl(0.5, mask=mask), optax.sgd(0.1))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    opt.update(model, grads, wpl_anchor=anchor, wpl_fisher=fisher)
+    got = pure(nnx.state(model, nnx.Param))
+    chex.assert_trees_all_close(got, want, rtol=1e-6)
+    # The pull moved the trunk (θ̂ = θ + 1), not the head.
+    np.testing.assert_allclose(
+      got["trunk"]["kernel"] - params["trunk"]["kernel"],
+      -0.1 * (g["trunk"]["kernel"] - 0.5 * 2.0),
+      rtol=1e-5,
+    )
+
   def setUp(self):
     super().setUp()
     rng = np.random.default_rng(0)

@@ -10,13 +10,27 @@ def _shape(x) -> tuple[int, ...]:
   return tuple(np.shape(x))
 
 
+def _key(path: tuple) -> tuple:
+  """A leaf path without a trailing `.value` (an NNX Variable's array).
+
+  `nnx.Optimizer` hands transforms plain arrays while a mask, anchor or
+  Fisher built from `nnx.state(model)` holds Variables: the same leaves,
+  with "/value" at the end of each path (`partition.path_str` agrees).
+  """
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey):
+    if path[-1].name == "value":
+      return path[:-1]
+  return path
+
+
 def flatten_like(
   params: PyTree, broadcast: frozenset = frozenset(), **others: PyTree
 ) -> tuple[list, object, dict[str, list]]:
   """Flattens `params` and every tree in `others`, checking they match.
 
   Trees must hold the same leaf paths as `params`, in the same order, with
-  the same shapes, except those named in `broadcast`, whose leaves need only
+  the same shapes (paths compared without a trailing NNX `.value`), except
+  those named in `broadcast`, whose leaves need only
   broadcast to the params leaf (e.g. a mask of Python bools or of shape
   `[E, 1, 1]` for stacked `[E, H, H]` weights). Checks run at trace time on
   static shapes, so they cost nothing under `jax.jit`.
@@ -34,12 +48,12 @@ def flatten_like(
       "params['dense_1']['kernel']: shape (3, 4) vs anchor (4, 3)".
   """
   p_flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-  p_paths = [p for p, _ in p_flat]
+  p_paths = [_key(p) for p, _ in p_flat]
   p_leaves = [x for _, x in p_flat]
   out = {}
   for name, tree in others.items():
     o_flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    o_paths = [p for p, _ in o_flat]
+    o_paths = [_key(p) for p, _ in o_flat]
     if o_paths != p_paths:
       _raise_structure(name, p_paths, o_paths)
     leaves = [x for _, x in o_flat]
