@@ -27,11 +27,18 @@ Flax Linen models with `batch_stats` (batch-norm): run the loss in eval mode
 (`use_running_average=True`, `mutable=False`) inside `loss_fn`. In training
 mode a batch of one normalises each example by its own statistics, so the
 per-example gradients of every layer before the batch-norm are about 0 and F
-comes out ≈ 0 there without any error.
+comes out ≈ 0 there without any error. WPL pulls parameters only: the
+running statistics themselves are not protected (model A evaluated after B
+uses the statistics B left, unless A keeps its own copy).
 
 The running state (`FisherState`) holds the Fisher and the anchor, and is
 updated by pure functions. None of these functions jit themselves; all run
-under `jax.jit` (pass `estimator`, `mode` and the other strings statically).
+under `jax.jit` (pass `estimator`, `mode` and the other strings statically),
+and eagerly they are slow (one dispatch per op): close over the loss, e.g.
+`jax.jit(lambda p, b: fisher_diagonal(loss_fn, p, b))(params, batch)`. A
+well-trained model's empirical Fisher is small (1e-9 to 1e-6 per weight on
+the digits examples), so α must be large, or F scaled (e.g. to mean 1 over
+the shared leaves, as the two-model study does) before α reads as a strength.
 """
 
 from collections.abc import Callable
