@@ -261,12 +261,15 @@ class Steps:
       )
       return ce + pen, (ce, pen, new_hidden, new_stats)
 
-    if self.config.model.get("tapped_grad", True):
+    if self.config.model.get("tapped_grad", False):
       # The arch's fused edges [N-1, H, 2H] are a leaf of their own, read
       # only through the model's "edge" tap: their gradient is formed after
       # the time scan, one [H, T·B] × [T·B, 2H] GEMM per edge, instead of
       # 35 small GEMMs and 35 accumulations inside the scan's backward
-      # (`fisher_fast.value_and_grad`; the same gradient, tested).
+      # (`fisher_fast.value_and_grad`; the same gradient, tested). Off by
+      # default: on a 2-core CPU it measured 0.97× (H = 200) and 1.00×
+      # (H = 1000) the autodiff step (WORKSPACE §6.1); XLA:CPU runs the
+      # per-step [H, B] × [B, 2H] GEMMs at the same rate as the big one.
       leaves = {
         "params": shared.params,
         "edges": enas_rnn.arch_edges(shared.params["cell"], arch),
