@@ -24,6 +24,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "New or empty output folder.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data_dir.")
 _DOWNLOAD = flags.DEFINE_bool("download", False, "Fetch MNIST into data_dir.")
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Multi-host: call jax.distributed.initialize() first (README, Devices "
+  "and hosts); every host runs the same command.",
+)
 
 
 def _message(error: BaseException | str) -> str:
@@ -84,6 +90,14 @@ def _parse(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+  if _DISTRIBUTED.value:
+    import jax  # noqa: PLC0415 (only here: a bad flag stays fast)
+
+    # Coordinator, process count and id: detected on TPU pods and SLURM,
+    # else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.
+    env = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+    kw = {k: int(os.environ[v]) for k, v in env.items() if v in os.environ}
+    jax.distributed.initialize(**kw)
   try:
     config = _CONFIG.value  # a proxy: a missing file shows up on first use
     experiment = config.experiment

@@ -13,7 +13,8 @@ fisher (estimators vs one batch gradient), flax (the per-example Fisher
 of plain Flax NNX/Linen CNNs and a GRU vs their batch gradient), torch (the
 PyTorch peer; needs `pip install torch numpy`, benchmark-only), enas
 (search-step throughput, vmapped evaluation, compile counts), wpl (penalty
-and `add_wpl` overhead).
+and `add_wpl` overhead), sharding (one ENAS and one two-model step on 1 and
+on 4 fake CPU devices, in a subprocess).
 """
 
 import argparse
@@ -24,7 +25,7 @@ import pathlib
 import sys
 import time
 
-GROUPS = ("fisher", "flax", "torch", "enas", "wpl")
+GROUPS = ("fisher", "flax", "torch", "enas", "wpl", "sharding")
 _DEFAULT_OUT = pathlib.Path(__file__).parent / "out" / "results.json"
 
 
@@ -69,6 +70,7 @@ def main(argv=None) -> None:
     enas_bench,
     fisher_bench,
     flax_bench,
+    sharding_bench,
     torch_peer,
     wpl_bench,
   )
@@ -103,6 +105,8 @@ def main(argv=None) -> None:
       facts += new_facts
     elif group == "wpl":
       rows += wpl_bench.run(args.sizes, args.reps)
+    elif group == "sharding":
+      rows += sharding_bench.run(args.sizes, args.reps)
     print(f"[{group}: {time.time() - t_group:.0f} s]", flush=True)
   info["load_avg_end"] = os.getloadavg()
   info["peak_rss_mib"] = common.peak_rss_mb()

@@ -31,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.experiment = "enas_ptb"
   c.seed = 0
   c.data_dir = ""  # Folder with ptb.{train,valid,test}.txt; set --data_dir.
+  c.num_devices = 0  # Local devices the batch is split over (0 = all).
 
   c.model = m = ml_collections.ConfigDict()
   m.vocab_size = 10000  # Set from the data at run time.
@@ -44,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.init_range = 0.025
   m.hidden_source = "last"  # Reference quirk: next hidden = last node.
   m.batch_norm = True
+  # Split the [E, H, H] edge stacks, their Fisher and anchor along E over
+  # this many devices (0 = replicated; must divide E and the device count).
+  m.shard_edges = 0
 
   c.data = d = ml_collections.ConfigDict()
   d.batch_size = 64

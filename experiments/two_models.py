@@ -42,6 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0  # Seeds seed .. seed + num_seeds - 1; A, B, data each fold it.
   c.num_seeds = 3  # Every number is mean ± std over this many seeds.
   c.data_dir = ""  # Folder with the 4 MNIST IDX .gz files (--data_dir sets it).
+  c.num_devices = 0  # Local devices each batch is split over (0 = all).
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "digits"  # "digits" (sklearn 8×8, bundled) or "mnist".

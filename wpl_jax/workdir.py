@@ -30,7 +30,9 @@ import ml_collections
 
 RECORD = "run.json"
 # Fields that never make two runs different experiments.
-ALWAYS_RESUMABLE = ("data_dir",)
+# Where the data lives and how many devices run it may change on resume:
+# checkpoints restore onto the current mesh (tests/sharding_test.py).
+ALWAYS_RESUMABLE = ("data_dir", "num_devices", "model.shard_edges")
 
 State = Literal["new", "resume", "finished"]
 

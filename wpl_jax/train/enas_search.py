@@ -26,6 +26,7 @@ from absl import logging
 
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import metrics as metrics_lib
+from wpl_jax import sharding
 from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import ptb
 from wpl_jax.enas import search_space
@@ -98,6 +99,72 @@ class _Windows:
     return pos + self.bptt, x, y, wrapped
 
 
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """The search's device mesh (`wpl_jax.sharding`); checks the sizes.
+
+  `config.num_devices` (0 = all) devices; the batch [T, B] is split on B
+  over all of them, the K archs of a vmapped evaluation on K; with
+  `config.model.shard_edges` = k > 1 the edge stacks [E, H, H] and their
+  Fisher and anchor are split along E over k devices.
+
+  Raises:
+    ValueError: B, k or E do not divide as needed (before any training).
+  """
+  mesh = sharding.make_mesh(
+    config.get("num_devices", 0),
+    edge_shards=config.model.get("shard_edges", 0),
+  )
+  sharding.check_divisible(config.data.batch_size, mesh, "data.batch_size")
+  n = config.model.num_nodes
+  sharding.check_edges(n * (n - 1) // 2, mesh)
+  return mesh
+
+
+def place_state(state: dict, mesh: jax.sharding.Mesh) -> dict:
+  """The search state on `mesh`: hidden states split on B, the rest
+  replicated but for the edge stacks (split along E when k > 1)."""
+  shardings = sharding.tree_shardings(state, mesh, sharding.edge_rules(mesh))
+  for name in ("train_hidden", "fisher_hidden", "ctrl_hidden"):
+    shardings[name] = sharding.batch_sharding(mesh, 0)
+  return sharding.put(state, shardings)
+
+
+def jit_steps(steps: enas_steps.Steps, state: dict, mesh) -> dict:
+  """The search's jitted steps for a `place_state`d state on `mesh`.
+
+  Inputs carry their shardings (placed by the loop); outputs are pinned to
+  the inputs' shardings, so a step's output feeds the next call without a
+  recompile. With the batch split on B and the params replicated, the
+  compiler all-reduces the gradients and the batch-norm's batch mean.
+
+  Returns:
+    {"shared", "fisher", "eval_one", "eval_archs", "ctrl", "sample"}.
+  """
+  rep = sharding.replicated(mesh)
+  hid = sharding.batch_sharding(mesh, 0)
+  out = {k: sharding.shardings_of(v) for k, v in state.items()}
+  return {
+    "shared": jax.jit(
+      steps.shared_step,
+      donate_argnums=(0,),
+      out_shardings=(out["shared"], hid, rep),
+    ),
+    # The WPL state is donated: at paper size its Fisher and anchor are
+    # 1 GiB, otherwise held twice while the step runs.
+    "fisher": jax.jit(
+      steps.fisher_step, donate_argnums=(1,), out_shardings=(out["wpl"], hid)
+    ),
+    # Two jitted objects of one function: one shape each (K = 1 right after
+    # an arch's training, K = eval_chunk for the end-of-epoch and derive).
+    "eval_one": jax.jit(steps.eval_archs, out_shardings=rep),
+    "eval_archs": jax.jit(steps.eval_archs, out_shardings=rep),
+    "ctrl": jax.jit(
+      steps.controller_step, out_shardings=(out["controller"], hid, rep)
+    ),
+    "sample": jax.jit(steps.sample, static_argnames="k", out_shardings=rep),
+  }
+
+
 def _init_state(config, model, key):
   k_model, k_ctrl = jax.random.split(jax.random.fold_in(key, _INIT))
   variables = enas_rnn.init_variables(model, key=k_model)
@@ -147,27 +214,43 @@ def search(
     config.model.vocab_size = len(data.vocab)
   model = enas_steps.make_model(config)
   steps = enas_steps.Steps(model=model, config=config)
+  mesh = make_mesh(config)
+  logging.info("devices: %s", sharding.describe(mesh))
   key = jax.random.key(config.seed)
   b, bptt = config.data.batch_size, config.data.bptt
   train_w = _Windows(ptb.batchify(data.train, b), bptt)
   splits = valid_splits(config, data.valid)
   fixed_x, fixed_y = splits["forget"]  # the forgetting metric's batch
   valid_w = _Windows(splits["stream"], bptt)  # Fisher and reward batches
-  zero_h = jnp.zeros((b, config.model.hidden), jnp.float32)
+  zero_h = np.zeros((b, config.model.hidden), np.float32)
+  # One arch on B / D examples per device; K archs split K / D per device
+  # on the whole batch (each replicated), or all replicated if D ∤ K.
+  rep = sharding.replicated(mesh)
+  fixed_r = sharding.put((fixed_x, fixed_y, zero_h), rep)
+  fixed_x, fixed_y = sharding.shard_batch((fixed_x, fixed_y), mesh, axis=1)
+  zero_h = sharding.shard_batch(zero_h, mesh, axis=0)
   s = config.search
+  arch_sharding = sharding.batch_sharding(mesh, 0)
+  if s.eval_chunk % sharding.num_shards(mesh):
+    arch_sharding = rep
+    logging.info(
+      "search.eval_chunk=%d archs do not split over %d devices: the "
+      "vmapped evaluations run replicated",
+      s.eval_chunk,
+      sharding.num_shards(mesh),
+    )
   policy = enas_steps.search_policy(config)
-  ranker = _Ranker(config, steps, splits["heldout"]) if s.rank_every else None
+  ranker = None
+  if s.rank_every:
+    ranker = _Ranker(config, steps, splits["heldout"], mesh=mesh)
 
-  shared_step = jax.jit(steps.shared_step, donate_argnums=(0,))
-  fisher_step = jax.jit(steps.fisher_step)
-  # Two jitted objects of one function: one shape each (K = 1 right after
-  # an arch's training, K = eval_chunk for the end-of-epoch and derive).
-  eval_one = jax.jit(steps.eval_archs)
-  eval_archs = jax.jit(steps.eval_archs)
-  ctrl_step = jax.jit(steps.controller_step)
-  sample = jax.jit(steps.sample, static_argnames="k")
+  state = place_state(_init_state(config, model, key), mesh)
+  fns = jit_steps(steps, state, mesh)
+  shared_step, fisher_step, eval_one, eval_archs, ctrl_step, sample = (
+    fns[k]
+    for k in ("shared", "fisher", "eval_one", "eval_archs", "ctrl", "sample")
+  )
 
-  state = _init_state(config, model, key)
   ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
   start_epoch, history = 0, []
   if ckpt.latest_step() is not None:
@@ -210,6 +293,7 @@ def search(
       t0 = time.time()
       for i in range(s.batches_per_arch):
         pos[0], x, y, wrapped = train_w.get(pos[0])
+        x, y = sharding.shard_batch((x, y), mesh, axis=1)
         if wrapped:
           state["train_hidden"] = zero_h
         shared, state["train_hidden"], m = shared_step(
@@ -224,6 +308,7 @@ def search(
           key=jax.random.fold_in(k_steps, i),
         )
         state["shared"] = shared
+        sharding.cpu_sync(state["train_hidden"], mesh)
         losses.append(m["loss"])
         tokens += x.size
       jax.block_until_ready(state["shared"].params)
@@ -235,6 +320,7 @@ def search(
       )
       if use_fisher:
         pos[1], fx, fy, wrapped = valid_w.get(pos[1])
+        fx, fy = sharding.shard_batch((fx, fy), mesh, axis=1)
         if wrapped:
           state["fisher_hidden"] = zero_h
         state["wpl"], state["fisher_hidden"] = fisher_step(
@@ -265,10 +351,9 @@ def search(
       eval_archs,
       state["shared"],
       stacked,
-      fixed_x,
-      fixed_y,
-      zero_h,
+      *fixed_r,
       s.eval_chunk,
+      arch_sharding=arch_sharding,
     )
     forget = forgetting_stats(np.array(err1), err2)
 
@@ -277,6 +362,7 @@ def search(
     ctrl_steps = config.controller.steps_per_epoch if policy == "enas" else 0
     for c in range(ctrl_steps):
       pos[2], vx, vy, wrapped = valid_w.get(pos[2])
+      vx, vy = sharding.shard_batch((vx, vy), mesh, axis=1)
       if wrapped:
         state["ctrl_hidden"] = zero_h
       state["controller"], state["ctrl_hidden"], cm = ctrl_step(
@@ -287,9 +373,10 @@ def search(
         state["ctrl_hidden"],
         key=jax.random.fold_in(c_key, c),
       )
+      sharding.cpu_sync(state["ctrl_hidden"], mesh)
       rewards.append(cm["reward"])
       ppls.append(cm["ppl"])
-    state["pos"] = jnp.asarray(pos, jnp.int32)
+    state["pos"] = sharding.put(np.asarray(pos, np.int32), rep)
     _check_finite(config, epoch, losses, err1, rewards)
 
     record = {
@@ -320,9 +407,8 @@ def search(
         sample,
         eval_archs,
         jax.random.fold_in(ep_key, _DERIVE),
-        fixed_x,
-        fixed_y,
-        zero_h,
+        *fixed_r,
+        arch_sharding=arch_sharding,
       )
       record["derived"], record["derived_ppl"] = best, best_ppl
     record["epoch_seconds"] = time.time() - t_epoch
@@ -424,6 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results.json and results.md, figure.png (reward and forgetting curves).
   """
   validate(config)
+  make_mesh(config)  # the device counts divide, before any file is written
   if not config.data_dir:
     raise ValueError("set --data_dir to the folder with the PTB text files")
   workdir = pathlib.Path(workdir)

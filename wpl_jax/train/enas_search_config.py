@@ -20,7 +20,13 @@ from wpl_jax.enas import ranking, search_space
 from wpl_jax.train import enas_steps
 
 # Config fields that may change when a run is resumed (e.g. to extend it).
-_RESUMABLE = ("search.epochs", "retrain", "data_dir")
+_RESUMABLE = (
+  "search.epochs",
+  "retrain",
+  "data_dir",
+  "num_devices",
+  "model.shard_edges",
+)
 
 
 def validate_model(config: ml_collections.ConfigDict) -> None:

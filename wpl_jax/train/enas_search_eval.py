@@ -9,6 +9,7 @@ samples) and the ranking of the whole space on the held-out split
 import jax
 import numpy as np
 
+from wpl_jax import sharding
 from wpl_jax.enas import ranking, search_space
 from wpl_jax.train import enas_steps
 
@@ -30,9 +31,11 @@ class _Ranker:
   Logs the shared-weight perplexity of each cell, the shared ranking's best
   cell and, with a stored ground truth (`search.truth_path`), Kendall τ,
   Spearman ρ, top-3 hit and regret against it (`wpl_jax.enas.ranking`).
+  With a `mesh` of D devices and D | S the S cells are split S / D per
+  device (as `enas_truth` does), else every device scores all of them.
   """
 
-  def __init__(self, config, steps, heldout):
+  def __init__(self, config, steps, heldout, mesh=None):
     if heldout is None:
       raise ValueError("config.search.rank_every needs search.heldout_tokens")
     self.archs = enas_steps.space_archs(config)
@@ -42,6 +45,8 @@ class _Ranker:
     self.x, self.y, self.mask = heldout
     self.count = float(self.mask.sum())
     self.fn = jax.jit(steps.eval_archs_windows)
+    if mesh is not None:
+      self.fn = _split_cells(steps.eval_archs_windows, mesh, len(self.names))
     self.truth = None
     path = config.search.get("truth_path", "")
     if path:
@@ -60,8 +65,38 @@ class _Ranker:
     return out
 
 
-def _eval_chunked(eval_fn, shared, archs, x, y, hidden, chunk):
-  """Perplexities of K archs in vmapped chunks of a fixed size (1 compile)."""
+def _split_cells(fn, mesh, s):
+  """jit of `fn(shared, archs[S], *batch) -> [S]`, S split over the mesh."""
+  d = sharding.num_shards(mesh)
+  rep = sharding.replicated(mesh)
+  if d == 1 or s % d:
+    return jax.jit(fn, out_shardings=rep)
+  spec = sharding.batch_sharding(mesh, 0)
+
+  def split(shared, archs, *batch):
+    def one_device(part):
+      return fn(shared, part, *batch)
+
+    parts = jax.tree.map(
+      lambda a: jax.lax.with_sharding_constraint(
+        a.reshape((d, s // d) + a.shape[1:]), spec
+      ),
+      archs,
+    )
+    return jax.vmap(one_device)(parts).reshape(s)
+
+  return jax.jit(split, out_shardings=rep)
+
+
+def _eval_chunked(
+  eval_fn, shared, archs, x, y, hidden, chunk, *, arch_sharding=None
+):
+  """Perplexities of K archs in vmapped chunks of a fixed size (1 compile).
+
+  With `arch_sharding` (`sharding.batch_sharding(mesh, 0)`) each chunk's
+  arch axis is split over the devices: D devices score chunk / D archs
+  each on the whole (replicated) batch.
+  """
   k = archs.activations.shape[0]
   pad = (-k) % chunk
   if pad:
@@ -71,6 +106,8 @@ def _eval_chunked(eval_fn, shared, archs, x, y, hidden, chunk):
   out = []
   for i in range(0, k + pad, chunk):
     part = jax.tree.map(lambda a, i=i: a[i : i + chunk], archs)
+    if arch_sharding is not None:
+      part = sharding.put(jax.device_get(part), arch_sharding)
     out.append(np.asarray(eval_fn(shared, part, x, y, hidden)))
   return np.concatenate(out)[:k]
 
@@ -79,12 +116,21 @@ def _one(arch):
   return jax.tree.map(lambda x: x[None], arch)
 
 
-def _derive(config, state, sample, eval_archs, key, x, y, hidden):
+def _derive(
+  config, state, sample, eval_archs, key, x, y, hidden, *, arch_sharding=None
+):
   """Best of M controller samples by validation perplexity on one batch."""
   m = config.search.derive_samples
   archs = jax.device_get(sample(state["controller"].params, key=key, k=m))
   ppl = _eval_chunked(
-    eval_archs, state["shared"], archs, x, y, hidden, config.search.eval_chunk
+    eval_archs,
+    state["shared"],
+    archs,
+    x,
+    y,
+    hidden,
+    config.search.eval_chunk,
+    arch_sharding=arch_sharding,
   )
   best = int(np.argmin(ppl))
   arch = jax.tree.map(lambda a: a[best], archs)

@@ -1,4 +1,11 @@
-"""Retrains one ENAS cell from scratch; scores every token."""
+"""Retrains one ENAS cell from scratch; scores every token.
+
+Data parallel over `config.num_devices` devices (0 = all,
+`wpl_jax.sharding`): each [T, B] training batch is split on B, the model
+replicated (its edge stacks split along E with `model.shard_edges`); the
+evaluation is split the same way when `retrain.eval_batch_size` divides
+over the devices, and runs replicated otherwise (e.g. the default 1).
+"""
 
 import functools
 import pathlib
@@ -13,6 +20,7 @@ import optax
 from absl import logging
 
 from wpl_jax import metrics as metrics_lib
+from wpl_jax import sharding
 from wpl_jax.data import ptb
 from wpl_jax.enas import search_space
 from wpl_jax.enas.search_space import Arch
@@ -40,6 +48,7 @@ def perplexity(
   batch_size: int,
   bptt: int,
   hidden_size: int,
+  mesh=None,
 ) -> float:
   """exp(mean NLL) over every token of `ids` (all but the first).
 
@@ -47,14 +56,21 @@ def perplexity(
   `batch_size` = 1 every token is scored; otherwise the last
   len(ids) mod batch_size tokens are dropped) and walked in BPTT windows
   with the hidden state carried, dividing by the number of tokens scored
-  (not the reference's partial evaluation, REFERENCE.md §4).
+  (not the reference's partial evaluation, REFERENCE.md §4). With a
+  `mesh` the windows and hidden state are split on B over its devices.
   """
   src = ptb.batchify(ids, batch_size)
-  hidden = jnp.zeros((batch_size, hidden_size), jnp.float32)
+  hidden = np.zeros((batch_size, hidden_size), np.float32)
+  if mesh is not None:
+    hidden = sharding.shard_batch(hidden, mesh, axis=0)
   total, count = jnp.zeros([], jnp.float32), 0
   for i in range(0, len(src) - 1, bptt):
     x, y = ptb.get_batch(src, i, bptt)
+    if mesh is not None:
+      x, y = sharding.shard_batch((x, y), mesh, axis=1)
     s, hidden = eval_fn(params, stats, x, y, hidden, arch)
+    if mesh is not None:
+      sharding.cpu_sync(hidden, mesh)
     total = total + s  # On the device: one host sync at the end.
     count += y.size
   return float(np.exp(float(total) / count))
@@ -75,8 +91,48 @@ class Retrainer:
     rconfig.shared.weight_decay = r.weight_decay
     self.tx = enas_steps.shared_optimizer(r.grad_clip, r.weight_decay)
     steps = enas_steps.Steps(model=self.model, config=rconfig)
-    self.step = jax.jit(steps.shared_step, donate_argnums=(0,))
-    self.eval_fn = jax.jit(functools.partial(_nll_sum, self.model))
+    self.mesh = sharding.make_mesh(
+      config.get("num_devices", 0),
+      edge_shards=config.model.get("shard_edges", 0),
+    )
+    sharding.check_divisible(
+      config.data.batch_size, self.mesh, "data.batch_size"
+    )
+    rep = sharding.replicated(self.mesh)
+    hid = sharding.batch_sharding(self.mesh, 0)
+    shapes = jax.eval_shape(self._init, jax.random.key(0))
+    self.shardings = sharding.tree_shardings(
+      shapes, self.mesh, sharding.edge_rules(self.mesh)
+    )
+    # Outputs pinned to the inputs' shardings: one compile per run.
+    self.step = jax.jit(
+      steps.shared_step,
+      donate_argnums=(0,),
+      out_shardings=(self.shardings, hid, rep),
+    )
+    self.eval_mesh = None
+    if r.eval_batch_size % sharding.num_shards(self.mesh) == 0:
+      self.eval_mesh = self.mesh
+    elif sharding.num_shards(self.mesh) > 1:
+      logging.info(
+        "retrain.eval_batch_size=%d does not split over %d devices: the "
+        "evaluation runs replicated",
+        r.eval_batch_size,
+        sharding.num_shards(self.mesh),
+      )
+    self.eval_fn = jax.jit(
+      functools.partial(_nll_sum, self.model),
+      out_shardings=(rep, hid if self.eval_mesh is not None else rep),
+    )
+
+  def _init(self, key) -> SharedState:
+    """Fresh variables and optimizer state of the standalone model."""
+    variables = enas_rnn.init_variables(self.model, key=key)
+    return SharedState(
+      params=variables["params"],
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=self.tx.init(variables["params"]),
+    )
 
   def run(self, arch: Arch, *, workdir: pathlib.Path, name: str) -> dict:
     """Trains `arch` from scratch for `config.retrain.epochs` passes.
@@ -94,27 +150,28 @@ class Retrainer:
     seed = zlib.crc32(name.encode())
     key = jax.random.fold_in(jax.random.key(config.seed), seed)
     k_init, k_train = jax.random.split(key)
-    variables = enas_rnn.init_variables(self.model, key=k_init)
-    shared = SharedState(
-      params=variables["params"],
-      batch_stats=variables.get("batch_stats", {}),
-      opt_state=self.tx.init(variables["params"]),
-    )
+    shared = sharding.put(self._init(k_init), self.shardings)
     b, bptt, h = config.data.batch_size, config.data.bptt, config.model.hidden
     train_src = ptb.batchify(data.train, b)
     n_windows = (len(train_src) - 1) // bptt
     if r.get("max_batches_per_epoch", 0):
       n_windows = min(n_windows, r.max_batches_per_epoch)
-    ppl_kw = dict(batch_size=r.eval_batch_size, bptt=bptt, hidden_size=h)
+    ppl_kw = dict(
+      batch_size=r.eval_batch_size,
+      bptt=bptt,
+      hidden_size=h,
+      mesh=self.eval_mesh,
+    )
     best = (np.inf, None, -1)
     log = metrics_lib.JsonlWriter(workdir / "retrain.jsonl")
     t0, tokens = time.time(), 0
     for epoch in range(r.epochs):
       lr = r.lr * r.lr_decay ** max(0, epoch - r.lr_decay_after)
-      hidden = jnp.zeros((b, h), jnp.float32)
+      hidden = sharding.shard_batch(np.zeros((b, h), np.float32), self.mesh)
       losses, t_ep = [], time.time()
       for i in range(n_windows):
         x, y = ptb.get_batch(train_src, i * bptt, bptt)
+        x, y = sharding.shard_batch((x, y), self.mesh, axis=1)
         k = jax.random.fold_in(jax.random.fold_in(k_train, epoch), i)
         shared, hidden, m = self.step(
           shared,
@@ -127,6 +184,7 @@ class Retrainer:
           jnp.float32(0.0),
           key=k,
         )
+        sharding.cpu_sync(hidden, self.mesh)
         losses.append(m["loss"])
         tokens += x.size
         if (i + 1) % r.log_every == 0:
@@ -175,7 +233,10 @@ class Retrainer:
     seconds = time.time() - t0
     if best[1] is None:
       raise ValueError(f"retrain {name} diverged: no finite validation ppl")
-    params, stats = best[1]
+    # Placed once (not transferred again with every window).
+    params, stats = sharding.put(
+      best[1], (self.shardings.params, self.shardings.batch_stats)
+    )
     test = perplexity(self.eval_fn, params, stats, data.test, arch, **ppl_kw)
     return {
       "valid_ppl": best[0],

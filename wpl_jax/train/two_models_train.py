@@ -4,6 +4,13 @@
 converged A; `train_b` attaches B to A's first k layers, estimates the Fisher
 of A per estimator and trains every B run (variant, strength, seed) vmapped,
 appending its evaluations to metrics.jsonl. Both checkpoint and resume.
+
+Data parallel over `config.num_devices` devices (0 = all, `wpl_jax.sharding`):
+each step's minibatch [B, D] is split on B over the devices while the
+states, penalties and the (small) data sets are replicated; the compiler
+reduces the gradients. Multi-host: every process loads the whole data set
+(it is drawn from on the device) and holds it replicated. The Fisher of A
+runs replicated (its minibatches are cut inside `fisher_of_a`).
 """
 
 import functools
@@ -19,7 +26,7 @@ from absl import logging
 
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import metrics as metrics_lib
-from wpl_jax import partition
+from wpl_jax import partition, sharding
 from wpl_jax.models import two_models as model_lib
 from wpl_jax.train.two_models_config import _headline, make_runs
 from wpl_jax.train.two_models_steps import (
@@ -48,6 +55,42 @@ def _seed_keys(seeds: list[int], stream: int) -> PRNGKey:
 _A_INIT, _A_DATA, _B_INIT, _B_DATA, _FISHER = range(5)
 
 
+def make_mesh(config) -> jax.sharding.Mesh:
+  """The study's mesh of `config.num_devices` (0 = all) devices.
+
+  Raises:
+    ValueError: `protocol.batch_size` does not split over the devices.
+  """
+  mesh = sharding.make_mesh(config.get("num_devices", 0))
+  sharding.check_divisible(
+    config.protocol.batch_size, mesh, "protocol.batch_size"
+  )
+  return mesh
+
+
+def _data_parallel(step_fn, mesh):
+  """`step_fn(state, batch, key)` with the batch split on its example axis.
+
+  The minibatch (x [B, D], y [B]) is drawn on the device inside the scan;
+  the constraint splits it B / D per device (under the vmap over runs it
+  applies to each run's batch), so each device computes the forward and
+  backward of its examples and the compiler sums the gradients.
+  """
+  spec = sharding.batch_sharding(mesh, 0)
+
+  def step(state, batch, key):
+    return step_fn(state, jax.lax.with_sharding_constraint(batch, spec), key)
+
+  return step
+
+
+def _place_data(data, mesh):
+  """The data set's arrays replicated on `mesh` (placed once, not per call)."""
+  arrays = (data.x_train, data.y_train, data.x_test, data.y_test)
+  x, y, xt, yt = sharding.put(arrays, sharding.replicated(mesh))
+  return data._replace(x_train=x, y_train=y, x_test=xt, y_test=yt)
+
+
 def train_a(
   config, data, seeds: list[int], *, ckpt_dir=None, stop=None
 ) -> dict[str, Params]:
@@ -64,6 +107,10 @@ def train_a(
     checkpoint.NonFiniteError: a seed's loss became NaN or infinite.
   """
   p, m = config.protocol, config.model
+  mesh = make_mesh(config)
+  rep = sharding.replicated(mesh)
+  logging.info("A: %s", sharding.describe(mesh))
+  data = _place_data(data, mesh)
   tx = make_optimizer(config.opt_a)
   init = functools.partial(
     model_lib.init_a,
@@ -74,9 +121,12 @@ def train_a(
   )
   params = jax.vmap(init)(_seed_keys(seeds, _A_INIT))
   state = TrainState(params, jax.vmap(tx.init)(params), jnp.zeros([len(seeds)]))
-  keys = _seed_keys(seeds, _A_DATA)
-  step_fn = functools.partial(
-    train_step, loss_fn=lambda q, b: (loss_a(q, b), {}), tx=tx
+  state, keys = sharding.put((state, _seed_keys(seeds, _A_DATA)), rep)
+  step_fn = _data_parallel(
+    functools.partial(
+      train_step, loss_fn=lambda q, b: (loss_a(q, b), {}), tx=tx
+    ),
+    mesh,
   )
   accuracy = jax.jit(
     jax.vmap(
@@ -107,7 +157,8 @@ def train_a(
             _train_chunk, step_fn=step_fn, num_steps=n, batch_size=p.batch_size
           ),
           in_axes=(0, 0, None, None),
-        )
+        ),
+        out_shardings=rep,
       )
     chunk = chunks[n]
     t0 = time.time()
@@ -197,6 +248,9 @@ def train_b(
       "acc_b": np.asarray(d["acc_b"], np.float32),
     }
   s_count = len(seeds)
+  mesh = make_mesh(config)
+  rep = sharding.replicated(mesh)
+  data = _place_data(data, mesh)
   params = jax.vmap(
     functools.partial(
       model_lib.attach_b, num_shared=k, depth=config.model.depth_b
@@ -262,12 +316,16 @@ def train_b(
     params_r, jax.vmap(tx.init)(params_r), jnp.zeros([len(runs)])
   )
   keys = _seed_keys(seeds, _B_DATA)[run_seed]
+  state, penalty, keys = sharding.put((state, penalty, keys), rep)
 
   def chunk_fn(state, penalty, key, x, y):
-    step_fn = functools.partial(
-      train_step,
-      loss_fn=functools.partial(loss_b, penalty=penalty, mask=mask),
-      tx=tx,
+    step_fn = _data_parallel(
+      functools.partial(
+        train_step,
+        loss_fn=functools.partial(loss_b, penalty=penalty, mask=mask),
+        tx=tx,
+      ),
+      mesh,
     )
     return _train_chunk(
       state,
@@ -281,7 +339,9 @@ def train_b(
 
   if ("chunk", k) not in cache:
     cache[("chunk", k)] = jax.jit(
-      jax.vmap(chunk_fn, in_axes=(0, 0, 0, None, None)), donate_argnums=0
+      jax.vmap(chunk_fn, in_axes=(0, 0, 0, None, None)),
+      donate_argnums=0,
+      out_shardings=rep,
     )
   chunk = cache[("chunk", k)]
   x_test, y_test = data.x_test, data.y_test
