@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,6 +23,20 @@ def plain(value: Any) -> Any:
   return value
 
 
+def is_primary() -> bool:
+  """Whether this process writes the workdir's logs, records and figures.
+
+  In a multi-host run (`main.py --distributed`) every process runs the same
+  loop; only process 0 writes (orbax coordinates the checkpoints itself).
+  JAX is looked up, not imported: a process that has not imported it is
+  the only one.
+  """
+  import sys  # noqa: PLC0415
+
+  jax = sys.modules.get("jax")
+  return jax is None or jax.process_index() == 0
+
+
 class JsonlWriter:
   """Appends one JSON object per line; flushes every write.
 
@@ -32,7 +47,9 @@ class JsonlWriter:
 
   def __init__(self, path: str | pathlib.Path):
     self.path = pathlib.Path(path)
-    self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+    # Processes other than the primary one write nowhere.
+    target = self.path if is_primary() else os.devnull
+    self._file = open(target, "a", encoding="utf-8")  # noqa: SIM115
 
   def write(self, record: Mapping[str, Any]) -> None:
     """Writes `record` as one line."""
@@ -94,7 +111,9 @@ def markdown_table(
 
 
 def write_json(path: str | pathlib.Path, obj: Any) -> None:
-  """Writes `obj` as indented JSON."""
+  """Writes `obj` as indented JSON (on the primary process only)."""
+  if not is_primary():
+    return
   with open(path, "w", encoding="utf-8") as f:
     json.dump(plain(obj), f, indent=1)
     f.write("\n")
@@ -173,7 +192,8 @@ def plot_panels(
   )
   legend_rows = math.ceil(len(labels) / min(4, max(len(labels), 1)))
   fig.tight_layout(rect=(0, (0.06 + 0.07 * legend_rows) / nrows, 1, 1))
-  fig.savefig(path, dpi=110)
+  if is_primary():
+    fig.savefig(path, dpi=110)
   plt.close(fig)
 
 

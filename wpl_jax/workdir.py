@@ -28,6 +28,8 @@ from typing import Any, Literal
 
 import ml_collections
 
+from wpl_jax import metrics as metrics_lib
+
 RECORD = "run.json"
 # Fields that never make two runs different experiments.
 # Where the data lives and how many devices run it may change on resume:
@@ -177,6 +179,8 @@ def finish(workdir: str | pathlib.Path) -> None:
 
 
 def _write(workdir: pathlib.Path, record: dict[str, Any]) -> None:
+  if not metrics_lib.is_primary():  # multi-host: process 0 keeps the record
+    return
   tmp = workdir / (RECORD + ".tmp")
   tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
   tmp.replace(workdir / RECORD)  # atomic: a kill leaves the old or the new

@@ -486,6 +486,8 @@ def _truncate_jsonl(path: pathlib.Path, last_epoch: int) -> None:
   if not path.exists():
     return
   keep = [r for r in metrics_lib.read_jsonl(path) if r["epoch"] <= last_epoch]
+  if not metrics_lib.is_primary():
+    return
   with open(path, "w", encoding="utf-8") as f:
     for r in keep:
       f.write(json.dumps(r) + "\n")
@@ -560,7 +562,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       out["retrained"].append(res)
   out["total_seconds"] = time.time() - t0
   metrics_lib.write_json(workdir / "results.json", out)
-  (workdir / "results.md").write_text(_results_md(out, result["history"]))
+  if metrics_lib.is_primary():
+    (workdir / "results.md").write_text(_results_md(out, result["history"]))
   _plot(result["history"], workdir / "figure.png")
   print(_results_md(out, result["history"]))
   return out

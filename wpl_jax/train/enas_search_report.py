@@ -15,6 +15,8 @@ def _fmt(v):
 
 
 def _tensorboard(path):
+  if not metrics_lib.is_primary():  # multi-host: process 0 logs
+    return None
   try:
     from tensorboardX import SummaryWriter  # Optional: only for TB logs.
   except ImportError:

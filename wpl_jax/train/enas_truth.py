@@ -377,7 +377,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   metrics_lib.write_json(workdir / "truth.json", out)
   md = _results_md(names, final, config.seed, seconds)
-  (workdir / "results.md").write_text(md)
+  if metrics_lib.is_primary():
+    (workdir / "results.md").write_text(md)
   print(md)
   return out
 
@@ -410,7 +411,8 @@ def _truncate(path: pathlib.Path, step: int) -> None:
   if not path.exists():
     return
   keep = [r for r in metrics_lib.read_jsonl(path) if r["step"] <= step]
-  path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
+  if metrics_lib.is_primary():
+    path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
 
 
 def _results_md(names, ppl, seed, seconds) -> str:

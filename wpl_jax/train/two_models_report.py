@@ -91,7 +91,8 @@ def write_outputs(config, workdir: pathlib.Path, results, rows) -> None:
     metrics_lib.markdown_table(rows, columns),
     "",
   ]
-  (workdir / "results.md").write_text("\n".join(text), encoding="utf-8")
+  if metrics_lib.is_primary():
+    (workdir / "results.md").write_text("\n".join(text), encoding="utf-8")
   metrics_lib.write_json(
     workdir / "results.json", {"config": config.to_dict(), "rows": rows}
   )

@@ -204,7 +204,8 @@ def _drop_lines(path, k: int, setting: str, after: int) -> None:
     for r in metrics_lib.read_jsonl(path)
     if not (r["k"] == k and r["a_setting"] == setting and r["step"] > after)
   ]
-  path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
+  if metrics_lib.is_primary():
+    path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
 
 
 def train_b(
