@@ -235,7 +235,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   archs = space_archs(config)
   names = [search_space.to_string(a) for a in search_space.unstack(archs)]
   s, h = len(names), config.model.hidden
-  trainer = TruthTrainer(config)
+  # config.num_devices (0 or absent = all local devices), as the search's.
+  trainer = TruthTrainer(
+    config, num_devices=config.get("num_devices", 0) or None
+  )
   key = jax.random.key(config.seed)
   init_keys = jax.random.split(jax.random.fold_in(key, _INIT), s)
   k_train = jax.random.fold_in(key, _TRAIN)
