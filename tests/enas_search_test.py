@@ -14,6 +14,7 @@ from absl.testing import absltest, parameterized
 from conftest import DATA_DIR
 
 from experiments import enas_ptb
+from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import loss
 from wpl_jax.enas import search_space
@@ -65,6 +66,44 @@ def _ce_grad(model, params, stats, x, y, h, arch):
     return enas_rnn.cross_entropy(logits, y)
 
   return jax.device_get(jax.grad(ce)(params))
+
+
+class WplOffStateTest(absltest.TestCase):
+  def test_no_fisher_or_anchor_when_wpl_is_off(self):
+    """WPL off: the state holds no Fisher/anchor arrays, a shared step runs,
+    and a checkpoint of it restores (nothing of WPL saved)."""
+    config = _tiny_config()
+    config.wpl.enabled = False
+    model, steps, state, x, y, h, _ = _setup(config)
+    self.assertEqual(jax.tree.leaves(state["wpl"]), [])
+    on = _setup(_tiny_config())[2]
+    self.assertLen(jax.tree.leaves(on["wpl"]), 4)  # F and anchor, h and c
+    arch = search_space.from_string("tanh|0:relu|1:sigmoid")
+    shared, _, m = jax.jit(steps.shared_step)(
+      state["shared"],
+      state["wpl"],
+      arch,
+      x,
+      y,
+      h,
+      jnp.float32(0.5),
+      jnp.float32(0.0),
+      key=jax.random.key(0),
+    )
+    self.assertEqual(float(m["wpl"]), 0.0)
+    state["shared"] = shared
+    ckpt = checkpoint_lib.Checkpointer(pathlib.Path(tempfile.mkdtemp()))
+    ckpt.save(0, state, {"epoch": 0})
+    restored, meta = ckpt.restore(state)
+    self.assertEqual(meta["epoch"], 0)
+    self.assertEqual(jax.tree.leaves(restored["wpl"]), [])
+    for a, b in zip(
+      jax.tree.leaves(restored["shared"]),
+      jax.tree.leaves(state["shared"]),
+      strict=True,
+    ):
+      np.testing.assert_array_equal(a, b)
+    ckpt.close()
 
 
 class TappedGradTest(parameterized.TestCase):

@@ -25,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from wpl_jax import checkpoint as checkpoint_lib
+from wpl_jax import fisher as fisher_lib
 from wpl_jax import metrics as metrics_lib
 from wpl_jax import sharding
 from wpl_jax import workdir as workdir_lib
@@ -194,7 +195,13 @@ def _init_state(config, model, key):
   return {
     "shared": shared,
     "controller": ctrl,
-    "wpl": enas_wpl.init_state(params),
+    # WPL off: no Fisher or anchor is allocated, carried or checkpointed
+    # (2 × 528 MB at paper size); the steps never read it then.
+    "wpl": (
+      enas_wpl.init_state(params)
+      if config.wpl.enabled
+      else fisher_lib.FisherState(fisher={}, anchor={})
+    ),
     "train_hidden": jnp.zeros((b, h), jnp.float32),
     "fisher_hidden": jnp.zeros((b, h), jnp.float32),
     "ctrl_hidden": jnp.zeros((b, h), jnp.float32),
