@@ -68,7 +68,55 @@ def mlp_cases(torch, params, batch):
     Case(BASELINE, batch_grad, jax=False),
     Case("torch.func vmap(grad) per-sample", fisher, jax=False),
   ]
+  backpack_fisher = _backpack_mlp(torch, params, names, x, y)
+  if backpack_fisher is not None:
+    err = _rel_diff(backpack_fisher(), want)
+    cases.append(
+      Case(
+        f"BackPACK SumGradSquared (Fisher = JAX's to {err:.0e})",
+        backpack_fisher,
+        jax=False,
+      )
+    )
   return cases, note
+
+
+def _backpack_mlp(torch, params, names, x, y):
+  """BackPACK's `SumGradSquared` on model A: the same algorithmic idea as
+  the taps (per-example squared gradients from the layer inputs and output
+  cotangents of one backward pass), in PyTorch. None if not installed
+  (`pip install backpack-for-pytorch`)."""
+  try:
+    import backpack  # noqa: PLC0415
+    from backpack.extensions import SumGradSquared  # noqa: PLC0415
+  except ImportError:
+    return None
+  layers = []
+  for n in names:
+    kernel = np.asarray(params[n]["kernel"])
+    lin = torch.nn.Linear(*kernel.shape)
+    with torch.no_grad():
+      lin.weight.copy_(_t(torch, kernel.T))
+      lin.bias.copy_(_t(torch, params[n]["bias"]))
+    layers += [lin, torch.nn.ReLU()]
+  net = backpack.extend(torch.nn.Sequential(*layers[:-1]))
+  lossf = backpack.extend(torch.nn.CrossEntropyLoss())
+  b = x.shape[0]
+
+  def fisher():
+    net.zero_grad()
+    with backpack.backpack(SumGradSquared()):
+      lossf(net(x), y).backward()
+    # The mean loss's per-example gradients are ∇ℓ_b / B: Σ_b (·)² · B is
+    # the empirical Fisher 1/B Σ_b (∇ℓ_b)².
+    out = {}
+    for i, n in enumerate(names):
+      lin = net[2 * i]
+      out[f"{n}/kernel"] = (b * lin.weight.sum_grad_squared).T
+      out[f"{n}/bias"] = b * lin.bias.sum_grad_squared
+    return {k: v.detach().numpy() for k, v in out.items()}
+
+  return fisher
 
 
 def _enas_torch(torch, model, variables, arch):
