@@ -18,18 +18,6 @@ _EXPERIMENTS = {
 }
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT = os.path.join(_HERE, "experiments", "two_models.py")
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", _DEFAULT, "Config file[:arg].", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "New or empty output folder.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data_dir.")
-_DOWNLOAD = flags.DEFINE_bool("download", False, "Fetch MNIST into data_dir.")
-_DISTRIBUTED = flags.DEFINE_bool(
-  "distributed",
-  False,
-  "Multi-host: call jax.distributed.initialize() first (README, Devices "
-  "and hosts); every host runs the same command.",
-)
 
 
 def _message(error: BaseException | str) -> str:
@@ -66,6 +54,25 @@ def _fail(error: BaseException | str) -> None:
   """Ends the program with one line on stderr and exit status 1."""
   print(f"error: {_message(error)}", file=sys.stderr)
   sys.exit(1)
+
+
+try:
+  _CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT, "Config file[:arg].", lock_config=True
+  )
+except (AttributeError, KeyError) as _error:
+  # With no --config, ml_collections applies --config.x overrides to the
+  # default config while the flag is defined: a mistyped field fails here.
+  _fail(_error)
+_WORKDIR = flags.DEFINE_string("workdir", None, "New or empty output folder.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data_dir.")
+_DOWNLOAD = flags.DEFINE_bool("download", False, "Fetch MNIST into data_dir.")
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Multi-host: call jax.distributed.initialize() first (README, Devices "
+  "and hosts); every host runs the same command.",
+)
 
 
 def _report_finished(workdir: str) -> None:

@@ -113,6 +113,13 @@ class MainTest(parameterized.TestCase):
       ["--config=experiments/two_models.py:smoke", "--config.wpl.alpah=1"],
       "unknown config field 'alpah' (Did you mean \"alpha\"",
     ),
+    # No --config: the default config's overrides fail while main.py's
+    # flags are defined (was a traceback).
+    (
+      "mistyped_field_default_config",
+      ["--config.protocol.bogus=1"],
+      "unknown config field 'bogus'",
+    ),
     (
       "missing_config_file",
       ["--config=experiments/no_such_file.py"],
