@@ -490,11 +490,9 @@ def _check_finite(config, epoch, losses, err1, rewards) -> None:
 
 def _truncate_jsonl(path: pathlib.Path, last_epoch: int) -> None:
   """Keeps the lines of `path` whose epoch is <= `last_epoch`."""
-  if not path.exists():
+  if not path.exists() or not metrics_lib.is_primary():
     return
   keep = [r for r in metrics_lib.read_jsonl(path) if r["epoch"] <= last_epoch]
-  if not metrics_lib.is_primary():
-    return
   with open(path, "w", encoding="utf-8") as f:
     for r in keep:
       f.write(json.dumps(r) + "\n")

@@ -411,11 +411,10 @@ def _git_commit() -> str:
 
 def _truncate(path: pathlib.Path, step: int) -> None:
   """Drops metrics lines written after checkpoint `step` (they rerun)."""
-  if not path.exists():
+  if not path.exists() or not metrics_lib.is_primary():
     return
   keep = [r for r in metrics_lib.read_jsonl(path) if r["step"] <= step]
-  if metrics_lib.is_primary():
-    path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
+  path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
 
 
 def _results_md(names, ppl, seed, seconds) -> str:

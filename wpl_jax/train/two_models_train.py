@@ -197,15 +197,14 @@ def train_a(
 def _drop_lines(path, k: int, setting: str, after: int) -> None:
   """Drops `path`'s lines of B (k, setting) whose step is > `after`."""
   path = pathlib.Path(path)
-  if not path.exists():
+  if not path.exists() or not metrics_lib.is_primary():
     return
   keep = [
     r
     for r in metrics_lib.read_jsonl(path)
     if not (r["k"] == k and r["a_setting"] == setting and r["step"] > after)
   ]
-  if metrics_lib.is_primary():
-    path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
+  path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
 
 
 def train_b(
