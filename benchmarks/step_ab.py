@@ -9,6 +9,13 @@ Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
       fisher_step and shared_step of the checkout at DIR (default: this
       one), timed alternately; prints their ratio. For before/after, run it
       once with --root=<a worktree of the old commit> and once without.
+  python benchmarks/step_ab.py --hidden=1000 --reps=5 --what=edges_const
+      jax.grad of the training loss, and the same with the cell's edge
+      matrices held constant: the share of the edges' weight gradients
+  python benchmarks/step_ab.py --hidden=1000 --reps=3 --what=einsum
+      the 35 × 11 edge weight-gradient products three ways (accumulated
+      over steps, one einsum, a loop over edges) and `jnp.dot` 2048³, the
+      GEMM ceiling, in GFLOP/s
 
 Sizes: `enas_ptb:cpu,wpl` with N = 12 nodes, V = 10000, batch 64 × 35.
 Prints medians in ms (`benchmarks/run.py` is the full suite).
@@ -36,7 +43,11 @@ def main() -> None:
   ap.add_argument("--root", default=str(here), help="checkout to import")
   ap.add_argument("--hidden", type=int, default=200)
   ap.add_argument("--reps", type=int, default=5)
-  ap.add_argument("--what", choices=("grad", "fisher"), default="grad")
+  ap.add_argument(
+    "--what",
+    choices=("grad", "fisher", "edges_const", "einsum"),
+    default="grad",
+  )
   ap.add_argument("--estimator", default="per_example")
   args = ap.parse_args()
   sys.path.insert(0, args.root)
@@ -64,7 +75,37 @@ def main() -> None:
       "fisher": lambda: fisher(*fisher_args, key=s["key"]),
     }
 
-  if args.what == "grad":
+  if args.what == "einsum":
+    _einsum(jax, jnp, args.hidden, args.reps)
+    return
+  if args.what == "edges_const":
+    c = enas_bench.config_at("large", wpl=True)
+    c.model.hidden, c.model.num_nodes = args.hidden, 12
+    s = enas_bench.setup(c)
+    arch = jax.tree.map(lambda x: x[0], s["archs"])
+    sh = s["shared"]
+
+    def grad_of(held):
+      def loss(params):
+        if held:
+          cell = jax.tree.map(jax.lax.stop_gradient, params["cell"])
+          params = {**params, "cell": cell}
+        ce, _, _ = s["steps"]._train_ce(  # noqa: SLF001
+          params,
+          sh.batch_stats,
+          s["inputs"],
+          s["targets"],
+          s["hidden"],
+          arch,
+          s["key"],
+        )
+        return ce
+
+      f = jax.jit(jax.grad(loss))
+      return lambda: f(sh.params)
+
+    cases = {"grad": grad_of(False), "grad, edges constant": grad_of(True)}
+  elif args.what == "grad":
     cases = {
       "shared_step autodiff": build(tapped_grad=False)["step"],
       "shared_step tapped_grad": build(tapped_grad=True)["step"],
@@ -87,6 +128,45 @@ def main() -> None:
     print(
       f"{pathlib.Path(args.root).name} H={args.hidden} {k}: median "
       f"{m:.0f} ms, min {min(v) * 1e3:.0f} ms, {m / base:.2f}x the first row"
+    )
+
+
+def _einsum(jax, jnp, hidden: int, reps: int) -> None:
+  """GFLOP/s of the edges' weight-gradient products and of `jnp.dot`."""
+  t, n, b, h = 35, 11, 64, hidden
+  a, g = jnp.ones((t, n, b, h)), jnp.ones((t, n, b, 2 * h))
+
+  def accumulate(a, g):
+    step = lambda i, acc: acc + jnp.einsum("nbi,nbo->nio", a[i], g[i])
+    return jax.lax.fori_loop(0, t, step, jnp.zeros((n, h, 2 * h)))
+
+  def per_edge(a, g):
+    return jnp.stack(
+      [jnp.einsum("tbi,tbo->io", a[:, j], g[:, j]) for j in range(n)]
+    )
+
+  flops = 2 * t * n * b * h * 2 * h
+  m = jnp.ones((2048, 2048))
+  cases = {
+    "accumulated over steps (autodiff-like)": (accumulate, (a, g), flops),
+    "one einsum tnbi,tnbo->nio": (
+      lambda a, g: jnp.einsum("tnbi,tnbo->nio", a, g),
+      (a, g),
+      flops,
+    ),
+    "a loop over edges": (per_edge, (a, g), flops),
+    "jnp.dot 2048³ (ceiling)": (jnp.dot, (m, m), 2 * 2048**3),
+  }
+  for name, (fn, fn_args, f) in cases.items():
+    fn = jax.jit(fn)
+    jax.block_until_ready(fn(*fn_args))
+    best = float("inf")
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*fn_args))
+      best = min(best, time.perf_counter() - t0)
+    print(
+      f"H={hidden} {name}: {best * 1e3:.0f} ms, {f / best / 1e9:.0f} GFLOP/s"
     )
 
 

@@ -267,9 +267,8 @@ class Steps:
       # the time scan, one [H, T·B] × [T·B, 2H] GEMM per edge, instead of
       # 35 small GEMMs and 35 accumulations inside the scan's backward
       # (`fisher_fast.value_and_grad`; the same gradient, tested). Off by
-      # default: on a 2-core CPU it measured 0.97× (H = 200) and 1.00×
-      # (H = 1000) the autodiff step (WORKSPACE §6.1); XLA:CPU runs the
-      # per-step [H, B] × [B, 2H] GEMMs at the same rate as the big one.
+      # default: on a quiet 2-core CPU it measured 1.02× the autodiff step
+      # at H = 200 and 400 and 0.87–0.97× at H = 1000 (WORKSPACE §6.1).
       leaves = {
         "params": shared.params,
         "edges": enas_rnn.arch_edges(shared.params["cell"], arch),
