@@ -5,10 +5,51 @@ import os
 import sys
 import time
 
-from absl import app, flags
-from ml_collections import config_flags
+# XLA:CPU takes its large buffers from glibc, which maps them fresh from the
+# kernel and unmaps them after every call, so each step of a wide model
+# touches gigabytes of new 4 KiB pages (≈ 600k minor faults per H = 1000
+# ENAS step). glibc's `hugetlb=1` tunable backs them with transparent huge
+# pages: 2 MiB faults, < 1 % of the count and a faster step (WORKSPACE §6.2,
+# benchmarks/RESULTS.md). glibc reads it only at process start, so main.py
+# restarts itself once with it, unless GLIBC_TUNABLES is already set (set
+# it, even to "", to opt out).
+TUNABLES = "glibc.malloc.hugetlb=1"
 
-from wpl_jax import workdir as workdir_lib
+
+def relaunch_env(
+  environ: dict, platform: str, libc: tuple[str, str]
+) -> dict | None:
+  """The environment to restart main.py with, or None to run as is.
+
+  Args:
+    environ: the current environment.
+    platform: `sys.platform`.
+    libc: `platform.libc_ver()`, e.g. ("glibc", "2.36"); the tunable
+      exists from glibc 2.35 on.
+  """
+  if platform != "linux" or "GLIBC_TUNABLES" in environ:
+    return None
+  name, version = libc
+  try:
+    major, minor = (int(v) for v in version.split(".")[:2])
+  except ValueError:
+    return None
+  if name != "glibc" or (major, minor) < (2, 35):
+    return None
+  return {**environ, "GLIBC_TUNABLES": TUNABLES}
+
+
+if __name__ == "__main__":
+  import platform as _platform
+
+  _env = relaunch_env(dict(os.environ), sys.platform, _platform.libc_ver())
+  if _env is not None:
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], _env)
+
+from absl import app, flags  # noqa: E402 (after the restart)
+from ml_collections import config_flags  # noqa: E402
+
+from wpl_jax import workdir as workdir_lib  # noqa: E402
 
 # config.experiment -> module exposing train_and_evaluate(config, workdir).
 _EXPERIMENTS = {

@@ -60,8 +60,7 @@ def main(argv=None) -> None:
   if args.threads == "1":
     # Must precede the first `import jax`.
     os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "")
-      + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+      os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     )
     os.environ.setdefault("OMP_NUM_THREADS", "1")
   # Imported here, after XLA_FLAGS is set.

@@ -275,8 +275,7 @@ def _subprocess(args: list[str], devices: int) -> list[dict]:
   flags = re.sub(
     r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")
   )
-  # First: XLA stops reading flags at a malformed one (run.py's
-  # "intra_op_parallelism_threads=1" has no dashes).
+  # First, so that no malformed flag before it can hide it.
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {flags}"
   env["JAX_PLATFORMS"] = "cpu"
   r = subprocess.run(

@@ -12,6 +12,10 @@ Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
   python benchmarks/step_ab.py --hidden=1000 --reps=5 --what=edges_const
       jax.grad of the training loss, and the same with the cell's edge
       matrices held constant: the share of the edges' weight gradients
+  python benchmarks/step_ab.py --hidden=200 --reps=5 --what=ce_chunk \\
+      --chunks=0,256,560
+      shared_step with the whole [T, B, V] logits (0) and with the fused
+      chunked decoder loss at each chunk size (same process)
   python benchmarks/step_ab.py --hidden=1000 --reps=3 --what=einsum
       the 35 × 11 edge weight-gradient products three ways (accumulated
       over steps, one einsum, a loop over edges) and `jnp.dot` 2048³, the
@@ -29,7 +33,7 @@ import time
 
 os.environ.setdefault(
   "XLA_FLAGS",
-  "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+  "--xla_cpu_multi_thread_eigen=false",
 )
 
 
@@ -45,10 +49,13 @@ def main() -> None:
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument(
     "--what",
-    choices=("grad", "fisher", "edges_const", "einsum"),
+    choices=("grad", "fisher", "edges_const", "einsum", "ce_chunk"),
     default="grad",
   )
   ap.add_argument("--estimator", default="per_example")
+  ap.add_argument(
+    "--chunks", default="0,256,560", help="ce_chunk values for --what=ce_chunk"
+  )
   args = ap.parse_args()
   sys.path.insert(0, args.root)
   import jax  # noqa: PLC0415 (after the path and XLA flags are set)
@@ -105,6 +112,11 @@ def main() -> None:
       return lambda: f(sh.params)
 
     cases = {"grad": grad_of(False), "grad, edges constant": grad_of(True)}
+  elif args.what == "ce_chunk":
+    cases = {
+      f"shared_step ce_chunk={c}": build(ce_chunk=int(c))["step"]
+      for c in args.chunks.split(",")
+    }
   elif args.what == "grad":
     cases = {
       "shared_step autodiff": build(tapped_grad=False)["step"],

@@ -45,6 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.init_range = 0.025
   m.hidden_source = "last"  # Reference quirk: next hidden = last node.
   m.batch_norm = True
+  # Tokens per decoder chunk: the fused decoder + cross-entropy never holds
+  # the [T·B, V] logits (0 = whole logits; enas_rnn.chunked_nll_sum). 0.90×
+  # the step at H = 200, 0.85× at H = 400 (WORKSPACE §6.2).
+  m.ce_chunk = 256
   # Split the [E, H, H] edge stacks, their Fisher and anchor along E over
   # this many devices (0 = replicated; must divide E and the device count).
   m.shard_edges = 0

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 
@@ -15,8 +16,9 @@ _PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _main(*flags: str, cwd: str | None = None) -> subprocess.CompletedProcess:
-  """Runs main.py with `flags` in a fresh interpreter."""
+  """Runs main.py with `flags` in a fresh interpreter (no GLIBC_TUNABLES)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("GLIBC_TUNABLES", None)
   return subprocess.run(
     [sys.executable, str(_ROOT / "main.py"), *flags],
     capture_output=True,
@@ -26,6 +28,26 @@ def _main(*flags: str, cwd: str | None = None) -> subprocess.CompletedProcess:
     timeout=600,
     check=False,
   )
+
+
+def _relaunch_env(calls: list) -> list:
+  """main.relaunch_env(*args) for each args, in a fresh interpreter.
+
+  (Importing main.py here would define its absl flags in pytest's process.)
+  """
+  code = (
+    "import json, sys, main; "
+    "print(json.dumps([main.relaunch_env(e, p, tuple(v)) "
+    "for e, p, v in json.loads(sys.argv[1])]))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code, json.dumps(calls)],
+    capture_output=True,
+    text=True,
+    cwd=str(_ROOT),
+    check=True,
+  )
+  return json.loads(out.stdout)
 
 
 class MainTest(parameterized.TestCase):
@@ -59,6 +81,30 @@ class MainTest(parameterized.TestCase):
     self.assertEqual(out.returncode, 0, msg=out.stderr[-3000:])
     self._check_outputs(workdir, "digits")
     self.assertIn("| k | A | B variant |", out.stdout)
+    # main.py restarted itself with the allocator setting (glibc >= 2.35).
+    if _relaunch_env([[{}, "linux", list(platform.libc_ver())]])[0] is not None:
+      record = json.loads((workdir / "run.json").read_text())
+      self.assertEqual(record["glibc_tunables"], "glibc.malloc.hugetlb=1")
+
+  def test_relaunch_env(self):
+    cases = {  # environ, sys.platform, libc_ver() -> restarts?
+      "linux, glibc 2.36": ({}, "linux", ["glibc", "2.36"], True),
+      "glibc 2.35": ({}, "linux", ["glibc", "2.35"], True),
+      "glibc 2.31, no tunable": ({}, "linux", ["glibc", "2.31"], False),
+      "musl": ({}, "linux", ["", ""], False),
+      "macOS": ({}, "darwin", ["", ""], False),
+      "the user's setting": ({"GLIBC_TUNABLES": "x=1"}, "linux", None, False),
+      "opt out": ({"GLIBC_TUNABLES": ""}, "linux", None, False),
+    }
+    got = _relaunch_env(
+      [
+        [{"A": "1", **e}, p, v or ["glibc", "2.36"]]
+        for e, p, v, _ in cases.values()
+      ]
+    )
+    for (name, (*_, restarts)), env in zip(cases.items(), got, strict=True):
+      want = {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+      self.assertEqual(env, want if restarts else None, msg=name)
 
   @pytest.mark.slow
   def test_smoke_mnist(self):

@@ -4,7 +4,7 @@ Every run records what it is in `WORKDIR/run.json` before it writes anything
 else:
 
   {"experiment": "enas_ptb", "config": {...}, "status": "running" | "finished",
-   "started": "...", "finished": "..."}
+   "started": "...", "finished": "...", "glibc_tunables": "..." | null}
 
 `inspect` (no writes) tells main.py whether a workdir is new, a run to resume
 or a finished run, and refuses a workdir that holds another experiment or
@@ -22,6 +22,7 @@ Example:
 """
 
 import json
+import os
 import pathlib
 import time
 from typing import Any, Literal
@@ -162,6 +163,8 @@ def claim(
     "config": config_dict(config),
     "status": "finished" if state == "finished" else "running",
     "started": old.get("started", time.strftime("%Y-%m-%d %H:%M:%S")),
+    # The allocator setting this process started with (main.py sets it).
+    "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
   }
   _write(workdir, record)
   return state

@@ -440,12 +440,14 @@ def chunked_cross_entropy(
 
   Equals `cross_entropy(logits, targets)` for the logits of the tied
   decoder (`params["embedding"]` [V, H], `params["decoder_bias"]` [V]),
-  but decodes `chunk` tokens at a time under `jax.checkpoint`, so neither
-  the forward nor the backward pass holds more than [chunk, V] logits.
-  With V = 10k and small H the full logits are a memory-bound buffer that
-  costs more than the matmul; chunks that fit the cache make a training
-  step at H = 32 1.2× faster on CPU (benchmarks/space32_bench.py,
-  WORKSPACE §7).
+  but decodes `chunk` tokens at a time, so neither the forward nor the
+  backward pass holds more than [chunk, V] logits: under differentiation
+  one pass over the chunks forms the value and every gradient while each
+  chunk's logits are in cache (a custom VJP; no logits are stored or
+  recomputed). With V = 10k the full logits are a memory-bound 90 MB
+  buffer at B·T = 64·35; chunks of 256 tokens make an ENAS training step
+  0.90× as long at H = 200 and 0.85× at H = 400 on a 2-core CPU
+  (WORKSPACE §6.2), and 1.2× faster at H = 32 (WORKSPACE §7).
 
   Args:
     params: the shared model's params (only the decoder is read).
@@ -500,16 +502,75 @@ def chunked_nll_sum(
   tgt = jnp.pad(targets_TxB.reshape(n), (0, pad))
   w = jnp.pad(weights, (0, pad))  # padding weighs 0
 
-  @jax.checkpoint
-  def body(total, xs):
-    o_CxH, t_C, w_C = xs
-    logits = o_CxH @ emb.T + bias[None]
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, t_C)
-    return total + jnp.sum(w_C * nll), None
-
   xs = (out.reshape(-1, chunk, h), tgt.reshape(-1, chunk), w.reshape(-1, chunk))
-  total, _ = jax.lax.scan(body, jnp.zeros([], out.dtype), xs)
+  return _decoder_nll_sum(xs[0], emb, bias, xs[1], xs[2])
+
+
+def _chunk_logits(o_CxH: Array, emb_VxH: Array, bias_V: Array) -> Array:
+  return o_CxH @ emb_VxH.T + bias_V[None]
+
+
+@jax.custom_vjp
+def _decoder_nll_sum(
+  out_KxCxH: Array, emb_VxH: Array, bias_V: Array, tgt_KxC: Array, w_KxC: Array
+) -> Array:
+  """Σ w · NLL over K chunks of C tokens; the value alone (no gradients)."""
+
+  def body(total, xs):
+    o, t, w = xs
+    nll = optax.softmax_cross_entropy_with_integer_labels(
+      _chunk_logits(o, emb_VxH, bias_V), t
+    )
+    return total + jnp.sum(w * nll), None
+
+  total, _ = jax.lax.scan(
+    body, jnp.zeros([], out_KxCxH.dtype), (out_KxCxH, tgt_KxC, w_KxC)
+  )
   return total
+
+
+def _decoder_nll_sum_fwd(out_KxCxH, emb_VxH, bias_V, tgt_KxC, w_KxC):
+  """Value and all gradients in one pass over the chunks.
+
+  The loss is a scalar, so its gradients are known up to the incoming
+  cotangent: each chunk's [C, V] logits make the softmax, d logits =
+  w · (softmax − onehot), then d out = d logits @ E and d E += d logitsᵀ @
+  out, all while the chunk is in cache. No logits are kept for the
+  backward pass and none are recomputed (`jax.checkpoint` would redo the
+  forward GEMM). Residuals: d out [K, C, H], d E [V, H], d bias [V] and the
+  per-token NLL [K, C] (the weights' gradient).
+  """
+  v = emb_VxH.shape[0]
+
+  def body(carry, xs):
+    total, d_emb, d_bias = carry
+    o, t, w = xs
+    logits = _chunk_logits(o, emb_VxH, bias_V)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    nll = lse - jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
+    onehot = jnp.arange(v)[None] == t[:, None]
+    d_logits = (jnp.exp(logits - lse[:, None]) - onehot) * w[:, None]
+    d_emb = d_emb + d_logits.T @ o
+    d_bias = d_bias + jnp.sum(d_logits, axis=0)
+    return (total + jnp.sum(w * nll), d_emb, d_bias), (d_logits @ emb_VxH, nll)
+
+  init = (
+    jnp.zeros([], out_KxCxH.dtype),
+    jnp.zeros_like(emb_VxH),
+    jnp.zeros_like(bias_V),
+  )
+  (total, d_emb, d_bias), (d_out, nll) = jax.lax.scan(
+    body, init, (out_KxCxH, tgt_KxC, w_KxC)
+  )
+  return total, (d_out, d_emb, d_bias, nll)
+
+
+def _decoder_nll_sum_bwd(res, g):
+  d_out, d_emb, d_bias, nll = res
+  return g * d_out, g * d_emb, g * d_bias, None, g * nll
+
+
+_decoder_nll_sum.defvjp(_decoder_nll_sum_fwd, _decoder_nll_sum_bwd)
 
 
 def eval_loss(
