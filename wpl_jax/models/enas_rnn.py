@@ -453,7 +453,7 @@ def chunked_cross_entropy(
     params: the shared model's params (only the decoder is read).
     out_TxBxH: float32[T, B, H] decoder inputs (`apply(..., decode=False)`).
     targets_TxB: int32[T, B] next tokens.
-    chunk: tokens per chunk (>= 1); T·B is padded to a multiple of it.
+    chunk: at most this many tokens per chunk (>= 1), as `chunked_nll_sum`.
 
   Returns:
     A float32 scalar, the mean over all T·B tokens.
@@ -479,7 +479,8 @@ def chunked_nll_sum(
     targets_TxB: int32[T, B] next tokens.
     weights_TxB: float32[T, B] per-token weights (e.g. a 0/1 padding mask);
       None = all ones.
-    chunk: tokens per chunk (>= 1); T·B is padded to a multiple of it.
+    chunk: at most this many tokens per chunk (>= 1): the T·B tokens are
+      split into K = ⌈T·B / chunk⌉ equal chunks, padded by fewer than K.
 
   Returns:
     A float32 scalar: the weighted sum over the T·B tokens (no mean).
@@ -493,7 +494,10 @@ def chunked_nll_sum(
   emb, bias = params["embedding"], params["decoder_bias"]
   h = out_TxBxH.shape[-1]
   n = targets_TxB.size
-  pad = (-n) % chunk
+  # K equal chunks of at most `chunk` tokens: padding < K tokens.
+  num_chunks = -(-n // chunk)
+  chunk = -(-n // num_chunks)
+  pad = num_chunks * chunk - n
   if weights_TxB is None:
     weights = jnp.ones((n,), out_TxBxH.dtype)
   else:
