@@ -167,13 +167,13 @@ class TrainingModeFisherTest(absltest.TestCase):
     arch = search_space.from_string("tanh|0:relu|1:sigmoid")
     shared = state["shared"]
     key = jax.random.key(9)
-    new_state, _ = jax.jit(steps.fisher_step)(
+    new_state, new_hidden = jax.jit(steps.fisher_step)(
       shared, state["wpl"], arch, x, y, h, jnp.float32(1.0), key=key
     )
     k_drop, _ = jax.random.split(key)
 
-    def ce(p):
-      (logits, _), _ = model.apply(
+    def ce(p, with_hidden=False):
+      (logits, hidden), _ = model.apply(
         {"params": p, "batch_stats": shared.batch_stats},
         x,
         h,
@@ -182,10 +182,14 @@ class TrainingModeFisherTest(absltest.TestCase):
         rngs={"dropout": k_drop},
         mutable=["batch_stats"],
       )
-      return enas_rnn.cross_entropy(logits, y)
+      return hidden if with_hidden else enas_rnn.cross_entropy(logits, y)
 
     grads = jax.device_get(jax.grad(ce)(shared.params))["cell"]
     ids = np.asarray(search_space.edge_ids(arch))
+    # The carried hidden state is the training-mode forward's own.
+    np.testing.assert_allclose(
+      new_hidden, ce(shared.params, with_hidden=True), rtol=1e-5, atol=1e-6
+    )
     for k in ("edge_h", "edge_c"):
       want = np.zeros_like(grads[k])
       want[ids] = np.square(grads[k][ids])

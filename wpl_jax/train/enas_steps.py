@@ -318,14 +318,16 @@ class Steps:
     """Fisher on one validation batch, running update, re-anchor all edges.
 
     ``batch_grad_squared`` runs the arch in training mode (dropout on,
-    batch statistics), as the reference does; the per-example estimators
+    batch statistics), as the reference does, and carries that forward's
+    hidden state to the next Fisher batch; the per-example estimators
     need examples that do not interact, so they run with the batch-norm's
     running statistics and no dropout (a named deviation). No optimizer
     step is taken on this batch.
 
     Returns:
-      `(wpl_state, new_hidden)`: the hidden state after this batch (eval
-      mode) for the next Fisher batch.
+      `(wpl_state, new_hidden)`: the float32[B, H] hidden state after this
+      batch (training mode for ``batch_grad_squared``, else eval mode) for
+      the next Fisher batch.
     """
     w = self.config.wpl
     estimator = w.estimator
@@ -338,28 +340,42 @@ class Steps:
     k_drop, k_sample = jax.random.split(key)
 
     def logits_of(p, b):
-      """Example-major logits [B, T, V] of the arch on batch `b`."""
-      if estimator == "batch_grad_squared":
-        logits, _, _ = self._train_forward(
-          p, stats, b["inputs"].T, b["hidden"], arch, k_drop
-        )
-      else:
-        logits, _ = self._eval_forward(
-          p, stats, b["inputs"].T, b["hidden"], arch
-        )
+      """Example-major eval-mode logits [B, T, V] of the arch on batch `b`."""
+      logits, _ = self._eval_forward(p, stats, b["inputs"].T, b["hidden"], arch)
       return jnp.swapaxes(logits, 0, 1)
 
     def loss_of(p, b):
-      if estimator == "batch_grad_squared" and self.config.model.get(
-        "ce_chunk", 0
-      ):
-        ce, _, _ = self._train_ce(
-          p, stats, b["inputs"].T, b["targets"].T, b["hidden"], arch, k_drop
-        )
-        return ce
       return enas_rnn.cross_entropy(logits_of(p, b), b["targets"])
 
-    if estimator == "per_example" and w.get("fisher_method", "fast") == "fast":
+    if estimator == "batch_grad_squared":
+      # The reference's estimate: the square of the batch-mean gradient of
+      # the training-mode loss (dropout on), taken with respect to the
+      # arch's fused edges [N-1, H, 2H] only, so no other weight's gradient
+      # is formed and F comes back as the arch's N-1 rows. The carried
+      # hidden state is this forward's own, as in the reference.
+      def edge_loss(edges):
+        ce, new_hidden, _ = self._train_ce(
+          params,
+          stats,
+          inputs_TxB,
+          targets_TxB,
+          hidden_BxH,
+          arch,
+          k_drop,
+          edges=edges,
+        )
+        return ce, new_hidden
+
+      fused = enas_rnn.arch_edges(params["cell"], arch)
+      g, new_hidden = jax.grad(edge_loss, has_aux=True)(fused)
+      hid = self.config.model.hidden
+      new_fisher = {
+        "edge_c": jnp.square(g[..., :hid]),
+        "edge_h": jnp.square(g[..., hid:]),
+      }
+    elif (
+      estimator == "per_example" and w.get("fisher_method", "fast") == "fast"
+    ):
       # Exact per-example Fisher from one probed backward pass (issue 6);
       # equal to the vmap(grad) path below (tests/fisher_fast_test.py).
       # The carried hidden state comes from the Fisher's own forward.
