@@ -49,7 +49,7 @@ def main() -> None:
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument(
     "--what",
-    choices=("grad", "fisher", "edges_const", "einsum", "ce_chunk"),
+    choices=("grad", "fisher", "edges_const", "einsum", "ce_chunk", "unroll"),
     default="grad",
   )
   ap.add_argument("--estimator", default="per_example")
@@ -116,6 +116,11 @@ def main() -> None:
     cases = {
       f"shared_step ce_chunk={c}": build(ce_chunk=int(c))["step"]
       for c in args.chunks.split(",")
+    }
+  elif args.what == "unroll":
+    cases = {
+      f"shared_step node_unroll={u}": build(node_unroll=u)["step"]
+      for u in (1, True)
     }
   elif args.what == "grad":
     cases = {

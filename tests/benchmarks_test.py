@@ -40,7 +40,7 @@ class MatmulFlopsTest(absltest.TestCase):
     loss = jax.jit(lambda w: jnp.sum(x @ w))
     # Forward x @ w, backward xᵀ @ g (no gradient w.r.t. the constant x).
     self.assertEqual(_flops(jax.grad(loss), w), 2 * (2 * 8 * 2 * 3))
-    branchy = lambda p, w: jax.lax.cond(p, lambda: x @ w @ w.T, lambda: x @ w)
+    branchy = lambda p, w: jax.lax.cond(p, lambda: x @ w @ w.T, lambda: 2.0 * x)
     self.assertEqual(_flops(branchy, True, w), 2 * 8 * 2 * 3 + 2 * 8 * 3 * 2)
 
 
