@@ -49,6 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the [T·B, V] logits (0 = whole logits; enas_rnn.chunked_nll_sum). 0.90×
   # the step at H = 200, 0.85× at H = 400 (WORKSPACE §6.2).
   m.ce_chunk = 256
+  # `unroll` of the scan over a cell's nodes (0 = fully): 0.88× the shared
+  # step at H = 200, 0.95–0.97× at H = 400 and 1000, +1.5 s compile per
+  # step function at N = 12 (WORKSPACE §6.2).
+  m.node_unroll = 0
   # Split the [E, H, H] edge stacks, their Fisher and anchor along E over
   # this many devices (0 = replicated; must divide E and the device count).
   m.shard_edges = 0

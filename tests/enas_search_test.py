@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -146,6 +147,41 @@ class TappedGradTest(parameterized.TestCase):
       a.params["cell"]["edge_h"] - state["shared"].params["cell"]["edge_h"]
     )
     self.assertGreater(float(jnp.max(jnp.abs(moved))), 0.0)
+
+
+class NodeUnrollTest(parameterized.TestCase):
+  """`model.node_unroll` = 0 (the enas_ptb default: the node scan fully
+  unrolled) gives the steps of the rolled scan (1), which the NumPy and
+  autodiff references of this file check."""
+
+  @parameterized.parameters("per_example", "batch_grad_squared")
+  def test_unrolled_equals_rolled(self, estimator):
+    arch = search_space.from_string("tanh|0:relu|1:sigmoid|1:identity|3:tanh")
+    out = []
+    for unroll in (1, 0):
+      config = _tiny_config(estimator=estimator)
+      config.model.num_nodes, config.model.node_unroll = 5, unroll
+      model, steps, state, x, y, h, _ = _setup(config)
+      # 0 = fully (True; note 1 == True, hence the identity checks).
+      self.assertIs(model.node_unroll is True, unroll == 0)
+      key = jax.random.key(4)
+      shared, _, m = jax.jit(steps.shared_step)(
+        state["shared"],
+        state["wpl"],
+        arch,
+        x,
+        y,
+        h,
+        jnp.float32(0.5),
+        jnp.float32(1.0),
+        key=key,
+      )
+      wpl, hidden = jax.jit(steps.fisher_step)(
+        shared, state["wpl"], arch, x, y, h, jnp.float32(2.0), key=key
+      )
+      out.append((shared.params, m["loss"], wpl.fisher, hidden))
+    self.assertGreater(float(jnp.max(out[0][2]["edge_h"])), 0.0)
+    chex.assert_trees_all_close(out[0], out[1], rtol=1e-4, atol=1e-7)
 
 
 class TrainingModeFisherTest(absltest.TestCase):

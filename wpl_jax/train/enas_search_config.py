@@ -26,8 +26,10 @@ _RESUMABLE = (
   "data_dir",
   "num_devices",
   "model.shard_edges",
-  # How the decoder is chunked changes the loss only by float rounding.
+  # How the decoder is chunked and the node scan unrolled change the loss
+  # only by float rounding.
   "model.ce_chunk",
+  "model.node_unroll",
 )
 
 
@@ -47,6 +49,8 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
   v.number(config, "model.init_range", min=0, open_min=True)
   if "ce_chunk" in config.model:
     v.integer(config, "model.ce_chunk", min=0)
+  if "node_unroll" in config.model:
+    v.integer(config, "model.node_unroll", min=0)
   v.integer(config, "data.batch_size", min=1)
   v.integer(config, "data.bptt", min=1)
   v.number(config, "shared.lr", min=0, open_min=True)

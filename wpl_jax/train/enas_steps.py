@@ -57,7 +57,8 @@ def make_model(config: ml_collections.ConfigDict) -> enas_rnn.SharedRNN:
     init_range=m.init_range,
     hidden_source=m.hidden_source,
     use_batch_norm=m.batch_norm,
-    node_unroll=m.get("node_unroll", 1),
+    # config 0 = unroll the scan over nodes fully, k >= 1 = by k.
+    node_unroll=m.get("node_unroll", 1) or True,
   )
 
 
