@@ -16,6 +16,9 @@ Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
       --chunks=0,256,560
       shared_step with the whole [T, B, V] logits (0) and with the fused
       chunked decoder loss at each chunk size (same process)
+  python benchmarks/step_ab.py --hidden=200 --reps=9 --what=unroll
+      shared_step with the node scan rolled (node_unroll=1) and fully
+      unrolled (0, the default), and each one's first call (compile)
   python benchmarks/step_ab.py --hidden=1000 --reps=3 --what=einsum
       the 35 × 11 edge weight-gradient products three ways (accumulated
       over steps, one einsum, a loop over edges) and `jnp.dot` 2048³, the
@@ -118,10 +121,17 @@ def main() -> None:
       for c in args.chunks.split(",")
     }
   elif args.what == "unroll":
-    cases = {
-      f"shared_step node_unroll={u}": build(node_unroll=u)["step"]
-      for u in (1, True)
-    }
+    cases = {}
+    for u in (1, 0):  # config 0 = the node scan fully unrolled
+      fns = build(node_unroll=u)
+      for name in ("step", "fisher"):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fns[name]())  # compiles
+        print(
+          f"node_unroll={u} {name}: first call (compile) "
+          f"{time.perf_counter() - t0:.1f} s"
+        )
+      cases[f"shared_step node_unroll={u}"] = fns["step"]
   elif args.what == "grad":
     cases = {
       "shared_step autodiff": build(tapped_grad=False)["step"],

@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the step at H = 200, 0.85× at H = 400 (WORKSPACE §6.2).
   m.ce_chunk = 256
   # `unroll` of the scan over a cell's nodes (0 = fully): 0.88× the shared
-  # step at H = 200, 0.95–0.97× at H = 400 and 1000, +1.5 s compile per
+  # step at H = 200, 0.95–0.97× at H = 400 and 1000, +1–2 s compile per
   # step function at N = 12 (WORKSPACE §6.2).
   m.node_unroll = 0
   # Split the [E, H, H] edge stacks, their Fisher and anchor along E over

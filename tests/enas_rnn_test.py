@@ -9,6 +9,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 from flax import errors as flax_errors
 
+from benchmarks.ceiling import matmul_flops
 from wpl_jax.enas import search_space as ss
 from wpl_jax.models import enas_rnn
 
@@ -165,6 +166,31 @@ class FusedDecoderLossTest(parameterized.TestCase):
     got = jax.vmap(jax.grad(lambda o: 0.5 * fused(params, o, y, w)))(outs)
     want = jax.vmap(jax.grad(lambda o: 0.5 * self._full(params, o, y, w)))(outs)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+  @parameterized.parameters(0, 1, 3)
+  def test_one_input_differentiated(self, argnum):
+    # Only the perturbed input's gradient is formed (symbolic zeros); it
+    # must still be the right one.
+    params, out, y, w = self._data()
+    fused = functools.partial(enas_rnn.chunked_nll_sum, chunk=7)
+    got = jax.grad(fused, argnums=argnum)(params, out, y, w)
+    want = jax.grad(self._full, argnums=argnum)(params, out, y, w)
+    chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-5)
+
+  def test_skips_the_embedding_gradient_when_not_needed(self):
+    params, out, y, w = self._data()
+    fused = functools.partial(enas_rnn.chunked_nll_sum, chunk=5)
+
+    def flops(argnums):
+      jaxpr = jax.make_jaxpr(jax.grad(fused, argnums=argnums))(
+        params, out, y, w
+      )
+      return matmul_flops(jaxpr)
+
+    # Forward logits and d out = d logits @ E; d E = d logitsᵀ @ out only
+    # when the params are differentiated: one [V, T·B] × [T·B, H] GEMM.
+    self.assertEqual(flops(1), 2 * (2 * T * B * V * H))
+    self.assertEqual(flops((0, 1)), 3 * (2 * T * B * V * H))
 
   def test_mean_matches_cross_entropy(self):
     params, out, y, _ = self._data()

@@ -534,16 +534,27 @@ def _decoder_nll_sum(
 
 
 def _decoder_nll_sum_fwd(out_KxCxH, emb_VxH, bias_V, tgt_KxC, w_KxC):
-  """Value and all gradients in one pass over the chunks.
+  """Value and the needed gradients in one pass over the chunks.
 
   The loss is a scalar, so its gradients are known up to the incoming
   cotangent: each chunk's [C, V] logits make the softmax, d logits =
   w · (softmax − onehot), then d out = d logits @ E and d E += d logitsᵀ @
   out, all while the chunk is in cache. No logits are kept for the
   backward pass and none are recomputed (`jax.checkpoint` would redo the
-  forward GEMM). Residuals: d out [K, C, H], d E [V, H], d bias [V] and the
-  per-token NLL [K, C] (the weights' gradient).
+  forward GEMM). Only the gradients of perturbed inputs are formed
+  (`symbolic_zeros`): a Fisher step that differentiates the edges alone
+  skips the [V, H] d E GEMM. Residuals: d out [K, C, H], d E [V, H],
+  d bias [V] and the per-token NLL [K, C] (the weights' gradient), each
+  None when its input is not differentiated.
   """
+  # Float inputs come as `CustomVJPPrimal`s (value, perturbed); the
+  # integer targets as they are.
+  out_KxCxH, need_out = out_KxCxH.value, out_KxCxH.perturbed
+  emb_VxH, need_emb = emb_VxH.value, emb_VxH.perturbed
+  bias_V, need_bias = bias_V.value, bias_V.perturbed
+  w_KxC, need_w = w_KxC.value, w_KxC.perturbed
+  tgt_KxC = getattr(tgt_KxC, "value", tgt_KxC)
+  need_logits = need_out or need_emb or need_bias
   v = emb_VxH.shape[0]
 
   def body(carry, xs):
@@ -552,29 +563,38 @@ def _decoder_nll_sum_fwd(out_KxCxH, emb_VxH, bias_V, tgt_KxC, w_KxC):
     logits = _chunk_logits(o, emb_VxH, bias_V)
     lse = jax.nn.logsumexp(logits, axis=-1)
     nll = lse - jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
-    onehot = jnp.arange(v)[None] == t[:, None]
-    d_logits = (jnp.exp(logits - lse[:, None]) - onehot) * w[:, None]
-    d_emb = d_emb + d_logits.T @ o
-    d_bias = d_bias + jnp.sum(d_logits, axis=0)
-    return (total + jnp.sum(w * nll), d_emb, d_bias), (d_logits @ emb_VxH, nll)
+    d_o = None
+    if need_logits:
+      onehot = jnp.arange(v)[None] == t[:, None]
+      d_logits = (jnp.exp(logits - lse[:, None]) - onehot) * w[:, None]
+      if need_emb:
+        d_emb = d_emb + d_logits.T @ o
+      if need_bias:
+        d_bias = d_bias + jnp.sum(d_logits, axis=0)
+      if need_out:
+        d_o = d_logits @ emb_VxH
+    return (total + jnp.sum(w * nll), d_emb, d_bias), (d_o, nll)
 
   init = (
     jnp.zeros([], out_KxCxH.dtype),
-    jnp.zeros_like(emb_VxH),
-    jnp.zeros_like(bias_V),
+    jnp.zeros_like(emb_VxH) if need_emb else None,
+    jnp.zeros_like(bias_V) if need_bias else None,
   )
   (total, d_emb, d_bias), (d_out, nll) = jax.lax.scan(
     body, init, (out_KxCxH, tgt_KxC, w_KxC)
   )
-  return total, (d_out, d_emb, d_bias, nll)
+  return total, (d_out, d_emb, d_bias, nll if need_w else None)
 
 
 def _decoder_nll_sum_bwd(res, g):
+  scale = lambda d: None if d is None else g * d  # noqa: E731
   d_out, d_emb, d_bias, nll = res
-  return g * d_out, g * d_emb, g * d_bias, None, g * nll
+  return scale(d_out), scale(d_emb), scale(d_bias), None, scale(nll)
 
 
-_decoder_nll_sum.defvjp(_decoder_nll_sum_fwd, _decoder_nll_sum_bwd)
+_decoder_nll_sum.defvjp(
+  _decoder_nll_sum_fwd, _decoder_nll_sum_bwd, symbolic_zeros=True
+)
 
 
 def eval_loss(
