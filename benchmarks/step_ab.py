@@ -19,6 +19,9 @@ Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
   python benchmarks/step_ab.py --hidden=200 --reps=9 --what=unroll
       shared_step with the node scan rolled (node_unroll=1) and fully
       unrolled (0, the default), and each one's first call (compile)
+  python benchmarks/step_ab.py --hidden=200 --reps=9 --what=eval_vmap
+      controller_step and eval_archs on K = 1 arch as shipped (no vmap for
+      one arch) and with the vmap over the one arch, as before
   python benchmarks/step_ab.py --hidden=1000 --reps=3 --what=einsum
       the 35 × 11 edge weight-gradient products three ways (accumulated
       over steps, one einsum, a loop over edges) and `jnp.dot` 2048³, the
@@ -52,7 +55,15 @@ def main() -> None:
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument(
     "--what",
-    choices=("grad", "fisher", "edges_const", "einsum", "ce_chunk", "unroll"),
+    choices=(
+      "grad",
+      "fisher",
+      "edges_const",
+      "einsum",
+      "ce_chunk",
+      "unroll",
+      "eval_vmap",
+    ),
     default="grad",
   )
   ap.add_argument("--estimator", default="per_example")
@@ -132,6 +143,8 @@ def main() -> None:
           f"{time.perf_counter() - t0:.1f} s"
         )
       cases[f"shared_step node_unroll={u}"] = fns["step"]
+  elif args.what == "eval_vmap":
+    cases = _eval_vmap_cases(jax, jnp, enas_bench, args.hidden)
   elif args.what == "grad":
     cases = {
       "shared_step autodiff": build(tapped_grad=False)["step"],
@@ -156,6 +169,43 @@ def main() -> None:
       f"{pathlib.Path(args.root).name} H={args.hidden} {k}: median "
       f"{m:.0f} ms, min {min(v) * 1e3:.0f} ms, {m / base:.2f}x the first row"
     )
+
+
+def _eval_vmap_cases(jax, jnp, enas_bench, hidden: int) -> dict:
+  """controller_step / eval_archs at K = 1: as shipped, and vmapped."""
+  from wpl_jax.train import enas_steps  # noqa: PLC0415
+
+  class VmapSteps(enas_steps.Steps):
+    """`_eval_many` as before: a vmap even over one arch."""
+
+    def _eval_many(self, shared, archs, inputs_TxB, targets_TxB, hidden_BxH):
+      variables = {"params": shared.params, "batch_stats": shared.batch_stats}
+
+      def one(arch):
+        total, new_hidden = self._eval_nll_sum(
+          variables, arch, inputs_TxB, targets_TxB, hidden_BxH
+        )
+        return jnp.exp(total / targets_TxB.size), new_hidden
+
+      return jax.vmap(one)(archs)
+
+  c = enas_bench.config_at("large", wpl=True)
+  c.model.hidden, c.model.num_nodes = hidden, 12
+  s = enas_bench.setup(c)
+  one = jax.tree.map(lambda a: a[:1], s["archs"])
+  batch = (s["inputs"], s["targets"], s["hidden"])
+  cases = {}
+  for name, steps in (
+    ("shipped", s["steps"]),
+    ("vmapped", VmapSteps(s["model"], c)),
+  ):
+    ctrl = jax.jit(steps.controller_step)
+    ev = jax.jit(steps.eval_archs)
+    cases[f"controller_step {name}"] = lambda ctrl=ctrl: ctrl(
+      s["ctrl"], s["shared"], *batch, key=s["key"]
+    )
+    cases[f"eval_archs K=1 {name}"] = lambda ev=ev: ev(s["shared"], one, *batch)
+  return cases
 
 
 def _einsum(jax, jnp, hidden: int, reps: int) -> None:

@@ -467,18 +467,20 @@ class ReferenceModeTest(parameterized.TestCase):
 
 
 class EvalBatchNormTest(parameterized.TestCase):
-  @parameterized.parameters("running", "batch")
-  def test_eval_archs_matches_single_forward(self, eval_bn):
+  @parameterized.product(eval_bn=("running", "batch"), k=(1, 2))
+  def test_eval_archs_matches_single_forward(self, eval_bn, k):
+    # K = 1 takes the path without vmap, K = 2 the vmapped one.
     config = _tiny_config()
     config.search.eval_bn = eval_bn
     model, steps, state, x, y, h, _ = _setup(config)
     archs = [
       search_space.from_string(s)
-      for s in ("tanh|0:relu|0:sigmoid", "sigmoid|0:identity|1:relu")
+      for s in ("tanh|0:relu|0:sigmoid", "sigmoid|0:identity|1:relu")[:k]
     ]
     got = jax.jit(steps.eval_archs)(
       state["shared"], search_space.stack(archs), x, y, h
     )
+    self.assertEqual(got.shape, (k,))
     variables = {
       "params": state["shared"].params,
       "batch_stats": state["shared"].batch_stats,

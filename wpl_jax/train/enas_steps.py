@@ -489,7 +489,11 @@ class Steps:
   def _eval_many(self, shared, archs, inputs_TxB, targets_TxB, hidden_BxH):
     """(perplexity [K], final hidden [K, B, H]) of K archs, one vmapped call.
 
-    Batch-norm as `config.search.eval_bn` says (see `_eval_logits`).
+    Batch-norm as `config.search.eval_bn` says (see `_eval_logits`). One
+    arch (K = 1, the reference's REINFORCE step) runs without `vmap`: a
+    vmap over a single arch turns every matmul into a batched one and
+    every node read into a gather, 1.2x slower on a 2-core CPU at H = 200
+    (WORKSPACE §6.3). The values are the same.
     """
     variables = {"params": shared.params, "batch_stats": shared.batch_stats}
 
@@ -499,6 +503,9 @@ class Steps:
       )
       return jnp.exp(total / targets_TxB.size), new_hidden
 
+    if archs.activations.shape[0] == 1:
+      ppl, new_hidden = one(jax.tree.map(lambda a: a[0], archs))
+      return ppl[None], new_hidden[None]
     return jax.vmap(one)(archs)
 
   def eval_archs_windows(
