@@ -74,7 +74,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   se.batches_per_arch = 7  # ... × B training batches each.
   se.derive_every = 30  # Derive every D epochs (and at the end).
   se.derive_samples = 100  # Best of M sampled cells.
-  se.eval_chunk = 16  # Archs per vmapped evaluation call.
+  se.eval_chunk = 16  # Archs per evaluation call.
+  # Archs per vmap inside an evaluation call (0 = all of the call's):
+  # on CPU one at a time is faster and holds 1/16 of the memory (§6.3);
+  # the search vmaps all of them when its devices split the archs.
+  se.eval_vmap = 1
   # Batch-norm in search evaluations (forgetting, reward, derive): "running"
   # statistics (reference) or each child's own "batch" statistics.
   se.eval_bn = "running"

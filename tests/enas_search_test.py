@@ -467,16 +467,33 @@ class ReferenceModeTest(parameterized.TestCase):
 
 
 class EvalBatchNormTest(parameterized.TestCase):
-  @parameterized.product(eval_bn=("running", "batch"), k=(1, 2))
-  def test_eval_archs_matches_single_forward(self, eval_bn, k):
-    # K = 1 takes the path without vmap, K = 2 the vmapped one.
+  @parameterized.product(
+    eval_bn=("running", "batch"), k_group=((1, 1), (2, 0), (3, 1), (3, 2))
+  )
+  def test_eval_archs_matches_single_forward(self, eval_bn, k_group):
+    # K = 1 runs without vmap; search.eval_vmap = 0 vmaps all K; 1 maps
+    # one arch at a time; 2 maps vmapped pairs (and a remainder of one).
+    k, group = k_group
     config = _tiny_config()
     config.search.eval_bn = eval_bn
+    config.search.eval_vmap = group
     model, steps, state, x, y, h, _ = _setup(config)
     archs = [
       search_space.from_string(s)
-      for s in ("tanh|0:relu|0:sigmoid", "sigmoid|0:identity|1:relu")[:k]
+      for s in (
+        "tanh|0:relu|0:sigmoid",
+        "sigmoid|0:identity|1:relu",
+        "relu|0:tanh|1:tanh",
+      )[:k]
     ]
+    eqns = jax.make_jaxpr(steps.eval_archs)(
+      state["shared"], search_space.stack(archs), x, y, h
+    ).jaxpr.eqns
+    # One arch at a time is a top-level scan of length K (T = 4 here).
+    mapped = any(
+      e.primitive.name == "scan" and e.params["length"] == k for e in eqns
+    )
+    self.assertEqual(mapped, group == 1 and k > 1)
     got = jax.jit(steps.eval_archs)(
       state["shared"], search_space.stack(archs), x, y, h
     )

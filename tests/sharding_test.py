@@ -127,7 +127,8 @@ def _enas_steps(config, *, k_archs: int = 0) -> dict:
 
   mesh = enas_search.make_mesh(config)
   model = enas_steps.make_model(config)
-  steps = enas_steps.Steps(model=model, config=config)
+  # As the search: archs split over devices share one vmap.
+  steps = enas_steps.Steps(model=model, config=config, eval_vmap=0)
   init = jax.jit(lambda k: enas_search._init_state(config, model, k))
   state = enas_search.place_state(init(jax.random.key(0)), mesh)
   fns = enas_search.jit_steps(steps, state, mesh)
@@ -765,6 +766,9 @@ class SmokeRunsTest(absltest.TestCase):
       r = _main([*base, *args], devices, tmp / name)
       self.assertEqual(r.returncode, 0, r.stderr[-2000:])
       self.assertIn(f"{devices} device(s)", r.stderr)
+      # Split over devices, each evaluation's archs share one vmap.
+      ignored = "search.eval_vmap=1 ignored" in r.stderr
+      self.assertEqual(ignored, devices > 1)
       if i >= 2:
         self.assertIn("resumed from epoch", r.stderr)
     one, mixed = (_jsonl(tmp / w / "metrics.jsonl") for w in ("one", "mixed"))

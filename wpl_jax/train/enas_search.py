@@ -14,6 +14,7 @@ splits, the resume check), `enas_search_eval` (forgetting, derive, ranking)
 and `enas_search_report` (TensorBoard, results.md, figure).
 """
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -244,6 +245,15 @@ def search(
       "search.eval_chunk=%d archs do not split over %d devices: the "
       "vmapped evaluations run replicated",
       s.eval_chunk,
+      sharding.num_shards(mesh),
+    )
+  elif sharding.num_shards(mesh) > 1 and s.get("eval_vmap", 0):
+    # The devices split each call's archs: one vmap over all of them.
+    steps = dataclasses.replace(steps, eval_vmap=0)
+    logging.info(
+      "search.eval_vmap=%d ignored: the %d devices split each "
+      "evaluation's archs, vmapped together",
+      s.eval_vmap,
       sharding.num_shards(mesh),
     )
   policy = enas_steps.search_policy(config)

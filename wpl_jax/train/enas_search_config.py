@@ -30,6 +30,8 @@ _RESUMABLE = (
   # only by float rounding.
   "model.ce_chunk",
   "model.node_unroll",
+  # How many archs an evaluation vmaps together: rounding only.
+  "search.eval_vmap",
 )
 
 
@@ -120,6 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"{config.search.policy!r}"
     )
   enas_steps.fixed_first_activation(config)  # raises on an unknown name
+  if "eval_vmap" in config.search:
+    validation.integer(config, "search.eval_vmap", min=0)
   for field in ("heldout_tokens", "rank_every"):
     if config.search.get(field, 0) < 0:
       raise ValueError(f"config.search.{field} must be >= 0")

@@ -148,6 +148,9 @@ class Steps:
 
   model: enas_rnn.SharedRNN
   config: ml_collections.ConfigDict
+  # Overrides `config.search.eval_vmap` when not None (the search sets 0
+  # when its devices split the K archs of an evaluation between them).
+  eval_vmap: int | None = None
 
   # -- forward helpers -------------------------------------------------------
 
@@ -487,13 +490,10 @@ class Steps:
     return out
 
   def _eval_many(self, shared, archs, inputs_TxB, targets_TxB, hidden_BxH):
-    """(perplexity [K], final hidden [K, B, H]) of K archs, one vmapped call.
+    """(perplexity [K], final hidden [K, B, H]) of K archs in one call.
 
-    Batch-norm as `config.search.eval_bn` says (see `_eval_logits`). One
-    arch (K = 1, the reference's REINFORCE step) runs without `vmap`: a
-    vmap over a single arch turns every matmul into a batched one and
-    every node read into a gather, 1.2x slower on a 2-core CPU at H = 200
-    (WORKSPACE §6.3). The values are the same.
+    Batch-norm as `config.search.eval_bn` says (see `_eval_logits`); the K
+    archs are vmapped in groups as `_map_archs` says.
     """
     variables = {"params": shared.params, "batch_stats": shared.batch_stats}
 
@@ -503,10 +503,34 @@ class Steps:
       )
       return jnp.exp(total / targets_TxB.size), new_hidden
 
-    if archs.activations.shape[0] == 1:
-      ppl, new_hidden = one(jax.tree.map(lambda a: a[0], archs))
-      return ppl[None], new_hidden[None]
-    return jax.vmap(one)(archs)
+    return self._map_archs(one, archs)
+
+  def _map_archs(self, one, archs):
+    """`one` over the K archs on the leading axis, stacked: vmapped groups.
+
+    `config.search.eval_vmap` = g archs share one vmap and the groups run
+    one after the other (`lax.map`); 0 = all K in one vmap. Under a vmap
+    each arch's edges are gathered at once and every matmul is a batched
+    one: on a 2-core CPU one arch at a time (g = 1, the `enas_ptb`
+    default) evaluates K = 16 cells 0.79× as long at H = 1000 with 2.4 GB
+    less peak memory, and a single arch (the REINFORCE step's K = 1) runs
+    without vmap whatever g is (0.85× at H = 200; WORKSPACE §6.3). The
+    values are the same either way. On accelerators a vmap of all K
+    (g = 0) uses the device better; the search forces it when its devices
+    split the K archs between them.
+    """
+    k = archs.activations.shape[0]
+    group = self.eval_vmap
+    if group is None:
+      group = self.config.search.get("eval_vmap", 0)
+    if k == 1:
+      out = one(jax.tree.map(lambda a: a[0], archs))
+      return jax.tree.map(lambda a: a[None], out)
+    if group == 0 or group >= k:
+      return jax.vmap(one)(archs)
+    if group == 1:  # `lax.map`'s batch_size=1 would vmap groups of one
+      return jax.lax.map(one, archs)
+    return jax.lax.map(one, archs, batch_size=group)
 
   def eval_archs_windows(
     self,
