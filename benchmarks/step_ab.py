@@ -22,6 +22,10 @@ Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
   python benchmarks/step_ab.py --hidden=200 --reps=9 --what=eval_vmap
       controller_step and eval_archs on K = 1 arch as shipped (no vmap for
       one arch) and with the vmap over the one arch, as before
+  python benchmarks/step_ab.py --hidden=200 --reps=15 --what=highway
+      shared_step and fisher_step with the node update's hand-written VJP
+      (shipped) and with autodiff of the same formula, and XLA's temporary
+      memory of each compiled step
   python benchmarks/step_ab.py --hidden=1000 --reps=3 --what=einsum
       the 35 × 11 edge weight-gradient products three ways (accumulated
       over steps, one einsum, a loop over edges) and `jnp.dot` 2048³, the
@@ -63,6 +67,7 @@ def main() -> None:
       "ce_chunk",
       "unroll",
       "eval_vmap",
+      "highway",
     ),
     default="grad",
   )
@@ -94,6 +99,17 @@ def main() -> None:
     return {
       "step": lambda: step(*step_args, key=s["key"]),
       "fisher": lambda: fisher(*fisher_args, key=s["key"]),
+      "temp_mb": lambda: {
+        name: fn.lower(*a, key=s["key"])
+        .compile()
+        .memory_analysis()
+        .temp_size_in_bytes
+        / 1e6
+        for name, fn, a in (
+          ("step", step, step_args),
+          ("fisher", fisher, fisher_args),
+        )
+      },
     }
 
   if args.what == "einsum":
@@ -145,6 +161,23 @@ def main() -> None:
       cases[f"shared_step node_unroll={u}"] = fns["step"]
   elif args.what == "eval_vmap":
     cases = _eval_vmap_cases(jax, jnp, enas_bench, args.hidden)
+  elif args.what == "highway":
+    from wpl_jax.models import enas_rnn  # noqa: PLC0415
+
+    hand = enas_rnn._highway  # noqa: SLF001
+    cases = {}
+    for name, highway in (
+      ("autodiff", lambda z, h, a: enas_rnn._highway_parts(z, h, a)[0]),  # noqa: SLF001
+      ("custom_vjp", hand),
+    ):
+      enas_rnn._highway = highway  # noqa: SLF001 (read when traced)
+      fns = build()
+      for k in ("step", "fisher"):
+        jax.block_until_ready(fns[k]())  # traced with this node update
+      print(f"{name}: XLA temporary memory (MB) {fns['temp_mb']()}")
+      cases[f"shared_step {name}"] = fns["step"]
+      cases[f"fisher_step {name}"] = fns["fisher"]
+    enas_rnn._highway = hand  # noqa: SLF001
   elif args.what == "grad":
     cases = {
       "shared_step autodiff": build(tapped_grad=False)["step"],
