@@ -26,6 +26,12 @@ Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
       shared_step and fisher_step with the node update's hand-written VJP
       (shipped) and with autodiff of the same formula, and XLA's temporary
       memory of each compiled step
+  python benchmarks/step_ab.py --hidden=200 --reps=7 --what=pieces
+      the training step's two halves jitted alone (the cell's recurrence
+      forward + backward, the chunked decoder forward + backward), the
+      same number of bare [B, H] x [H, 2H] matmuls chained with a tanh
+      (forward + backward), and `jnp.dot` 2048³: GFLOP/s of each, so the
+      step's rate can be read against what XLA gets on its own shapes
   python benchmarks/step_ab.py --hidden=1000 --reps=3 --what=einsum
       the 35 × 11 edge weight-gradient products three ways (accumulated
       over steps, one einsum, a loop over edges) and `jnp.dot` 2048³, the
@@ -68,6 +74,7 @@ def main() -> None:
       "unroll",
       "eval_vmap",
       "highway",
+      "pieces",
     ),
     default="grad",
   )
@@ -112,6 +119,9 @@ def main() -> None:
       },
     }
 
+  if args.what == "pieces":
+    _pieces(jax, jnp, enas_bench, args.hidden, args.reps)
+    return
   if args.what == "einsum":
     _einsum(jax, jnp, args.hidden, args.reps)
     return
@@ -201,6 +211,65 @@ def main() -> None:
     print(
       f"{pathlib.Path(args.root).name} H={args.hidden} {k}: median "
       f"{m:.0f} ms, min {min(v) * 1e3:.0f} ms, {m / base:.2f}x the first row"
+    )
+
+
+def _pieces(jax, jnp, enas_bench, hidden: int, reps: int) -> None:
+  """GFLOP/s of the step's halves, a bare matmul chain and the ceiling."""
+  from benchmarks.ceiling import matmul_flops  # noqa: PLC0415
+  from wpl_jax.models import enas_rnn  # noqa: PLC0415
+
+  c = enas_bench.config_at("large", wpl=True)
+  c.model.hidden, c.model.num_nodes = hidden, 12
+  s = enas_bench.setup(c)
+  st, sh, key = s["steps"], s["shared"], s["key"]
+  arch = jax.tree.map(lambda x: x[0], s["archs"])
+  x, y, h = s["inputs"], s["targets"], s["hidden"]
+  t, b = x.shape
+  probe = jax.random.normal(jax.random.key(1), (t, b, hidden))
+
+  def recurrence(p):  # cell forward + backward, no decoder
+    out, _, _ = st._train_forward(  # noqa: SLF001
+      p, sh.batch_stats, x, h, arch, key, decode=False
+    )
+    return jnp.sum(out * probe)
+
+  def decoder(p, o):
+    return enas_rnn.chunked_nll_sum(p, o, y, chunk=c.model.ce_chunk)
+
+  n_mm = t * c.model.num_nodes  # node 0's recurrent matmul + 11 edges
+  w = 0.01 * jax.random.normal(jax.random.key(2), (n_mm, hidden, 2 * hidden))
+
+  def chain(w):
+    def body(hh, w_j):
+      return jnp.tanh((hh @ w_j)[:, :hidden]), None
+
+    return jnp.sum(jax.lax.scan(body, h + 0.1, w)[0])
+
+  m = jnp.ones((2048, 2048), jnp.float32)
+  cases = {
+    "training step": (
+      lambda *a: st.shared_step(*a, jnp.float32(0.1), jnp.float32(1), key=key),
+      (sh, s["wpl"], arch, x, y, h),
+    ),
+    "recurrence fwd+bwd": (jax.grad(recurrence), (sh.params,)),
+    "decoder fwd+bwd": (jax.grad(decoder, argnums=(0, 1)), (sh.params, probe)),
+    f"{n_mm} bare matmuls fwd+bwd": (jax.grad(chain), (w,)),
+    "jnp.dot 2048³ (ceiling)": (jnp.dot, (m, m)),
+  }
+  for name, (fn, fn_args) in cases.items():
+    flops = matmul_flops(jax.make_jaxpr(fn)(*fn_args))
+    f = jax.jit(fn)
+    jax.block_until_ready(f(*fn_args))
+    times = []
+    for _ in range(reps):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(*fn_args))
+      times.append(time.perf_counter() - t0)
+    med = sorted(times)[len(times) // 2]
+    print(
+      f"H={hidden} {name}: median {med * 1e3:.0f} ms, "
+      f"{flops / 1e9:.2f} GFLOP, {flops / med / 1e9:.0f} GFLOP/s"
     )
 
 

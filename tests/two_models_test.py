@@ -216,6 +216,7 @@ def _robust_config(seed: int = 0, num_seeds: int = 3):
   config.protocol.a_log_every = 300
   config.protocol.b_steps = 300
   config.protocol.eval_every = 150
+  config.protocol.checkpoint_every = 150  # a multiple of eval_every
   config.protocol.early_step = 150
   config.protocol.batch_size = 32
   config.protocol.eval_examples = 0

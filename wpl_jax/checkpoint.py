@@ -100,6 +100,9 @@ def _digest(step_dir: pathlib.Path) -> dict[str, str]:
   return out
 
 
+_SAVE_CONCURRENT_GB = 1
+
+
 class Checkpointer:
   """Saves `(state pytree, JSON metadata)` per step; restores the latest.
 
@@ -121,7 +124,20 @@ class Checkpointer:
       self.directory.name + ".skipped"
     )
     self._options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep)
-    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+    self._manager = ocp.CheckpointManager(
+      self.directory,
+      options=self._options,
+      item_handlers={
+        # At most 1 GB of the state is staged in host memory at a time
+        # (orbax's default, 96 GB, copies all of it at once): an ENAS
+        # search at paper size saves 1.6 GB of params, Fisher and anchor,
+        # and its peak memory was the save (WORKSPACE §6.3).
+        "state": ocp.StandardCheckpointHandler(
+          save_concurrent_gb=_SAVE_CONCURRENT_GB
+        ),
+        "meta": ocp.JsonCheckpointHandler(),
+      },
+    )
 
   def latest_step(self) -> int | None:
     """The last completely saved step (not yet verified), or None."""
