@@ -76,8 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   se.derive_samples = 100  # Best of M sampled cells.
   se.eval_chunk = 16  # Archs per evaluation call.
   # Archs per vmap inside an evaluation call (0 = all of the call's):
-  # on CPU one at a time is faster and holds 1/16 of the memory (§6.3);
-  # the search vmaps all of them when its devices split the archs.
+  # on CPU one at a time is faster and gathers one arch's edges, not 16
+  # (WORKSPACE §6.3); the search vmaps all of them when its devices split
+  # the archs.
   se.eval_vmap = 1
   # Batch-norm in search evaluations (forgetting, reward, derive): "running"
   # statistics (reference) or each child's own "batch" statistics.

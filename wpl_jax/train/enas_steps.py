@@ -512,12 +512,12 @@ class Steps:
     one after the other (`lax.map`); 0 = all K in one vmap. Under a vmap
     each arch's edges are gathered at once and every matmul is a batched
     one: on a 2-core CPU one arch at a time (g = 1, the `enas_ptb`
-    default) evaluates K = 16 cells 0.79× as long at H = 1000 with 2.4 GB
+    default) evaluates K = 16 cells 0.84× as long at H = 1000 with 2.9 GB
     less peak memory, and a single arch (the REINFORCE step's K = 1) runs
     without vmap whatever g is (0.85× at H = 200; WORKSPACE §6.3). The
-    values are the same either way. On accelerators a vmap of all K
-    (g = 0) uses the device better; the search forces it when its devices
-    split the K archs between them.
+    values are the same either way. On an accelerator a vmap of all K
+    (g = 0) should use the device better (not measured: none was lent);
+    the search forces it when its devices split the K archs between them.
     """
     k = archs.activations.shape[0]
     group = self.eval_vmap
