@@ -190,16 +190,14 @@ def main() -> None:
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker:
+    # Printed here, not through `benchmarks.common`: the worker imports
+    # the `benchmarks` package of the checkout at --root.
     r = worker(int(args.hidden), args.estimators, args.reps, args.root)
     print("RESULT " + json.dumps(r), flush=True)
     return
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (
-    env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-  )
-  env["JAX_PLATFORMS"] = "cpu"
-  if args.tunables is not None:
-    env["GLIBC_TUNABLES"] = args.tunables
+  from benchmarks import common  # noqa: PLC0415 (parent process only)
+
+  env = common.worker_env(args.tunables)
   label = args.label or _commit(args.root)
   rows = []
   for est in args.estimators.split(","):
@@ -208,11 +206,7 @@ def main() -> None:
       cmd += ["--worker", f"--hidden={hidden}", f"--estimators={est}"]
       cmd += [f"--reps={args.reps}", f"--root={args.root}"]
       print(f"[{label}] H={hidden} {est} ...", file=sys.stderr, flush=True)
-      p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-      lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-      if p.returncode or not lines:
-        sys.exit(f"worker H={hidden} {est} failed: {p.stderr[-2000:]}")
-      r = json.loads(lines[-1][len("RESULT ") :])
+      r = common.run_worker(cmd, env, f"H={hidden} {est}")
       r["label"] = label
       r["commit"] = _commit(args.root)
       r["tunables"] = env.get("GLIBC_TUNABLES", "")

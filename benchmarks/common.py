@@ -1,12 +1,14 @@
 """Timing, memory and table helpers shared by the benchmark groups."""
 
 import dataclasses
+import json
 import math
 import os
 import platform
 import resource
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -225,3 +227,37 @@ def facts_markdown(facts: list[dict]) -> str:
   lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
   lines += ["| " + " | ".join(str(f[k]) for k in keys) + " |" for f in facts]
   return "\n".join(lines)
+
+
+# -- worker processes (one fresh process per measured setting) -------------
+
+RESULT = "RESULT "
+
+
+def worker_env(tunables: str | None = None) -> dict:
+  """Environment of a benchmark worker: CPU, Eigen single-threaded.
+
+  `tunables`, when not None, sets GLIBC_TUNABLES ("" clears main.py's
+  huge-page setting); otherwise the caller's environment is inherited.
+  """
+  env = dict(os.environ)
+  flags = env.get("XLA_FLAGS", "")
+  env["XLA_FLAGS"] = flags + " --xla_cpu_multi_thread_eigen=false"
+  env["JAX_PLATFORMS"] = "cpu"
+  if tunables is not None:
+    env["GLIBC_TUNABLES"] = tunables
+  return env
+
+
+def report(result: dict) -> None:
+  """Worker side: prints `result` as the line `run_worker` reads."""
+  print(RESULT + json.dumps(result), flush=True)
+
+
+def run_worker(cmd: list[str], env: dict, what: str) -> dict:
+  """Runs a worker and returns its last `report`; exits naming `what`."""
+  p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+  lines = [ln for ln in p.stdout.splitlines() if ln.startswith(RESULT)]
+  if p.returncode or not lines:
+    sys.exit(f"worker {what} failed: {p.stderr[-2000:]}")
+  return json.loads(lines[-1][len(RESULT) :])

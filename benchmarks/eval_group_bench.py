@@ -14,12 +14,12 @@ evaluation's). The workers run in turn, --rounds times, ABAB.
 """
 
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import time
+
+from benchmarks import common
 
 
 def worker(hidden: int, k: int, group: int, reps: int) -> dict:
@@ -62,26 +62,18 @@ def main() -> None:
   ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker is not None:
-    r = worker(args.hidden, args.k, args.worker, args.reps)
-    print("RESULT " + json.dumps(r), flush=True)
+    common.report(worker(args.hidden, args.k, args.worker, args.reps))
     return
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (
-    env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+  env = common.worker_env(
+    os.environ.get("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # as main.py
   )
-  env["JAX_PLATFORMS"] = "cpu"
-  env.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # as main.py
   results = {}
   for _ in range(args.rounds):
     for g in args.groups.split(","):
       cmd = [sys.executable, "-m", "benchmarks.eval_group_bench"]
       cmd += [f"--hidden={args.hidden}", f"--k={args.k}"]
       cmd += [f"--reps={args.reps}", f"--worker={g}"]
-      p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-      lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-      if p.returncode or not lines:
-        sys.exit(f"worker eval_vmap={g} failed: {p.stderr[-2000:]}")
-      r = json.loads(lines[-1][len("RESULT ") :])
+      r = common.run_worker(cmd, env, f"eval_vmap={g}")
       results.setdefault(g, []).append(r)
       print(
         f"H={args.hidden} K={args.k} eval_vmap={g}: {r['best_s']:.2f} s, "
