@@ -475,17 +475,44 @@ class JaxInternalsTest(absltest.TestCase):
   """
 
   def test_scan_equation_params(self):
-    def f(w, xs):
-      return jax.lax.scan(lambda c, x: (c @ w + x, None), jnp.zeros(2), xs)[0]
+    # The scan layout `_tap_discovery.scan_layout` reads, per JAX line: a
+    # new JAX that renames these fails here, not silently in a Fisher.
+    def f(w, v, xs):
+      def body(c, x):
+        a, b = c
+        return (a @ w + x["x"], b @ v + x["y"]), a
 
-    closed = jax.make_jaxpr(f)(jnp.eye(2), jnp.ones((3, 2)))
+      return jax.lax.scan(body, (jnp.zeros(2), jnp.ones(2)), xs)[0]
+
+    xs = {"x": jnp.ones((3, 2)), "y": jnp.ones((3, 2))}
+    closed = jax.make_jaxpr(f)(jnp.eye(2), jnp.eye(2), xs)
     (eqn,) = [e for e in closed.jaxpr.eqns if e.primitive.name == "scan"]
-    self.assertContainsSubset({"jaxpr", "num_consts", "num_carry"}, eqn.params)
-    self.assertTrue(hasattr(eqn.params["jaxpr"], "jaxpr"))
-    self.assertEqual(eqn.params["num_carry"], 1)
+    if jax.__version_info__ < (0, 11):
+      old = {"jaxpr", "num_consts", "num_carry"}
+      self.assertContainsSubset(old, eqn.params)
+    else:
+      self.assertContainsSubset({"jaxpr", "ft_in"}, eqn.params)
+    body, n_consts, n_carry = _tap_discovery.scan_layout(eqn)
+    self.assertEqual((n_consts, n_carry), (2, 2))
+    self.assertLen(eqn.invars, 6)  # w, v; the two carries; the two xs
+    self.assertLen(body.invars, 6)
+    # The counts name the right inputs: consts are the two [2, 2] matrices.
     self.assertEqual(
-      len(eqn.invars), eqn.params["num_consts"] + eqn.params["num_carry"] + 1
+      [v.aval.shape for v in eqn.invars[:n_consts]], [(2, 2), (2, 2)]
     )
+
+  def test_scan_layout_refuses_an_unknown_layout(self):
+    closed = jax.make_jaxpr(
+      lambda xs: jax.lax.scan(lambda c, x: (c + x, None), 0.0, xs)[0]
+    )(jnp.ones(3))
+    (eqn,) = [e for e in closed.jaxpr.eqns if e.primitive.name == "scan"]
+    renamed = eqn.replace(
+      params={
+        k: v for k, v in eqn.params.items() if k not in ("num_consts", "ft_in")
+      }
+    )
+    with self.assertRaisesRegex(NotImplementedError, "unknown scan equation"):
+      _tap_discovery.scan_layout(renamed)
 
   def test_params_leaves_keep_their_identity_inside_a_trace(self):
     # Weights are found by id(): a leaf passed through the trace unchanged

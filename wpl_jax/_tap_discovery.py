@@ -5,8 +5,9 @@ tap sites (per scope: the top level and each `tap.scan` body) and, by a
 dependency walk over the traced jaxpr (`dependencies`), which params leaves
 reach the loss only through taps. Those are estimated from probes; every
 other leaf the loss reads takes the `vmap(grad)` fallback. The walk reads
-the public `jax.extend.core` jaxpr and a scan equation's params ("jaxpr",
-"num_consts", "num_carry"); tests/fisher_fast_test.py pins both.
+the public `jax.extend.core` jaxpr and, through `scan_layout` alone, a scan
+equation's params (they changed in JAX 0.11); tests/fisher_fast_test.py
+pins both layouts.
 """
 
 import dataclasses
@@ -172,10 +173,46 @@ def dependencies(jaxpr: jex_core.Jaxpr, deps_in: list) -> list:
   return [get(v) for v in jaxpr.outvars]
 
 
+def scan_layout(eqn) -> tuple:
+  """`(body, n_consts, n_carry)` of a scan equation, on JAX 0.10 and 0.11.
+
+  A scan's flat inputs are its consts, then its carries, then its xs; the
+  body `Jaxpr` takes them in that order. JAX <= 0.10 states the counts as
+  params "num_consts" and "num_carry" and the body as a `ClosedJaxpr`;
+  JAX 0.11 states them as "ft_in", one flat tree per group (consts, carry,
+  xs) with one entry per flat input, and the body as a `Jaxpr`. Anything
+  else (or counts that do not add up to the equation's inputs) raises
+  NotImplementedError naming the params: a JAX change must fail loudly, not
+  mis-attribute a weight.
+  """
+  params = eqn.params
+  n_consts = n_carry = None
+  body = params.get("jaxpr")
+  if isinstance(body, jex_core.ClosedJaxpr):
+    body = body.jaxpr
+  if "num_consts" in params and "num_carry" in params:
+    n_consts, n_carry = params["num_consts"], params["num_carry"]
+  elif "ft_in" in params and hasattr(params["ft_in"], "unpack"):
+    groups = params["ft_in"].unpack()  # FlatTree: len() counts flat leaves
+    if len(groups) == 3:
+      n_consts, n_carry = len(groups[0]), len(groups[1])
+  if (
+    n_consts is None
+    or not isinstance(body, jex_core.Jaxpr)
+    or len(body.invars) != len(eqn.invars)
+    or n_consts + n_carry > len(eqn.invars)
+    or n_carry > len(body.outvars)
+  ):
+    raise NotImplementedError(
+      f"wpl_jax: unknown scan equation layout (params {sorted(params)}, "
+      f"JAX {jax.__version__}); the fast Fisher's discovery needs updating"
+    )
+  return body, n_consts, n_carry
+
+
 def scan_dependencies(eqn, ins: list) -> list:
   """`dependencies` of a scan equation's outputs (final carry, then ys)."""
-  body = eqn.params["jaxpr"].jaxpr
-  n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+  body, n_consts, n_carry = scan_layout(eqn)
   consts = ins[:n_consts]
   carry = ins[n_consts : n_consts + n_carry]
   xs = ins[n_consts + n_carry :]
