@@ -25,6 +25,8 @@ PIECES = (
   "eval16_mapped",
   "eval16_sequential",
 )
+# The reference's names for the same pieces (torch_pieces.py).
+ALIASES = {"eval_k16": "eval16_sequential"}
 PRECISION = {"highest": "f32", "tensorfloat32": "tf32", "default": "default"}
 
 
@@ -86,8 +88,9 @@ def tables(rows: list[dict], junit: pathlib.Path | None) -> str:
           )
   by = {}
   for r in rows:
-    if r.get("piece") in PIECES:
-      by[(r.get("code"), precision_of(r), r["piece"])] = r
+    piece = ALIASES.get(r.get("piece"), r.get("piece"))
+    if piece in PIECES:
+      by[(r.get("code"), precision_of(r), piece)] = r
   if by:
     out += [
       "",
@@ -113,7 +116,7 @@ def tables(rows: list[dict], junit: pathlib.Path | None) -> str:
     r
     for r in rows
     if "part" not in r
-    and r.get("piece") not in PIECES
+    and ALIASES.get(r.get("piece"), r.get("piece")) not in PIECES
     and r.get("piece") != "probe"
   ]
   if rest:
