@@ -3,7 +3,8 @@
 Usage (from the project root, on an otherwise idle machine):
 
   python -m benchmarks.ceiling --hidden=16,200,400,1000 --reps=5 \\
-      [--root=DIR] [--label=after] [--out=benchmarks/out/ceiling.json]
+      [--root=DIR] [--label=after] [--out=benchmarks/out/ceiling.json] \\
+      [--platform=cpu|gpu|cuda|tpu] [--precision=highest] [--gemm=N]
 
 For each width H (N = 12 nodes, V = 10000, batch 64 × 35, WPL on; the
 `enas_ptb:cpu,wpl` config at that size) one fresh process, importing the
@@ -16,16 +17,31 @@ the "before" column), times
 * the controller step (sample one cell, score it on a validation batch,
   REINFORCE update) and the reward evaluation alone (`eval_archs`, K = 1),
 
-and in the same process `jnp.dot` of two 2048 × 2048 float32 matrices, the
-GEMM ceiling. Each piece's matmul FLOPs are counted from its jaxpr (every
-`dot_general`, scan bodies times their length; `matmul_flops`), so GFLOP/s ÷
-the ceiling's GFLOP/s is the fraction of the ceiling the piece reaches. The
-process also reports its peak RSS (after the shared and Fisher steps, before
-anything else is built) and the minor page faults per call of each piece.
+and in the same process, first, `jnp.dot(m, m)` of an n × n float32 matrix
+of standard normal data (`ceiling_matrix`), the GEMM ceiling: n = 2048 on CPU
+and 8192 elsewhere (`--gemm` overrides; at 2048 a GPU would measure launch
+latency, not arithmetic). The data is random, not `jnp.ones` as before
+(constant operands run faster than real data on a GPU); on CPU this is the
+only change to what is measured, so the stored CPU results stay comparable.
+Each piece's matmul FLOPs are counted from its jaxpr (every `dot_general`,
+scan bodies times their length; `matmul_flops`), so GFLOP/s ÷ the ceiling's
+GFLOP/s is the fraction of the ceiling the piece reaches. The process also
+reports its peak memory (after the shared and Fisher steps, before anything
+else is built, and at the end) and the minor page faults per call of each
+piece: the peak RSS on CPU; elsewhere the device's `peak_bytes_in_use`
+(`memory_stats()`, where the device reports it; it includes the ceiling's
+n × n input and output, and `peak_device_gb_ceiling` says how much that
+was), with the host RSS kept alongside.
 
-XLA runs with `--xla_cpu_multi_thread_eigen=false` (as `benchmarks.run`);
-GLIBC_TUNABLES is passed through, so the launch setting main.py uses can be
-compared with none (`--tunables=`).
+The workers inherit JAX_PLATFORMS from the caller unless `--platform` sets
+it, and each row records the platform and device kind it actually ran on.
+Every matmul, the ceiling's and the pieces', runs at `--precision`
+(`jax_default_matmul_precision`, set in the worker before anything is
+traced; default "highest", exact float32, which is what XLA:CPU does
+anyway; "tensorfloat32" or "default" allow TF32 on a GPU). XLA runs with
+`--xla_cpu_multi_thread_eigen=false` (as `benchmarks.run`; ignored off
+CPU); GLIBC_TUNABLES is passed through, so the launch setting main.py uses
+can be compared with none (`--tunables=`).
 """
 
 import argparse
@@ -38,8 +54,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 HERE = pathlib.Path(__file__).resolve().parents[1]
 PIECES = ("shared_step", "fisher_step", "controller_step", "reward_eval")
+PRECISION = "highest"
 
 
 def matmul_flops(closed_jaxpr) -> int:
@@ -80,13 +99,49 @@ def _peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def worker(hidden: int, estimator: str, reps: int, root: str) -> dict:
+def ceiling_size(platform: str) -> int:
+  """The ceiling GEMM's n: 2048 on CPU (as before), 8192 elsewhere."""
+  return 2048 if platform == "cpu" else 8192
+
+
+def ceiling_matrix(n: int, seed: int = 0) -> np.ndarray:
+  """An n × n float32 matrix of standard normal data (the ceiling's input)."""
+  rng = np.random.default_rng(seed)
+  return rng.standard_normal((n, n), dtype=np.float32)
+
+
+def set_precision(precision: str) -> None:
+  """Sets JAX's default matmul precision (raises on an unknown name)."""
+  import jax  # noqa: PLC0415
+
+  jax.config.update("jax_default_matmul_precision", precision)
+
+
+def _device_peak_gb(jax) -> float | None:
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2**30
+
+
+def worker(
+  hidden: int,
+  estimator: str,
+  reps: int,
+  root: str,
+  precision: str = PRECISION,
+  gemm: int = 0,
+) -> dict:
   """Measures one size in this process (imports the checkout at `root`)."""
   sys.path.insert(0, root)
   import jax  # noqa: PLC0415 (after the path and XLA flags are set)
   import jax.numpy as jnp  # noqa: PLC0415
 
+  set_precision(precision)  # before anything is traced
   from benchmarks import enas_bench  # noqa: PLC0415
+
+  dev = jax.devices()[0]
+  on_cpu = dev.platform == "cpu"
+  n = gemm or ceiling_size(dev.platform)
 
   c = enas_bench.config_at("large", wpl=True)
   c.model.hidden, c.model.num_nodes = hidden, 12
@@ -115,8 +170,8 @@ def worker(hidden: int, estimator: str, reps: int, root: str) -> dict:
     ),
     "reward_eval": (steps.eval_archs, (s["shared"], one, x, y, h)),
   }
-  # The GEMM ceiling, first, in this process.
-  m = jnp.ones((2048, 2048), jnp.float32)
+  # The GEMM ceiling, first, in this process: m @ m as before, m random.
+  m = jnp.asarray(ceiling_matrix(n))
   dot = jax.jit(jnp.dot)
   jax.block_until_ready(dot(m, m))
   best = float("inf")
@@ -124,12 +179,19 @@ def worker(hidden: int, estimator: str, reps: int, root: str) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(dot(m, m))
     best = min(best, time.perf_counter() - t0)
+  del m
   out = {
     "hidden": hidden,
     "estimator": estimator,
-    "ceiling_gflops": 2 * 2048**3 / best / 1e9,
+    "platform": dev.platform,
+    "device_kind": dev.device_kind,
+    "precision": precision,
+    "ceiling_n": n,
+    "ceiling_gflops": 2 * n**3 / best / 1e9,
     "pieces": {},
   }
+  if not on_cpu and _device_peak_gb(jax) is not None:
+    out["peak_device_gb_ceiling"] = _device_peak_gb(jax)
   for name, (fn, args) in calls.items():
     flops = matmul_flops(jax.make_jaxpr(fn)(*args))
     compiled = jax.jit(fn).lower(*args).compile()
@@ -153,7 +215,11 @@ def worker(hidden: int, estimator: str, reps: int, root: str) -> dict:
     del compiled
     if name == "fisher_step":
       out["peak_rss_gb_train"] = _peak_rss_gb()
+      if not on_cpu and _device_peak_gb(jax) is not None:
+        out["peak_device_gb_train"] = _device_peak_gb(jax)
   out["peak_rss_gb"] = _peak_rss_gb()
+  if not on_cpu and _device_peak_gb(jax) is not None:
+    out["peak_device_gb"] = _device_peak_gb(jax)
   out["load"] = os.getloadavg()[0]
   return out
 
@@ -174,7 +240,7 @@ def _commit(root: str) -> str:
   return r.stdout.strip() + ("+dirty" if dirty else "")
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--hidden", default="16,200,400,1000")
   ap.add_argument("--estimators", default="batch_grad_squared,per_example")
@@ -186,25 +252,71 @@ def main() -> None:
     default=None,
     help="GLIBC_TUNABLES for the workers (default: inherited)",
   )
+  ap.add_argument(
+    "--platform",
+    choices=("cpu", "gpu", "cuda", "tpu"),
+    default=None,
+    help="JAX_PLATFORMS of the workers (default: the caller's environment)",
+  )
+  ap.add_argument(
+    "--precision",
+    default=PRECISION,
+    help="jax_default_matmul_precision of the workers, ceiling and pieces "
+    "alike (default: highest, exact float32)",
+  )
+  ap.add_argument(
+    "--gemm",
+    type=int,
+    default=0,
+    help="the ceiling's n (default 0: 2048 on CPU, 8192 elsewhere)",
+  )
   ap.add_argument("--out", type=pathlib.Path, default=None, help="JSON lines")
   ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-  args = ap.parse_args()
+  return ap
+
+
+def worker_cmd(
+  hidden: str,
+  estimator: str,
+  reps: int,
+  root: str,
+  precision: str = PRECISION,
+  gemm: int = 0,
+) -> list[str]:
+  """The command line of one worker process."""
+  cmd = [sys.executable, str(pathlib.Path(__file__).resolve())]
+  cmd += ["--worker", f"--hidden={hidden}", f"--estimators={estimator}"]
+  cmd += [f"--reps={reps}", f"--root={root}"]
+  cmd += [f"--precision={precision}", f"--gemm={gemm}"]
+  return cmd
+
+
+def main() -> None:
+  args = parser().parse_args()
   if args.worker:
     # Printed here, not through `benchmarks.common`: the worker imports
     # the `benchmarks` package of the checkout at --root.
-    r = worker(int(args.hidden), args.estimators, args.reps, args.root)
+    r = worker(
+      int(args.hidden),
+      args.estimators,
+      args.reps,
+      args.root,
+      args.precision,
+      args.gemm,
+    )
     print("RESULT " + json.dumps(r), flush=True)
     return
   from benchmarks import common  # noqa: PLC0415 (parent process only)
 
-  env = common.worker_env(args.tunables)
+  set_precision(args.precision)  # an unknown name fails here, not per worker
+  env = common.worker_env(args.tunables, platform=args.platform)
   label = args.label or _commit(args.root)
   rows = []
   for est in args.estimators.split(","):
     for hidden in args.hidden.split(","):
-      cmd = [sys.executable, str(pathlib.Path(__file__).resolve())]
-      cmd += ["--worker", f"--hidden={hidden}", f"--estimators={est}"]
-      cmd += [f"--reps={args.reps}", f"--root={args.root}"]
+      cmd = worker_cmd(
+        hidden, est, args.reps, args.root, args.precision, args.gemm
+      )
       print(f"[{label}] H={hidden} {est} ...", file=sys.stderr, flush=True)
       r = common.run_worker(cmd, env, f"H={hidden} {est}")
       r["label"] = label
@@ -219,10 +331,24 @@ def main() -> None:
 
 
 def _print_row(r: dict) -> None:
+  kind = r["device_kind"]
+  device = r["platform"] + ("" if kind.lower() == r["platform"] else f" {kind}")
+  if "peak_device_gb" in r:
+    mem = (
+      f"peak device memory {r['peak_device_gb']:.2f} GB (after shared+Fisher "
+      f"{r['peak_device_gb_train']:.2f}, ceiling "
+      f"{r['peak_device_gb_ceiling']:.2f}), host RSS {r['peak_rss_gb']:.2f} GB"
+    )
+  else:
+    mem = (
+      f"peak RSS {r['peak_rss_gb']:.2f} GB "
+      f"(after shared+Fisher {r['peak_rss_gb_train']:.2f})"
+    )
+  n = r["ceiling_n"]
   print(
-    f"{r['label']} H={r['hidden']} {r['estimator']}: ceiling "
-    f"{r['ceiling_gflops']:.0f} GFLOP/s, peak RSS {r['peak_rss_gb']:.2f} GB "
-    f"(after shared+Fisher {r['peak_rss_gb_train']:.2f}), load {r['load']:.1f}"
+    f"{r['label']} H={r['hidden']} {r['estimator']} [{device}, "
+    f"{r['precision']}]: ceiling {r['ceiling_gflops']:.0f} GFLOP/s "
+    f"({n}x{n}x{n} f32), {mem}, load {r['load']:.1f}"
   )
   for name in PIECES:
     p = r["pieces"][name]

@@ -55,10 +55,37 @@ class Row:
   baseline: str = ""
   throughput: str = ""
   note: str = ""
+  device: str = ""
 
 
 def _block(x):
   return jax.block_until_ready(x)
+
+
+def device_facts() -> dict:
+  """The platform and kind of the device this process actually runs on."""
+  d = jax.devices()[0]
+  return {
+    "platform": d.platform,
+    "device_kind": d.device_kind,
+    "device_count": jax.device_count(),
+  }
+
+
+def device_label(facts: dict | None = None) -> str:
+  """A table's device column: "cpu", or e.g. "gpu NVIDIA H200"."""
+  f = facts or device_facts()
+  kind = f.get("device_kind", "")
+  if not kind or kind.lower() == f["platform"]:
+    return f["platform"]
+  return f"{f['platform']} {kind}"
+
+
+def device_peak_gb() -> float | None:
+  """The device's peak bytes in use (GiB), where it reports them (not CPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2**30
 
 
 def measure(
@@ -115,6 +142,7 @@ def measure(
         runners[c.name](n)
         times[c.name].append((time.perf_counter() - t0) / n)
   med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+  device = device_label()
   rows = []
   for c in cases:
     ratio = med[c.name] / med[baseline] if baseline in med else None
@@ -135,6 +163,7 @@ def measure(
         ratio=ratio,
         baseline=baseline or "",
         throughput=thr,
+        device=device,
       )
     )
   return rows
@@ -194,6 +223,7 @@ def machine() -> dict:
     "python": platform.python_version(),
     "jax": jax.__version__,
     "backend": jax.default_backend(),
+    "device": device_label(),
     "commit": commit + (" (tracked files modified)" if dirty else ""),
     "load_avg_start": os.getloadavg(),
   }
@@ -207,16 +237,17 @@ def markdown(rows: list[Row]) -> str:
   """The rows as one Markdown table."""
   head = (
     "| group | size | case | median ms | min ms | reps×calls | × baseline "
-    "| compile s | XLA temp MiB | throughput | note |"
+    "| compile s | XLA temp MiB | throughput | note | device |"
   )
-  lines = [head, "|" + "---|" * 11]
+  lines = [head, "|" + "---|" * 12]
   for r in rows:
     ratio = "" if r.ratio is None else f"{r.ratio:.2f}× {r.baseline}"
     lines.append(
       f"| {r.group} | {r.size} | {r.case} | {r.median_ms:.2f} "
       f"| {r.min_ms:.2f} | {r.reps}×{r.calls_per_rep} | {ratio} "
       f"| {_fmt(r.compile_s, '.1f')} "
-      f"| {_fmt(r.temp_mb, '.1f')} | {r.throughput} | {r.note} |"
+      f"| {_fmt(r.temp_mb, '.1f')} | {r.throughput} | {r.note} "
+      f"| {r.device} |"
     )
   return "\n".join(lines)
 
@@ -234,16 +265,41 @@ def facts_markdown(facts: list[dict]) -> str:
 RESULT = "RESULT "
 
 
-def worker_env(tunables: str | None = None) -> dict:
-  """Environment of a benchmark worker: CPU, Eigen single-threaded.
+# JAX_PLATFORMS for each --platform value (None: the caller's, untouched).
+PLATFORMS = ("cpu", "gpu", "cuda", "tpu")
 
-  `tunables`, when not None, sets GLIBC_TUNABLES ("" clears main.py's
-  huge-page setting); otherwise the caller's environment is inherited.
+
+def add_platform_flag(ap, help_extra: str = "") -> None:
+  """Adds `--platform` (default: inherit JAX_PLATFORMS) to a parser."""
+  ap.add_argument(
+    "--platform",
+    choices=PLATFORMS,
+    default=None,
+    help="JAX_PLATFORMS of the workers (default: the caller's environment, "
+    "unset means JAX's own choice)" + help_extra,
+  )
+
+
+def worker_env(
+  tunables: str | None = None, platform: str | None = None
+) -> dict:
+  """Environment of a benchmark worker: Eigen single-threaded.
+
+  XLA_FLAGS gains `--xla_cpu_multi_thread_eigen=false` (read by XLA:CPU
+  only, harmless on other platforms). `platform`, when not None, sets
+  JAX_PLATFORMS ("cpu", "gpu", "cuda", "tpu"); otherwise the caller's
+  JAX_PLATFORMS (or its absence) is kept, so a worker runs where the caller
+  would: each worker reports what it ran on (`device_facts`). `tunables`,
+  when not None, sets GLIBC_TUNABLES ("" clears main.py's huge-page
+  setting); otherwise the caller's environment is inherited.
   """
   env = dict(os.environ)
   flags = env.get("XLA_FLAGS", "")
   env["XLA_FLAGS"] = flags + " --xla_cpu_multi_thread_eigen=false"
-  env["JAX_PLATFORMS"] = "cpu"
+  if platform is not None:
+    if platform not in PLATFORMS:
+      raise ValueError(f"platform {platform!r} not in {PLATFORMS}")
+    env["JAX_PLATFORMS"] = platform
   if tunables is not None:
     env["GLIBC_TUNABLES"] = tunables
   return env

@@ -2,7 +2,8 @@
 
 Usage (run on an otherwise idle machine):
 
-  python -m benchmarks.eval_group_bench --hidden=1000 --k=16 --groups=0,1
+  python -m benchmarks.eval_group_bench --hidden=1000 --k=16 --groups=0,1 \\
+      [--platform=cpu|gpu|cuda|tpu]
 
 For each `search.eval_vmap` in --groups (0 = all K archs in one vmap, g =
 vmapped groups of g run one after the other) a fresh worker process builds
@@ -10,7 +11,10 @@ vmapped groups of g run one after the other) a fresh worker process builds
 search's `eval_archs` on K archs once to compile, then --reps more times,
 and reports the best time and the process's peak RSS (which includes the
 compile and the model's state; the difference between groups is the
-evaluation's). The workers run in turn, --rounds times, ABAB.
+evaluation's) and, off CPU, the device's peak memory (`memory_stats()`
+`peak_bytes_in_use`, where the device reports it). The workers run in turn,
+--rounds times, ABAB. They inherit JAX_PLATFORMS from the caller unless
+--platform sets it; each reports the platform and device kind it ran on.
 """
 
 import argparse
@@ -42,14 +46,19 @@ def worker(hidden: int, k: int, group: int, reps: int) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     best = min(best, time.perf_counter() - t0)
-  return {
+  out = {
     "hidden": hidden,
     "k": k,
     "eval_vmap": group,
     "best_s": best,
     "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
     "rss_before_call_gb": before,
+    **common.device_facts(),
   }
+  peak = common.device_peak_gb()
+  if peak is not None:
+    out["peak_device_gb"] = peak
+  return out
 
 
 def main() -> None:
@@ -59,13 +68,15 @@ def main() -> None:
   ap.add_argument("--groups", default="0,1")
   ap.add_argument("--reps", type=int, default=2)
   ap.add_argument("--rounds", type=int, default=2)
+  common.add_platform_flag(ap)
   ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker is not None:
     common.report(worker(args.hidden, args.k, args.worker, args.reps))
     return
   env = common.worker_env(
-    os.environ.get("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")  # as main.py
+    os.environ.get("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1"),  # as main.py
+    platform=args.platform,
   )
   results = {}
   for _ in range(args.rounds):
@@ -75,9 +86,12 @@ def main() -> None:
       cmd += [f"--reps={args.reps}", f"--worker={g}"]
       r = common.run_worker(cmd, env, f"eval_vmap={g}")
       results.setdefault(g, []).append(r)
+      dev = ""
+      if "peak_device_gb" in r:
+        dev = f" peak device {r['peak_device_gb']:.2f} GB,"
       print(
-        f"H={args.hidden} K={args.k} eval_vmap={g}: {r['best_s']:.2f} s, "
-        f"peak RSS {r['peak_rss_gb']:.2f} GB "
+        f"H={args.hidden} K={args.k} eval_vmap={g} [{common.device_label(r)}]"
+        f": {r['best_s']:.2f} s,{dev} peak RSS {r['peak_rss_gb']:.2f} GB "
         f"(before the first call {r['rss_before_call_gb']:.2f} GB)",
         flush=True,
       )
@@ -85,8 +99,15 @@ def main() -> None:
   base = min(r["best_s"] for r in results[groups[0]])
   for g in groups:
     t = min(r["best_s"] for r in results[g])
-    m = max(r["peak_rss_gb"] for r in results[g])
-    print(f"eval_vmap={g}: best {t:.2f} s ({t / base:.2f}x), peak {m:.2f} GB")
+    key = "peak_rss_gb"
+    if "peak_device_gb" in results[g][0]:
+      key = "peak_device_gb"  # off CPU: the device's memory, not the host's
+    m = max(r[key] for r in results[g])
+    devices = sorted({common.device_label(r) for r in results[g]})
+    print(
+      f"eval_vmap={g} [{', '.join(devices)}]: best {t:.2f} s "
+      f"({t / base:.2f}x), peak {m:.2f} GB ({key[5:-3]})"
+    )
 
 
 if __name__ == "__main__":

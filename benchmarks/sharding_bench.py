@@ -2,6 +2,7 @@
 
   python -m benchmarks.run --groups=sharding --quick
   python -m benchmarks.sharding_bench            # the same rows, alone
+  python -m benchmarks.sharding_bench --platform=gpu   # on real devices
   python -m benchmarks.sharding_bench --paper    # paper-size memory table
 
 The loops' own jitted steps (`enas_search.jit_steps`, the two-model
@@ -12,14 +13,24 @@ are measured in a subprocess started with
 `--xla_force_host_platform_device_count=4`. The 4 "devices" share this
 machine's cores: no speed-up is expected on CPU; the rows prove the path
 (same program, split batch, compiler-inserted all-reduce) and show its
-overhead. On a GPU/TPU host the same rows compare real devices.
+overhead.
+
+Fake devices exist on the CPU platform only, so this mode (the default,
+`--platform=cpu`, and what `benchmarks.run` measures) forces
+JAX_PLATFORMS=cpu in its subprocess, on any machine. `--platform=gpu`
+(`cuda`, `tpu`) instead runs the rows on that platform's real devices, 1
+and min(4, all) of them (1 only on a one-device host), without the fake
+device count. Either way every row's device column names the platform and
+device kind the subprocess ran on.
 
 `--paper` compiles (never runs) the paper-size ENAS steps (H = 1000,
 N = 12, V = 10k, B = 64 × T = 35) on 1 and on 8 fake devices, with the
 edge stacks replicated or split 2 ways (`model.shard_edges`), and prints
-XLA's per-device memory analysis: what a TPU v2/v3-8 core would hold.
+XLA's per-device memory analysis: what a TPU v2/v3-8 core would hold. It
+needs the 8 fake devices, so it always forces the CPU platform.
 """
 
+import argparse
 import dataclasses
 import functools
 import json
@@ -34,7 +45,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import enas_bench, fisher_bench
-from benchmarks.common import Case, Row, facts_markdown, markdown, measure
+from benchmarks.common import (
+  PLATFORMS,
+  Case,
+  Row,
+  device_label,
+  facts_markdown,
+  markdown,
+  measure,
+)
 from experiments import two_models
 from wpl_jax import sharding
 from wpl_jax.enas import search_space
@@ -116,8 +135,13 @@ def _mlp_step(width, mesh, x, y):
   return step, (state, batch, jax.random.key(4))
 
 
+def device_counts() -> tuple[int, ...]:
+  """Meshes measured: 1 device and up to DEVICES (4 fake ones on CPU)."""
+  return tuple(sorted({1, min(DEVICES, jax.device_count())}))
+
+
 def _child(sizes: list[str], reps: int) -> list[dict]:
-  """Runs in the 4-device process: the rows as dicts."""
+  """Runs in the subprocess (4 fake CPU devices, or real ones): the rows."""
   rows = []
   for size in sizes:
     config = enas_bench.config_at(size, wpl=True)
@@ -131,7 +155,7 @@ def _child(sizes: list[str], reps: int) -> list[dict]:
     x = rng.normal(size=(mb, 784)).astype(np.float32)
     y = rng.integers(0, 10, mb).astype(np.int32)
     cases, compiles = {"enas": [], "mlp": []}, {}
-    for d in (1, DEVICES):
+    for d in device_counts():
       config.num_devices = d
       mesh = enas_search.make_mesh(config)
       step, args = _enas_step(config, model, mesh, tokens, arch)
@@ -142,10 +166,13 @@ def _child(sizes: list[str], reps: int) -> list[dict]:
       name = f"two-model step, {d} device(s)"
       case, compiles[name] = _timed(name, step, args, mb, "examples")
       cases["mlp"].append(case)
-    note = (
-      f"{DEVICES} fake CPU devices on {os.cpu_count()} cores: no speed-up "
-      "expected; proves the sharded path"
-    )
+    if jax.default_backend() == "cpu":
+      note = (
+        f"{jax.device_count()} fake CPU devices on {os.cpu_count()} cores: "
+        "no speed-up expected; proves the sharded path"
+      )
+    else:
+      note = f"{jax.device_count()} real device(s): {device_label()}"
     for group, label in (
       ("enas", f"{size}: H={hidden}, N={nodes}, B={b}×T={t}, WPL on"),
       ("mlp", f"{size}: A 784-{width}×4-10, B={mb}"),
@@ -270,14 +297,33 @@ def paper_memory() -> list[dict]:
   return _subprocess(["--paper-child"], 8)
 
 
-def _subprocess(args: list[str], devices: int) -> list[dict]:
+def subprocess_env(devices: int, platform: str = "cpu") -> dict:
+  """The subprocess's environment: `devices` fake CPU devices, or real ones.
+
+  On CPU (`platform="cpu"`) XLA_FLAGS gets
+  `--xla_force_host_platform_device_count=devices`, which only the CPU
+  platform honours, so JAX_PLATFORMS is forced to "cpu": the fake-device
+  mode requires it. Any other platform is set as asked, and the fake count
+  is removed (the subprocess uses that platform's real devices).
+  """
+  if platform not in PLATFORMS:
+    raise ValueError(f"platform {platform!r} not in {PLATFORMS}")
   env = dict(os.environ)
   flags = re.sub(
     r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")
   )
-  # First, so that no malformed flag before it can hide it.
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {flags}"
-  env["JAX_PLATFORMS"] = "cpu"
+  if platform == "cpu":
+    # First, so that no malformed flag before it can hide it.
+    flags = f"--xla_force_host_platform_device_count={devices} {flags}"
+  env["XLA_FLAGS"] = flags
+  env["JAX_PLATFORMS"] = platform
+  return env
+
+
+def _subprocess(
+  args: list[str], devices: int, platform: str = "cpu"
+) -> list[dict]:
+  env = subprocess_env(devices, platform)
   r = subprocess.run(
     [sys.executable, "-m", "benchmarks.sharding_bench", *args],
     env=env,
@@ -291,9 +337,9 @@ def _subprocess(args: list[str], devices: int) -> list[dict]:
   return json.loads(lines[-1][5:])
 
 
-def run(sizes: list[str], reps: int) -> list:
-  """The group's rows, measured in a 4-fake-device subprocess."""
-  rows = _subprocess(["--child", ",".join(sizes), str(reps)], DEVICES)
+def run(sizes: list[str], reps: int, platform: str = "cpu") -> list:
+  """The group's rows, measured in a subprocess (see `subprocess_env`)."""
+  rows = _subprocess(["--child", ",".join(sizes), str(reps)], DEVICES, platform)
   return [Row(**d) for d in rows]
 
 
@@ -301,12 +347,32 @@ def main(argv: list[str]) -> None:
   if argv[:1] == ["--child"]:
     rows = _child(argv[1].split(","), int(argv[2]))
     print("ROWS " + json.dumps(rows), flush=True)
-  elif argv[:1] == ["--paper-child"]:
+    return
+  if argv[:1] == ["--paper-child"]:
     print("ROWS " + json.dumps(_paper_child()), flush=True)
-  elif argv[:1] == ["--paper"]:
+    return
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument(
+    "--platform",
+    choices=PLATFORMS,
+    default="cpu",
+    help=f"cpu (default): {DEVICES} fake CPU devices; fake devices need the "
+    "CPU platform, so this forces JAX_PLATFORMS=cpu on any machine. "
+    f"gpu/cuda/tpu: that platform's real devices (1 and up to {DEVICES})",
+  )
+  ap.add_argument(
+    "--paper",
+    action="store_true",
+    help="paper-size memory table (compiled on 8 fake CPU devices: CPU "
+    "forced, --platform ignored)",
+  )
+  ap.add_argument("--sizes", default="small", help="small,large")
+  ap.add_argument("--reps", type=int, default=3)
+  args = ap.parse_args(argv)
+  if args.paper:
     print(facts_markdown(paper_memory()))
   else:
-    print(markdown(run(["small"], 3)))
+    print(markdown(run(args.sizes.split(","), args.reps, args.platform)))
 
 
 if __name__ == "__main__":

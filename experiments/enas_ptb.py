@@ -30,6 +30,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.experiment = "enas_ptb"
   c.seed = 0
+  # Matmul precision: "float32" (exact, as the reference computes), "tf32",
+  # "bf16" or "default" (the platform's: TF32 on recent NVIDIA GPUs);
+  # wpl_jax/platform_defaults.py. Not resumable.
+  c.precision = "float32"
   c.data_dir = ""  # Folder with ptb.{train,valid,test}.txt; set --data_dir.
   c.num_devices = 0  # Local devices the batch is split over (0 = all).
 
@@ -68,18 +72,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.grad_clip = 0.25  # Global gradient norm.
   s.weight_decay = 1e-7
 
-  c.search = se = ml_collections.ConfigDict()
+  # type_safe=False: "auto" fields (wpl_jax.platform_defaults) take ints too.
+  c.search = se = ml_collections.ConfigDict(type_safe=False)
   se.epochs = 150
   se.archs_per_epoch = 61  # S architectures per epoch ...
   se.batches_per_arch = 7  # ... × B training batches each.
   se.derive_every = 30  # Derive every D epochs (and at the end).
   se.derive_samples = 100  # Best of M sampled cells.
   se.eval_chunk = 16  # Archs per evaluation call.
-  # Archs per vmap inside an evaluation call (0 = all of the call's):
-  # on CPU one at a time is faster and gathers one arch's edges, not 16
-  # (WORKSPACE §6.3); the search vmaps all of them when its devices split
-  # the archs.
-  se.eval_vmap = 1
+  # Archs per vmap inside an evaluation call (0 = all of the call's);
+  # "auto": 1 on CPU, where one at a time is faster and gathers one arch's
+  # edges, not 16 (WORKSPACE §6.3); 0 on GPU/TPU (2.3x faster for K = 16 on
+  # an H200, WORKSPACE §10.4). The search vmaps all of them when its
+  # devices split the archs.
+  se.eval_vmap = "auto"
   # Batch-norm in search evaluations (forgetting, reward, derive): "running"
   # statistics (reference) or each child's own "batch" statistics.
   se.eval_bn = "running"
@@ -107,7 +113,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # R + coef·Σ H_t and one baseline for every decision (WORKSPACE §4).
   ct.reward_form = "per_decision"
 
-  c.wpl = w = ml_collections.ConfigDict()
+  c.wpl = w = ml_collections.ConfigDict(type_safe=False)
   w.enabled = False
   w.mode = "reference"  # "reference" (α folded into F) or "clean".
   w.estimator = "batch_grad_squared"  # Or "per_example", "sampled".
@@ -118,7 +124,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   w.alpha_decay = 1.0
   w.ema_new = 0.9  # Weight of the new estimate in the running Fisher.
   w.clip = 10.0  # Per-matrix Frobenius clip (0 = none).
-  w.chunk_size = 16  # Examples per chunk for per-example estimators.
+  # Examples per chunk for per-example estimators ("auto": 16 on CPU, 64
+  # on GPU/TPU).
+  w.chunk_size = "auto"
   # per_example by "fast" (one probed backward, wpl_jax.fisher_fast) or
   # "vmap" (vmap of per-sequence gradients); both exact.
   w.fisher_method = "fast"

@@ -85,16 +85,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   w.clip = 10.0 * HIDDEN / 1000  # per-entry pull as at H = 1000 (enas_ptb cpu)
   c.retrain.epochs = 0  # the ground truth scores the derived cell
 
-  c.truth = t = ml_collections.ConfigDict()
+  c.truth = t = ml_collections.ConfigDict(type_safe=False)  # "auto" fields
   t.epochs = 1
   t.max_batches_per_epoch = 0  # 0 = full passes over ptb.train.txt.
   t.lr = 20.0  # SGD, cosine decay to lr · lr_final over the whole run.
   t.lr_final = 0.05
-  t.arch_batch = 1  # cells vmapped together inside the map over cells
+  # Cells vmapped together inside the map over cells ("auto": 1 on CPU,
+  # 32 on GPU/TPU; wpl_jax/platform_defaults.py).
+  t.arch_batch = "auto"
   t.eval_arch_batch = 32
   t.eval_batch_size = 1  # 1 column: every validation token is scored.
   t.eval_tokens = 0  # 0 = the whole validation set
-  t.checkpoint_every = 50  # steps (and at every epoch end)
+  # Steps between saves, and at every epoch end ("auto": 50 on CPU, 0 =
+  # epoch ends only on GPU/TPU).
+  t.checkpoint_every = "auto"
   t.eval_every = 210  # steps; also at every epoch end (0 = epoch ends only)
   t.log_seconds = 30.0
 

@@ -1,9 +1,16 @@
-"""The matmul FLOP counter behind benchmarks/ceiling.py's fractions."""
+"""The benchmarks' helpers: the matmul FLOP counter behind
+benchmarks/ceiling.py's fractions, the ceiling's inputs and precision, and
+the workers' platform (never forced unless asked)."""
+
+import os
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl.testing import absltest
 
+from benchmarks import ceiling, common, sharding_bench
 from benchmarks.ceiling import matmul_flops
 
 
@@ -42,6 +49,79 @@ class MatmulFlopsTest(absltest.TestCase):
     self.assertEqual(_flops(jax.grad(loss), w), 2 * (2 * 8 * 2 * 3))
     branchy = lambda p, w: jax.lax.cond(p, lambda: x @ w @ w.T, lambda: 2.0 * x)
     self.assertEqual(_flops(branchy, True, w), 2 * 8 * 2 * 3 + 2 * 8 * 3 * 2)
+
+
+class WorkerEnvTest(absltest.TestCase):
+  def test_platform_none_keeps_the_callers_setting(self):
+    for caller in ("tpu", "cuda,cpu"):
+      with mock.patch.dict(os.environ, {"JAX_PLATFORMS": caller}):
+        self.assertEqual(common.worker_env()["JAX_PLATFORMS"], caller)
+        self.assertEqual(common.worker_env("")["JAX_PLATFORMS"], caller)
+
+  def test_platform_none_leaves_it_unset(self):
+    with mock.patch.dict(os.environ, {"JAX_PLATFORMS": "x"}):
+      del os.environ["JAX_PLATFORMS"]
+      env = common.worker_env(None, platform=None)
+    self.assertNotIn("JAX_PLATFORMS", env)
+    self.assertIn("--xla_cpu_multi_thread_eigen=false", env["XLA_FLAGS"])
+
+  def test_platform_sets_it_when_asked(self):
+    with mock.patch.dict(os.environ, {"JAX_PLATFORMS": "cpu"}):
+      env = common.worker_env("", platform="gpu")
+      self.assertEqual(env["JAX_PLATFORMS"], "gpu")
+      self.assertEqual(env["GLIBC_TUNABLES"], "")
+      self.assertEqual(os.environ["JAX_PLATFORMS"], "cpu")  # caller's intact
+    with self.assertRaises(ValueError):
+      common.worker_env(platform="gpus")
+
+  def test_sharding_forces_cpu_only_for_fake_devices(self):
+    with mock.patch.dict(os.environ, {"XLA_FLAGS": "--a=1"}):
+      env = sharding_bench.subprocess_env(4)
+      self.assertEqual(env["JAX_PLATFORMS"], "cpu")
+      flag = "--xla_force_host_platform_device_count=4"
+      self.assertIn(flag, env["XLA_FLAGS"])
+      env = sharding_bench.subprocess_env(4, "tpu")
+      self.assertEqual(env["JAX_PLATFORMS"], "tpu")
+      self.assertNotIn("device_count", env["XLA_FLAGS"])
+
+  def test_rows_name_their_device(self):
+    facts = common.device_facts()
+    self.assertEqual(facts["platform"], jax.devices()[0].platform)
+    self.assertEqual(common.device_label({"platform": "cpu"}), "cpu")
+    label = common.device_label({"platform": "gpu", "device_kind": "H200"})
+    self.assertEqual(label, "gpu H200")
+    row = common.Row("g", "s", "c", 1.0, 1.0, 1, device=label)
+    self.assertIn("| gpu H200 |", common.markdown([row]))
+
+
+class CeilingTest(absltest.TestCase):
+  def test_matrix_is_random_normal_float32(self):
+    m = ceiling.ceiling_matrix(64)
+    self.assertEqual((m.shape, m.dtype), ((64, 64), np.float32))
+    self.assertGreater(m.std(), 0.9)
+    self.assertLess(abs(m.mean()), 0.1)
+    self.assertFalse(np.array_equal(m, ceiling.ceiling_matrix(64, seed=1)))
+
+  def test_size_is_larger_off_cpu(self):
+    self.assertEqual(ceiling.ceiling_size("cpu"), 2048)
+    self.assertGreater(ceiling.ceiling_size("gpu"), 2048)
+
+  def test_precision_reaches_the_worker(self):
+    cmd = ceiling.worker_cmd("16", "per_example", 1, "/r", "tensorfloat32")
+    args = ceiling.parser().parse_args(cmd[2:])
+    self.assertTrue(args.worker)
+    self.assertEqual(args.precision, "tensorfloat32")
+    default = ceiling.worker_cmd("16", "per_example", 1, "/r")
+    default = ceiling.parser().parse_args(default[2:]).precision
+    self.assertEqual(default, "highest")
+    old = jax.config.jax_default_matmul_precision
+    try:
+      ceiling.set_precision(args.precision)
+      self.assertEqual(jax.config.jax_default_matmul_precision, "tensorfloat32")
+      with self.assertRaises(ValueError):
+        ceiling.set_precision("float33")
+    finally:
+      jax.config.update("jax_default_matmul_precision", old)
 
 
 if __name__ == "__main__":

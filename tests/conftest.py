@@ -7,6 +7,9 @@ import pathlib
 # passes roughly double it and buy nothing at test sizes. Set before JAX
 # starts (subprocesses such as main.py smoke runs inherit it).
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# On a GPU each pytest-xdist worker would otherwise take 75 % of the
+# device's memory at start-up, and the second worker would run out.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 from absl import flags  # noqa: E402

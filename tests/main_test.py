@@ -81,6 +81,11 @@ class MainTest(parameterized.TestCase):
     self.assertEqual(out.returncode, 0, msg=out.stderr[-3000:])
     self._check_outputs(workdir, "digits")
     self.assertIn("| k | A | B variant |", out.stdout)
+    # run.json records the platform and the precision the run used.
+    platform_record = json.loads((workdir / "run.json").read_text())["platform"]
+    self.assertEqual(platform_record["backend"], "cpu")
+    self.assertEqual(platform_record["precision"], "float32")
+    self.assertEqual(platform_record["jax_default_matmul_precision"], "highest")
     # main.py restarted itself with the allocator setting (glibc >= 2.35).
     if _relaunch_env([[{}, "linux", list(platform.libc_ver())]])[0] is not None:
       record = json.loads((workdir / "run.json").read_text())

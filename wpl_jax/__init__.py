@@ -1,9 +1,13 @@
 """wpl_jax: weight plasticity loss for weight sharing without forgetting."""
 
-from wpl_jax import fisher, loss, partition
-from wpl_jax.fisher import FisherState, fisher_diagonal
-from wpl_jax.loss import add_wpl, l2_penalty, wpl_penalty
-from wpl_jax.partition import make_mask
+from wpl_jax import _versions
+
+_versions.check()  # a jax/flax pair that is known not to work: say so now
+
+from wpl_jax import fisher, loss, partition  # noqa: E402
+from wpl_jax.fisher import FisherState, fisher_diagonal  # noqa: E402
+from wpl_jax.loss import add_wpl, l2_penalty, wpl_penalty  # noqa: E402
+from wpl_jax.partition import make_mask  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -37,6 +37,11 @@ RECORD = "run.json"
 # checkpoints restore onto the current mesh (tests/sharding_test.py).
 ALWAYS_RESUMABLE = ("data_dir", "num_devices", "model.shard_edges")
 
+# Fields added to the configs after runs were recorded, with the value that
+# reproduces what those runs did: a record without the field compares as
+# if it held this value.
+ADDED_DEFAULTS = {"precision": "float32"}
+
 State = Literal["new", "resume", "finished"]
 
 
@@ -57,7 +62,8 @@ def config_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _differences(now: dict, old: dict, skip: tuple[str, ...]) -> list[str]:
-  now, old = flatten(now), flatten(old)
+  now = {**ADDED_DEFAULTS, **flatten(now)}
+  old = {**ADDED_DEFAULTS, **flatten(old)}
 
   def skipped(key: str) -> bool:
     return any(key == s or key.startswith(s + ".") for s in skip)
@@ -144,12 +150,15 @@ def claim(
   config: ml_collections.ConfigDict,
   *,
   resumable: tuple[str, ...] = (),
+  extra: dict[str, Any] | None = None,
 ) -> State:
   """Checks `workdir` as `inspect` does, creates it and records this run.
 
   Call it after validating the config and data and before the first write.
   A resumed run's record keeps its start time and takes the new config
-  (e.g. more epochs); its status becomes "running" again.
+  (e.g. more epochs); its status becomes "running" again. `extra` (JSON
+  values) is stored in the record too, e.g. the platform and the values
+  "auto" fields resolved to (`platform_defaults.resolve`).
 
   Returns:
     What `inspect` returned before the record was written.
@@ -165,6 +174,7 @@ def claim(
     "started": old.get("started", time.strftime("%Y-%m-%d %H:%M:%S")),
     # The allocator setting this process started with (main.py sets it).
     "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+    **(extra or {}),
   }
   _write(workdir, record)
   return state

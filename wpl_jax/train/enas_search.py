@@ -28,7 +28,7 @@ from absl import logging
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import metrics as metrics_lib
-from wpl_jax import sharding
+from wpl_jax import platform_defaults, sharding
 from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import ptb
 from wpl_jax.enas import search_space
@@ -247,13 +247,15 @@ def search(
       s.eval_chunk,
       sharding.num_shards(mesh),
     )
-  elif sharding.num_shards(mesh) > 1 and s.get("eval_vmap", 0):
+  elif sharding.num_shards(mesh) > 1 and platform_defaults.get(
+    config, "search.eval_vmap", 0
+  ):
     # The devices split each call's archs: one vmap over all of them.
     steps = dataclasses.replace(steps, eval_vmap=0)
     logging.info(
       "search.eval_vmap=%d ignored: the %d devices split each "
       "evaluation's archs, vmapped together",
-      s.eval_vmap,
+      platform_defaults.get(config, "search.eval_vmap"),
       sharding.num_shards(mesh),
     )
   policy = enas_steps.search_policy(config)
@@ -525,7 +527,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Outputs in `workdir`: metrics.jsonl, tb/, checkpoints/, retrain.jsonl,
   results.json and results.md, figure.png (reward and forgetting curves).
+  "auto" fields take the backend's values and `config.precision` is set
+  (`platform_defaults.resolve`); run.json keeps the config as given and
+  the resolved values under "platform".
   """
+  given = config
+  config, platform = platform_defaults.resolve(config)
+  logging.info("platform: %s", platform)
   validate(config)
   make_mesh(config)  # the device counts divide, before any file is written
   if not config.data_dir:
@@ -533,7 +541,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = pathlib.Path(workdir)
   data = ptb.load_ptb(config.data_dir)
   check_data(config, data)
-  workdir_lib.inspect(workdir, config, resumable=RESUMABLE)  # refuse early
+  workdir_lib.inspect(workdir, given, resumable=RESUMABLE)  # refuse early
   logging.info(
     "PTB: %d/%d/%d tokens, vocab %d",
     len(data.train),
@@ -541,7 +549,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     len(data.test),
     len(data.vocab),
   )
-  workdir_lib.claim(workdir, config, resumable=RESUMABLE)  # first write
+  workdir_lib.claim(  # the first write
+    workdir, given, resumable=RESUMABLE, extra={"platform": platform}
+  )
   t0 = time.time()
   result = search(config, workdir, data)
   # Summed over epochs, so a resumed run reports the whole search.

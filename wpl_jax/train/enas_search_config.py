@@ -13,7 +13,7 @@ import json
 import ml_collections
 import numpy as np
 
-from wpl_jax import validation
+from wpl_jax import platform_defaults, validation
 from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import ptb
 from wpl_jax.enas import ranking, search_space
@@ -30,8 +30,11 @@ _RESUMABLE = (
   # only by float rounding.
   "model.ce_chunk",
   "model.node_unroll",
-  # How many archs an evaluation vmaps together: rounding only.
+  # How many archs an evaluation vmaps together, and how many sequences a
+  # per-example Fisher takes at a time: rounding only (both "auto" by
+  # default: a run may resume on another platform).
   "search.eval_vmap",
+  "wpl.chunk_size",
 )
 
 
@@ -63,7 +66,12 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError (one line) on an inconsistent config."""
+  """Raises ValueError (one line) on an inconsistent config.
+
+  "auto" fields are checked at the values they take on this backend.
+  """
+  config = platform_defaults.resolved_config(config)
+  platform_defaults.check_precision(config)
   validate_model(config)
   v = validation
   c = config.controller
@@ -210,10 +218,12 @@ def check_data(config: ml_collections.ConfigDict, data: ptb.PTBData) -> None:
       ranking.truth_for(path, [search_space.to_string(a) for a in archs])
 
 
-def _comparable(config: ml_collections.ConfigDict) -> dict:
+def _comparable(
+  config: ml_collections.ConfigDict, resumable: tuple[str, ...] = _RESUMABLE
+) -> dict:
   """The config as a dict, without the fields a resume may change."""
   d = config.to_dict()
-  for field in _RESUMABLE:
+  for field in resumable:
     *parents, leaf = field.split(".")
     node = d
     for p in parents:
@@ -222,12 +232,20 @@ def _comparable(config: ml_collections.ConfigDict) -> dict:
   return d
 
 
-def _check_same_config(config, saved: dict | None) -> None:
+def _check_same_config(
+  config, saved: dict | None, resumable: tuple[str, ...] = _RESUMABLE
+) -> None:
   """Raises ValueError if a checkpoint was written under another config."""
   if saved is None:
     return
-  now = workdir_lib.flatten(json.loads(json.dumps(_comparable(config))))
-  old = workdir_lib.flatten(saved)
+  now = workdir_lib.flatten(
+    json.loads(json.dumps(_comparable(config, resumable)))
+  )
+  now = {**workdir_lib.ADDED_DEFAULTS, **now}
+  old = {**workdir_lib.ADDED_DEFAULTS, **workdir_lib.flatten(saved)}
+  # A checkpoint written before a field became resumable still holds it.
+  dropped = tuple(resumable) + tuple(f + "." for f in resumable)
+  old = {k: v for k, v in old.items() if not k.startswith(dropped)}
   diff = sorted(k for k in set(now) | set(old) if now.get(k) != old.get(k))
   if diff:
     raise ValueError(

@@ -30,7 +30,7 @@ from absl import logging
 
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import metrics as metrics_lib
-from wpl_jax import validation
+from wpl_jax import platform_defaults, validation
 from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import ptb
 from wpl_jax.enas import search_space
@@ -126,7 +126,9 @@ class TruthTrainer:
       return shared, hidden, m["loss"]
 
     return self._map_cells(
-      one, (shared_S, archs, hidden_SxBxH, keys_S), self.config.truth.arch_batch
+      one,
+      (shared_S, archs, hidden_SxBxH, keys_S),
+      platform_defaults.get(self.config, "truth.arch_batch"),
     )
 
   def _map_cells(self, fn, xs, batch_size):
@@ -190,6 +192,8 @@ class TruthTrainer:
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError (one line naming the field) on a bad truth config."""
+  config = platform_defaults.resolved_config(config)  # "auto" as resolved
+  platform_defaults.check_precision(config)
   enas_steps.fixed_first_activation(config)
   enas_search.validate_model(config)
   v = validation
@@ -206,11 +210,32 @@ def validate(config: ml_collections.ConfigDict) -> None:
   v.number(config, "truth.lr_final", min=0, max=1)
 
 
-RESUMABLE = ()  # a rerun in the same workdir must match the config exactly
+# Fields a rerun in the same workdir may change (the rest must match): how
+# many cells a step vmaps together changes the numbers by rounding only, the
+# save cadence not at all; both are "auto" by default, so a ground truth may
+# resume on another platform.
+RESUMABLE = (
+  "truth.arch_batch",
+  "truth.eval_arch_batch",
+  "truth.checkpoint_every",
+  # The search's platform-dependent fields (the truth reads neither).
+  "search.eval_vmap",
+  "wpl.chunk_size",
+)
+# What a checkpoint's stored config leaves out: the search's resumable
+# fields (as before) and these.
+_CKPT_RESUMABLE = enas_search.RESUMABLE + RESUMABLE
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains every cell of the space; writes truth.json and results.md."""
+  """Trains every cell of the space; writes truth.json and results.md.
+
+  "auto" fields take the backend's values and `config.precision` is set
+  (`platform_defaults.resolve`); run.json records both.
+  """
+  given = config
+  config, platform = platform_defaults.resolve(config)
+  logging.info("platform: %s", platform)
   validate(config)
   if not config.data_dir:
     raise ValueError("set --data_dir to the folder with the PTB text files")
@@ -221,13 +246,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if n_windows < 1:
     raise ValueError(f"ptb.train.txt is shorter than one {b}x{bptt} batch")
   t = config.truth
+  every = platform_defaults.get(config, "truth.checkpoint_every")
   if t.max_batches_per_epoch:
     n_windows = min(n_windows, t.max_batches_per_epoch)
   valid = data.valid[: t.eval_tokens] if t.eval_tokens else data.valid
   ex, ey, em = ptb.eval_windows(valid, t.eval_batch_size, bptt)
   n_eval_tokens = float(em.sum())
   workdir = pathlib.Path(workdir)
-  workdir_lib.claim(workdir, config, resumable=RESUMABLE)  # the first write
+  workdir_lib.claim(  # the first write
+    workdir, given, resumable=RESUMABLE, extra={"platform": platform}
+  )
   with config.unlocked():
     config.model.vocab_size = len(data.vocab)
 
@@ -251,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   done, history, seconds = 0, [], 0.0
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(state)
-    enas_search._check_same_config(config, meta.get("config"))
+    enas_search._check_same_config(config, meta.get("config"), _CKPT_RESUMABLE)
     done, history, seconds = meta["step"], meta["history"], meta["seconds"]
     logging.info(
       "resumed at step %d/%d from %s", done, total_steps, ckpt.directory
@@ -274,7 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "step": step,
       "history": history,
       "seconds": seconds,
-      "config": enas_search._comparable(config),
+      "config": enas_search._comparable(config, _CKPT_RESUMABLE),
     }
     try:
       ckpt.save(step, state, meta)
@@ -357,7 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         record["seconds"],
       )
       t_log, logged = time.time(), done  # the evaluation is not a step
-    if end_of_epoch or (t.checkpoint_every and done % t.checkpoint_every == 0):
+    if end_of_epoch or (every and done % every == 0):
       now = time.time()
       seconds, t_prev = seconds + now - t_prev, now
       save(done)

@@ -18,6 +18,7 @@ from absl import logging
 from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import data as data_lib
 from wpl_jax import metrics as metrics_lib
+from wpl_jax import platform_defaults
 from wpl_jax import workdir as workdir_lib
 from wpl_jax.train.two_models_config import (
   A_SETTINGS,
@@ -99,12 +100,16 @@ def train_and_evaluate(
     ValueError: inconsistent config (before anything is written).
     wpl_jax.data.DataError: missing or corrupt data files (likewise).
   """
+  given = config
+  config, platform = platform_defaults.resolve(config)  # sets the precision
   validate(config)
   data = _load_data(config)
   check_data(config, data)
   logging.info("JAX devices: %s; workdir %s", jax.devices(), workdir)
   workdir = pathlib.Path(workdir)
-  workdir_lib.claim(workdir, config, resumable=RESUMABLE)  # the first write
+  workdir_lib.claim(  # the first write
+    workdir, given, resumable=RESUMABLE, extra={"platform": platform}
+  )
   seeds = [config.seed + s for s in range(config.num_seeds)]
   t0 = time.time()
   ckpt_root = workdir / "checkpoints"
