@@ -32,6 +32,11 @@ Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
       same number of bare [B, H] x [H, 2H] matmuls chained with a tanh
       (forward + backward), and `jnp.dot` 2048³: GFLOP/s of each, so the
       step's rate can be read against what XLA gets on its own shapes
+  python benchmarks/step_ab.py --hidden=200 --reps=9 --what=precision \\
+      --estimator=batch_grad_squared
+      shared_step and fisher_step at the platform's default matmul
+      precision and at "highest" (config.precision = "float32"), same
+      process, alternately
   python benchmarks/step_ab.py --hidden=1000 --reps=3 --what=einsum
       the 35 × 11 edge weight-gradient products three ways (accumulated
       over steps, one einsum, a loop over edges) and `jnp.dot` 2048³, the
@@ -75,6 +80,7 @@ def main() -> None:
       "eval_vmap",
       "highway",
       "pieces",
+      "precision",
     ),
     default="grad",
   )
@@ -188,6 +194,24 @@ def main() -> None:
       cases[f"shared_step {name}"] = fns["step"]
       cases[f"fisher_step {name}"] = fns["fisher"]
     enas_rnn._highway = hand  # noqa: SLF001
+  elif args.what == "precision":
+    # Each case is traced (and compiled) under its own matmul precision:
+    # the platform's default and config.precision's "float32" (highest).
+    cases = {}
+    for prec in ("default", "highest"):
+      fns = build()
+      with jax.default_matmul_precision(prec):
+        jax.block_until_ready(fns["step"]())
+        jax.block_until_ready(fns["fisher"]())
+
+      def run(fn, prec=prec):
+        with jax.default_matmul_precision(prec):
+          return fn()
+
+      cases[f"shared_step precision={prec}"] = lambda f=fns["step"], r=run: r(f)
+      cases[f"fisher_step precision={prec}"] = lambda f=fns["fisher"], r=run: r(
+        f
+      )
   elif args.what == "grad":
     cases = {
       "shared_step autodiff": build(tapped_grad=False)["step"],
