@@ -74,5 +74,45 @@ class MetricsTest(parameterized.TestCase):
     self.assertGreater(len(data), 10_000)
 
 
+class TolerantJsonlTest(absltest.TestCase):
+  """What a crash mid-append leaves must not block a resume or a plot."""
+
+  def setUp(self):
+    super().setUp()
+    self.path = pathlib.Path(self.create_tempdir().full_path) / "m.jsonl"
+
+  def test_torn_last_line_is_dropped_with_one_log_line(self):
+    self.path.write_text('{"epoch": 0}\n{"epoch": 1}\n{"epoch": 2, "lo')
+    with self.assertLogs("absl", "WARNING") as logs:
+      records = metrics.read_jsonl(self.path)
+    self.assertEqual(records, [{"epoch": 0}, {"epoch": 1}])
+    self.assertLen(logs.output, 1)
+    self.assertIn("torn last line 3", logs.output[0])
+
+  def test_writer_cuts_a_torn_tail_before_appending(self):
+    self.path.write_text('{"epoch": 0}\n{"epo')
+    with self.assertLogs("absl", "WARNING"):
+      with metrics.JsonlWriter(self.path) as log:
+        log.write({"epoch": 1})
+    self.assertEqual(self.path.read_text(), '{"epoch": 0}\n{"epoch": 1}\n')
+    self.assertEqual(
+      metrics.read_jsonl(self.path), [{"epoch": 0}, {"epoch": 1}]
+    )
+
+  def test_bad_line_inside_names_file_and_line(self):
+    self.path.write_text('{"epoch": 0}\ngarbage\n{"epoch": 2}\n')
+    with self.assertRaisesRegex(
+      ValueError, r"m\.jsonl line 2 is not a JSON record .*delete that line"
+    ):
+      metrics.read_jsonl(self.path)
+    self.path.write_text('{"epoch": 0}\n[1, 2]\n{"epoch": 2}\n')
+    with self.assertRaisesRegex(ValueError, "line 2 is not a JSON record"):
+      metrics.read_jsonl(self.path)
+
+  def test_whole_file_is_read_unchanged(self):
+    self.path.write_text('{"a": 1}\n\n{"b": [1, 2]}\n')
+    self.assertEqual(metrics.read_jsonl(self.path), [{"a": 1}, {"b": [1, 2]}])
+
+
 if __name__ == "__main__":
   absltest.main()

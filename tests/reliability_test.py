@@ -287,6 +287,46 @@ class CheckpointTest(absltest.TestCase):
     self.assertEqual(meta["epoch"], 1)
     self.assertIn("checkpoint step 2", logs[0])
 
+  def test_step_without_checksums_is_incomplete(self):
+    # A kill between orbax's commit and the checksum write: the files are
+    # whole, but nothing vouches for them; the previous step is used.
+    (self.dir / "2" / "checksums.json").unlink()
+    state, meta, logs = self._restore()
+    self.assertEqual(meta["epoch"], 1)
+    np.testing.assert_array_equal(state["w"], _state(1.0)["w"])
+    self.assertIn("incomplete: no checksums.json", logs[0])
+    self.assertTrue((self.dir.with_name("ckpt.skipped") / "2").is_dir())
+
+  def test_mismatched_state_moves_nothing_and_names_the_leaf(self):
+    # An intact checkpoint restored into another shape (another vocabulary,
+    # another config) is not damage: nothing is set aside, one line says
+    # what differs, and the right state still restores afterwards.
+    other = {"w": jnp.zeros(4097, jnp.float32), "step": jnp.int32(0)}
+    ckpt = checkpoint_lib.Checkpointer(self.dir, max_to_keep=3)
+    with self.assertRaises(checkpoint_lib.CheckpointMismatch) as cm:
+      ckpt.restore(other)
+    message = str(cm.exception)
+    self.assertIn("step 2", message)
+    self.assertIn(
+      "w: (4096,) float32 in the checkpoint, (4097,) float32 now", message
+    )
+    self.assertIn("Nothing was moved", message)
+    self.assertNotIn("\n", message)
+    self.assertEqual(cm.exception.differences[0][0], "w")
+    self.assertFalse(self.dir.with_name("ckpt.skipped").exists())
+    self.assertEqual(
+      sorted(p.name for p in self.dir.iterdir()), ["0", "1", "2"]
+    )
+    _, meta = ckpt.restore(_state(0.0))
+    self.assertEqual(meta["epoch"], 2)
+    # A dtype or a missing leaf is a mismatch too.
+    with self.assertRaisesRegex(checkpoint_lib.CheckpointMismatch, "step:"):
+      ckpt.restore({"w": _state(0.0)["w"], "step": jnp.float32(0)})
+    with self.assertRaisesRegex(checkpoint_lib.CheckpointMismatch, "absent"):
+      ckpt.restore({"w": _state(0.0)["w"]})
+    ckpt.close()
+    self.assertFalse(self.dir.with_name("ckpt.skipped").exists())
+
   def test_no_intact_step_is_one_clear_error(self):
     for s in range(3):
       path = self._data_file(s)

@@ -3,7 +3,12 @@
 Each saved step gets a SHA-256 of its files (`checksums.json` inside the
 step's folder); `restore` verifies it and falls back to the newest intact
 step, moving a damaged one aside to `<checkpoints>.skipped/` (nothing is
-deleted). `save` refuses a state with a NaN or infinity, so a diverged run
+deleted). A step without its checksums (a kill between orbax's commit and
+the checksum write) counts as incomplete and is set aside the same way. An
+intact step that does not fit the state it is restored into (other shapes,
+dtypes or leaves: another vocabulary, another config) is not damage:
+`restore` moves nothing and raises `CheckpointMismatch` naming what
+differs. `save` refuses a state with a NaN or infinity, so a diverged run
 never replaces its last good checkpoint (`NonFiniteError`).
 
 Sharded states: `save` writes each array's global value whatever its
@@ -50,6 +55,22 @@ class NonFiniteError(ValueError):
 
 class SaveError(OSError):
   """A checkpoint could not be saved (the run must end at once)."""
+
+
+class CheckpointMismatch(ValueError):  # noqa: N818 (a ValueError to users)
+  """An intact checkpoint does not fit the state restored into it.
+
+  Attributes:
+    step: the checkpoint's step.
+    differences: `(leaf name, shape and dtype saved, now)` per differing
+      leaf (`None` where the leaf is absent on that side); may be empty when
+      only orbax could tell.
+  """
+
+  def __init__(self, message: str, step: int, differences: list):
+    super().__init__(message)
+    self.step = step
+    self.differences = differences
 
 
 def all_finite(tree: PyTree) -> bool:
@@ -191,13 +212,14 @@ class Checkpointer:
   def verify(self, step: int) -> str | None:
     """None if `step`'s files match its checksum, else what is wrong.
 
-    A step saved before checksums existed (no checksums.json) passes; its
-    restore is then the only check.
+    A step without checksums.json is incomplete: the process that saved it
+    stopped between orbax's commit and the checksum write, so nothing
+    vouches for its files.
     """
     step_dir = self.directory / str(step)
     path = step_dir / _CHECKSUMS
     if not path.exists():
-      return None
+      return f"incomplete: no {_CHECKSUMS} (the save was interrupted)"
     try:
       want = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
@@ -217,9 +239,11 @@ class Checkpointer:
   ) -> tuple[PyTree, dict[str, Any]]:
     """Restores `(state, meta)` of the newest intact step (or of `step`).
 
-    Each step is verified against its checksum and restored; a step that
-    fails either is logged in one line, moved to `skipped_dir` and the next
-    older one is tried.
+    Each step is verified against its checksum; a damaged or incomplete
+    step is logged in one line, moved to `skipped_dir` and the next older
+    one is tried. A verified step whose leaves differ from `like` (names,
+    shapes, dtypes) raises `CheckpointMismatch` at once: it is intact, so
+    nothing is moved and no older step is tried.
 
     Args:
       like: a pytree with the structure, shapes and dtypes of the state;
@@ -233,6 +257,8 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: no checkpoint at all.
+      CheckpointMismatch (a ValueError): the newest intact step does not
+        fit `like` (one line naming the first differences).
       ValueError: no intact checkpoint (one line listing what was wrong).
     """
     steps = sorted(self._manager.all_steps(), reverse=True)
@@ -245,6 +271,9 @@ class Checkpointer:
     for s in steps:
       problem = self.verify(s)
       if problem is None:
+        differences = self._differences(s, like)
+        if differences:
+          raise self._mismatch(s, differences)
         try:
           out = self._manager.restore(
             s,
@@ -254,9 +283,13 @@ class Checkpointer:
             ),
           )
           return out.state, out.meta
-        except Exception as e:  # noqa: BLE001 (a damaged step: try older)
+        except Exception as e:  # noqa: BLE001
+          # The files are as saved (checksums): not damage, a mismatch
+          # that the metadata did not show.
           text = str(e).strip().splitlines()
-          problem = f"{type(e).__name__}: {text[0] if text else ''}"[:200]
+          raise self._mismatch(
+            s, [], f"{type(e).__name__}: {text[0] if text else ''}"[:200]
+          ) from None
       problems.append(f"step {s}: {problem}")
       absl_logging.warning(
         "checkpoint step %d in %s skipped (%s); moved to %s",
@@ -269,6 +302,51 @@ class Checkpointer:
     raise ValueError(
       f"no intact checkpoint in {self.directory} ({'; '.join(problems)}); "
       f"the damaged ones are in {self.skipped_dir}"
+    )
+
+  def _differences(self, step: int, like: PyTree) -> list:
+    """`CheckpointMismatch.differences` of `step` against `like`, by name."""
+    try:
+      tree = self._manager.item_metadata(step).state.tree
+    except Exception:  # noqa: BLE001 (no metadata: the restore will tell)
+      return []
+    saved = {
+      m.name: (tuple(m.shape), str(np.dtype(m.dtype)))
+      for m in jax.tree.leaves(
+        tree, is_leaf=lambda x: hasattr(x, "name") and hasattr(x, "shape")
+      )
+      if hasattr(m, "name") and hasattr(m, "shape")
+    }
+    now = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]:
+      if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        now[_leaf_name(path)] = (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+    if not saved or not now or not set(saved) & set(now):
+      return []  # other naming conventions: leave it to the restore
+    return [
+      (name, saved.get(name), now.get(name))
+      for name in sorted(set(saved) | set(now))
+      if saved.get(name) != now.get(name)
+    ]
+
+  def _mismatch(
+    self, step: int, differences: list, detail: str = ""
+  ) -> CheckpointMismatch:
+    def side(v):
+      return "absent" if v is None else f"{v[0]} {v[1]}"
+
+    shown = "; ".join(
+      f"{name}: {side(saved)} in the checkpoint, {side(now)} now"
+      for name, saved, now in differences[:3]
+    )
+    more = f" (+{len(differences) - 3} more)" if len(differences) > 3 else ""
+    return CheckpointMismatch(
+      f"checkpoint step {step} in {self.directory} is intact but does not "
+      f"fit this run ({shown or detail}{more}): a different config or data? "
+      "Nothing was moved; rerun with the original settings or use a new "
+      "--workdir",
+      step,
+      differences,
     )
 
   def _set_aside(self, step: int) -> None:
@@ -300,6 +378,19 @@ class Checkpointer:
   def close(self) -> None:
     """Releases the manager's resources."""
     self._manager.close()
+
+
+def _leaf_name(path) -> str:
+  """A key path as orbax names the leaf: its keys joined with dots."""
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return ".".join(parts)
 
 
 class Interrupted(Exception):  # noqa: N818 (not an error: a requested stop)

@@ -49,6 +49,8 @@ class JsonlWriter:
     self.path = pathlib.Path(path)
     # Processes other than the primary one write nowhere.
     target = self.path if is_primary() else os.devnull
+    if target == self.path:
+      drop_torn_tail(self.path)  # never glue a record onto a torn line
     self._file = open(target, "a", encoding="utf-8")  # noqa: SIM115
 
   def write(self, record: Mapping[str, Any]) -> None:
@@ -67,10 +69,63 @@ class JsonlWriter:
     self.close()
 
 
+def _warn(message: str) -> None:
+  from absl import logging  # noqa: PLC0415 (absl is there whenever we run)
+
+  logging.warning("%s", message)
+
+
+def drop_torn_tail(path: str | pathlib.Path) -> bool:
+  """Cuts a last line without its newline (what a crash mid-append leaves).
+
+  Returns whether something was cut (one log line says so). A complete
+  last line is kept even if it is not JSON: `read_jsonl` names it.
+  """
+  path = pathlib.Path(path)
+  if not path.exists() or path.stat().st_size == 0:
+    return False
+  data = path.read_bytes()
+  if data.endswith(b"\n"):
+    return False
+  keep = data[: data.rfind(b"\n") + 1]  # 0 when there is no newline at all
+  with open(path, "r+b") as f:
+    f.truncate(len(keep))
+  _warn(
+    f"{path}: dropped a torn last line ({len(data) - len(keep)} bytes, "
+    "left by an interrupted write)"
+  )
+  return True
+
+
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:
-  """Reads every line of a JSONL file."""
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """Reads every record of a JSONL file (one JSON object per line).
+
+  A last line that is not valid JSON is what a crash during an append
+  leaves: it is skipped with one log line. Any other bad line raises.
+
+  Raises:
+    ValueError: a line other than the last is not a JSON object (one line
+      naming the file and line number and what to do).
+  """
+  path = pathlib.Path(path)
+  with open(path, encoding="utf-8", errors="replace") as f:
+    lines = [(i, line) for i, line in enumerate(f, 1) if line.strip()]
+  out = []
+  for k, (i, line) in enumerate(lines):
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    except ValueError as e:
+      if k == len(lines) - 1:
+        _warn(f"{path}: skipped its torn last line {i} ({e})")
+        break
+      raise ValueError(
+        f"{path} line {i} is not a JSON record ({str(e).splitlines()[0]}); "
+        "fix or delete that line, or use a new --workdir"
+      ) from None
+    out.append(record)
+  return out
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
