@@ -62,8 +62,11 @@ def load_runs(
       path = run
       try:
         records = json.loads(run.read_text())["records"]
-      except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"{run} is not a stored run: {e!r}") from None
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(
+          f"{run} is not a stored run (a JSON object with 'records'): "
+          f"{type(e).__name__}: {e}"
+        ) from None
     else:
       path = run / "metrics.jsonl"
       if not path.exists():

@@ -546,5 +546,53 @@ class KillResumeTest(absltest.TestCase):
     self.assertNotIn("stale", records[0])
 
 
+class SmallerFaultsTest(absltest.TestCase):
+  """Issue 23's smaller items: a negative seed, a bad stored run, retrains."""
+
+  def test_negative_seed_is_refused_by_every_experiment(self):
+    from experiments import space32  # noqa: PLC0415
+    from wpl_jax.train import enas_truth  # noqa: PLC0415
+    from wpl_jax.train import two_models_config as two_models_checks  # noqa: PLC0415
+
+    c = enas_ptb.get_config("smoke")
+    c.seed = -1
+    with self.assertRaisesRegex(ValueError, "seed"):
+      enas_search.validate(c)
+    t = space32.get_config("truth")
+    t.seed = -1
+    with self.assertRaisesRegex(ValueError, "seed"):
+      enas_truth.validate(t)
+    m = two_models_config.get_config("smoke")
+    m.seed = -1
+    with self.assertRaisesRegex(ValueError, "seed=-1 must be an integer"):
+      two_models_checks.validate(m)
+
+  def test_report_on_a_json_list_is_one_line(self):
+    from experiments import space32_report  # noqa: PLC0415
+
+    path = pathlib.Path(self.create_tempdir().full_path) / "runs.json"
+    path.write_text("[1, 2]")
+    with self.assertRaisesRegex(ValueError, "is not a stored run") as cm:
+      space32_report.load_runs([str(path)])
+    self.assertNotIn("\n", str(cm.exception))
+
+  def test_a_restarted_retrain_drops_its_earlier_records(self):
+    from wpl_jax.train import retrain  # noqa: PLC0415
+
+    path = pathlib.Path(self.create_tempdir().full_path) / "retrain.jsonl"
+    lines = [
+      {"name": "derived", "epoch": 0},
+      {"name": "derived", "epoch": 1},
+      {"name": "random_0", "epoch": 0},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    retrain.drop_records(path, "random_0")  # random_0 was interrupted
+    self.assertEqual(
+      [json.loads(x) for x in path.read_text().splitlines()], lines[:2]
+    )
+    retrain.drop_records(path, "other")  # nothing of it: unchanged
+    self.assertLen(path.read_text().splitlines(), 2)
+
+
 if __name__ == "__main__":
   absltest.main()

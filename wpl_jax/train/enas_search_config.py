@@ -41,6 +41,7 @@ _RESUMABLE = (
 def validate_model(config: ml_collections.ConfigDict) -> None:
   """Ranges of the model, data and shared-optimiser fields (one line each)."""
   v = validation
+  v.integer(config, "seed", min=0)
   v.integer(config, "model.hidden", min=1)
   v.integer(config, "model.num_nodes", min=2)
   for name in (

@@ -163,6 +163,9 @@ class Retrainer:
       mesh=self.eval_mesh,
     )
     best = (np.inf, None, -1)
+    # A retrain has no checkpoint: one interrupted earlier starts over, so
+    # its records from that attempt go (the other cells' stay).
+    drop_records(workdir / "retrain.jsonl", name)
     log = metrics_lib.JsonlWriter(workdir / "retrain.jsonl")
     t0, tokens = time.time(), 0
     for epoch in range(r.epochs):
@@ -245,3 +248,18 @@ class Retrainer:
       "seconds": seconds,
       "tokens_per_s": tokens / seconds,
     }
+
+
+def drop_records(path: pathlib.Path, name: str) -> None:
+  """Rewrites the JSONL at `path` without the records of cell `name`."""
+  if not path.exists() or not metrics_lib.is_primary():
+    return
+  records = metrics_lib.read_jsonl(path)
+  keep = [r for r in records if r.get("name") != name]
+  if len(keep) == len(records) and path.read_bytes().endswith(b"\n"):
+    return
+  tmp = path.with_name(path.name + ".tmp")
+  with metrics_lib.JsonlWriter(tmp) as log:
+    for r in keep:
+      log.write(r)
+  tmp.replace(path)

@@ -136,6 +136,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ),
     (config.num_seeds >= 1, f"num_seeds={config.num_seeds} must be >= 1"),
     (
+      isinstance(config.seed, int) and config.seed >= 0,
+      f"seed={config.seed} must be an integer >= 0",
+    ),
+    (
       p.get("checkpoint_every", 0) >= 0
       and p.get("checkpoint_every", 0) % p.eval_every == 0,
       f"protocol.checkpoint_every={p.get('checkpoint_every', 0)} must be 0 "
