@@ -23,8 +23,59 @@ def _key(path: tuple) -> tuple:
   return path
 
 
+def dtype(x) -> np.dtype | None:
+  """The dtype of an array leaf or Python scalar (None if it has none)."""
+  dt = getattr(x, "dtype", None)
+  if dt is not None:
+    return np.dtype(dt)
+  try:
+    return np.asarray(x).dtype
+  except (TypeError, ValueError):
+    return None
+
+
+def path_str(name: str, path: tuple) -> str:
+  """`name` followed by `path` as in the errors, e.g. "fisher['a']['w']"."""
+  return f"{name}{jax.tree_util.keystr(_key(path))}"
+
+
+def leaf_path(tree: PyTree, index: int) -> tuple:
+  """The path of the `index`-th leaf of `tree` (flatten order)."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return flat[index][0]
+
+
+def check_real(name: str, path: tuple, x) -> None:
+  """TypeError naming `path` if the leaf `x` is complex."""
+  dt = dtype(x)
+  if dt is not None and np.issubdtype(dt, np.complexfloating):
+    raise TypeError(
+      f"{path_str(name, path)}: complex dtype {dt}; WPL needs real arrays"
+    )
+
+
+def check_bool(name: str, path: tuple, x) -> None:
+  """TypeError naming `path` unless the mask leaf `x` is boolean.
+
+  Python bools, NumPy bools and bool arrays pass; a float or integer mask
+  (even of 0s and 1s) is refused rather than read as "nonzero = True".
+  """
+  dt = dtype(x)
+  if dt != np.bool_:
+    what = type(x).__name__ if dt is None else f"dtype {dt}"
+    raise TypeError(
+      f"{path_str(name, path)}: mask leaves must be bool, got {what} "
+      "(use True/False or m.astype(bool))"
+    )
+
+
 def flatten_like(
-  params: PyTree, broadcast: frozenset = frozenset(), **others: PyTree
+  params: PyTree,
+  broadcast: frozenset = frozenset(),
+  *,
+  boolean: frozenset = frozenset(),
+  real: frozenset = frozenset(),
+  **others: PyTree,
 ) -> tuple[list, object, dict[str, list]]:
   """Flattens `params` and every tree in `others`, checking they match.
 
@@ -33,11 +84,13 @@ def flatten_like(
   those named in `broadcast`, whose leaves need only
   broadcast to the params leaf (e.g. a mask of Python bools or of shape
   `[E, 1, 1]` for stacked `[E, H, H]` weights). Checks run at trace time on
-  static shapes, so they cost nothing under `jax.jit`.
+  static shapes and dtypes, so they cost nothing under `jax.jit`.
 
   Args:
     params: the reference tree.
     broadcast: names in `others` whose leaves may broadcast.
+    boolean: names in `others` whose leaves must be bool (masks).
+    real: names (in `others`, or "params") whose leaves must not be complex.
     **others: trees to flatten, by name (the name appears in errors).
 
   Returns:
@@ -46,10 +99,15 @@ def flatten_like(
   Raises:
     ValueError: naming the first offending path, e.g.
       "params['dense_1']['kernel']: shape (3, 4) vs anchor (4, 3)".
+    TypeError: a complex leaf in a `real` tree or a non-bool one in a
+      `boolean` tree, naming its path.
   """
   p_flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   p_paths = [_key(p) for p, _ in p_flat]
   p_leaves = [x for _, x in p_flat]
+  if "params" in real:
+    for path, x in p_flat:
+      check_real("params", path, x)
   out = {}
   for name, tree in others.items():
     o_flat, _ = jax.tree_util.tree_flatten_with_path(tree)
@@ -64,6 +122,11 @@ def flatten_like(
         raise ValueError(
           f"params{jax.tree_util.keystr(path)}: shape {sx} vs {name} {sy}"
         )
+    for (path, _), y in zip(o_flat, leaves, strict=True):
+      if name in boolean:
+        check_bool(name, path, y)
+      if name in real:
+        check_real(name, path, y)
     out[name] = leaves
   return p_leaves, treedef, out
 

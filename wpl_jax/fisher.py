@@ -76,7 +76,18 @@ def _reduced(loss_fn, reduction: str, to: str):
   loss; the batch mean is the mean (divides a sum by B, averages [B]).
   """
   if reduction == "mean":
-    return loss_fn
+
+    def mean_fn(params, batch):
+      out = loss_fn(params, batch)
+      if jnp.shape(out) != ():  # static: free under jit
+        raise ValueError(
+          f"loss_fn returns shape {jnp.shape(out)}, but reduction='mean' "
+          "declares the scalar batch mean (per-example losses: declare "
+          "reduction='none')"
+        )
+      return out
+
+    return mean_fn
 
   def fn(params, batch):
     out = loss_fn(params, batch)
@@ -99,12 +110,7 @@ def _expand(example: PyTree) -> PyTree:
 
 
 def _batch_size(batch: PyTree) -> int:
-  sizes = {x.shape[0] for x in jax.tree.leaves(batch)}
-  if len(sizes) != 1:
-    raise ValueError(
-      f"batch leaves disagree on the leading (example) axis: {sorted(sizes)}"
-    )
-  return sizes.pop()
+  return _checks.num_examples(batch, allow_empty=True)
 
 
 def sum_examples(x: Array) -> Array:
@@ -213,8 +219,10 @@ def fisher_diagonal(
     B examples (and over samples for ``sampled``).
 
   Raises:
-    ValueError: unknown estimator or method, or a missing
-      `key`/`logits_fn`/`loss_fn`.
+    ValueError: unknown estimator or method, a missing
+      `key`/`logits_fn`/`loss_fn`, a batch with 0 examples or a scalar leaf
+      (no example axis), or a non-scalar loss under ``reduction='mean'``.
+      All are checked on static shapes, so also under `jax.jit`.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -240,7 +248,7 @@ def fisher_diagonal(
     raise ValueError(
       f"reduction={reduction!r} contradicts the loss's own {declared!r}"
     )
-  n = _batch_size(batch)
+  n = _checks.num_examples(batch)
   if estimator == "batch_grad_squared":
     if loss_fn is None:
       raise ValueError("estimator 'batch_grad_squared' needs loss_fn")
@@ -398,14 +406,19 @@ def update_fisher(
 
   Args:
     state: the current `FisherState`.
-    new_fisher: a fresh estimate shaped like the params (`fisher_diagonal`).
+    new_fisher: a fresh estimate shaped like the params (`fisher_diagonal`),
+      real, finite and >= 0. A concrete one (an eager call) is checked where
+      `mask` is True; a traced one (inside `jit`) cannot be and is not: use
+      `check_fisher` under `checkify` for that.
     mode: ``clean`` or ``reference``.
     decay: weight of the new estimate (0.9 in the reference code).
     clip: Frobenius-norm bound per leaf or per matrix (see `norm_axes`);
       None = no clipping.
     alpha: folded into F in ``reference`` mode.
     mask: which leaves (or matrices, via broadcastable bool arrays) this
-      update touches, or a callable `fisher -> mask`; None = all.
+      update touches, or a callable `fisher -> mask`; None = all. Leaves
+      must be bool (Python bools or bool arrays): float or integer ones are
+      refused, also under `jit`.
     norm_axes: see `clip_by_frobenius`.
     reset_unmasked: set F to zero outside `mask` (the reference resets the
       Fisher of matrices that got no gradient); default True in
@@ -414,6 +427,11 @@ def update_fisher(
 
   Returns:
     The new state (the anchor is unchanged; see `reanchor`).
+
+  Raises:
+    ValueError: a bad setting, or a concrete `new_fisher` that is negative,
+      NaN or infinite where `mask` is True (naming the leaf).
+    TypeError: a complex `new_fisher` or a non-bool mask leaf (naming it).
   """
   if mode not in MODES:
     raise ValueError(f"unknown WPL mode {mode!r}; choose one of {MODES}")
@@ -438,6 +456,8 @@ def update_fisher(
     )
   if reset_unmasked is None:
     reset_unmasked = mode == "reference"
+  for path, g in jax.tree_util.tree_flatten_with_path(new_fisher)[0]:
+    _trees.check_real("new_fisher", path, g)  # before casting it below
   if rule == "sum":
     mixed = jax.tree.map(
       lambda f, g: f + jnp.asarray(g, f.dtype), state.fisher, new_fisher
@@ -448,6 +468,9 @@ def update_fisher(
       state.fisher,
       new_fisher,
     )
+  # The mask is resolved on the mixed Fisher, as `_select` always did.
+  mask = resolve_mask(mask, mixed)
+  _fisher_leaves(new_fisher, mask, "new_fisher")
   if clip is not None:
     mixed = clip_by_frobenius(mixed, clip, norm_axes=norm_axes)
   if mode == "reference":
@@ -461,13 +484,84 @@ def update_fisher(
   return state._replace(fisher=fisher)
 
 
+_MASK = frozenset({"mask"})
+
+
+def check_fisher(
+  fisher: PyTree,
+  *,
+  mask: PyTree | None = None,
+  name: str = "fisher",
+) -> None:
+  """Checks that a Fisher is finite and >= 0 (where `mask` is True).
+
+  `wpl_penalty`, `add_wpl` and `update_fisher` (so `consolidate`) run this
+  check on every concrete Fisher they get. A traced one (an argument of a
+  jitted step) has no values at trace time, so they skip it and a negative
+  F would silently push θ away from the anchor. This function is the
+  checked mode for that case: call it inside the jitted function and run
+  that under `jax.experimental.checkify`::
+
+    def step(params, fisher):
+      check_fisher(fisher)
+      return wpl_penalty(params, anchor, fisher, alpha=1.0)
+
+    from jax.experimental import checkify
+    err, out = checkify.checkify(jax.jit(step))(params, fisher)
+    err.throw()  # raises checkify.JaxRuntimeError naming the leaf
+
+  (Traced, it must run under `checkify.checkify`: plain `jit` refuses an
+  unfunctionalized check.)
+
+  Args:
+    fisher: a pytree of real arrays.
+    mask: None (every entry), or a bool tree like `fisher` (leaves may
+      broadcast) or a callable `fisher -> mask`: only True entries count.
+    name: the tree's name in the message.
+
+  Raises:
+    ValueError: a concrete leaf with a negative, NaN or infinite entry, e.g.
+      "fisher['w']: negative entries; a Fisher must be finite and >= 0".
+    TypeError: a complex leaf, or a non-bool mask leaf.
+  """
+  leaves, masks = _fisher_leaves(fisher, mask, name)
+  from jax.experimental import checkify  # noqa: PLC0415
+
+  for i, f in enumerate(leaves):
+    m = None if masks is None else masks[i]
+    if m is False or not (
+      isinstance(f, jax.core.Tracer) or isinstance(m, jax.core.Tracer)
+    ):
+      continue  # skipped by the mask, or checked above
+    f = jnp.asarray(f)
+    ok = jnp.isfinite(f) & (f >= 0)
+    if m is not None and m is not True:
+      ok = ok | ~jnp.broadcast_to(m, f.shape)
+    path = _trees.path_str(name, _trees.leaf_path(fisher, i))
+    msg = f"{path}: negative, NaN or infinite entries; a Fisher must be "
+    msg += "finite and >= 0"
+    checkify.check(jnp.all(ok), msg.replace("{", "{{").replace("}", "}}"))
+
+
+def _fisher_leaves(fisher: PyTree, mask, name: str):
+  """`(leaves, mask leaves or None)`, after the eager value check."""
+  mask = resolve_mask(mask, fisher)
+  others = {} if mask is None else {"mask": mask}
+  leaves, _, o = _trees.flatten_like(
+    fisher, broadcast=_MASK, boolean=_MASK, **others
+  )
+  masks = o.get("mask")
+  _checks.fisher_values(name, fisher, leaves, masks)
+  return leaves, masks
+
+
 def _select(mask, on_true: PyTree, on_false: PyTree) -> PyTree:
   """`where(mask, on_true, on_false)` leafwise; mask leaves may broadcast."""
   mask = resolve_mask(mask, on_true)
   if mask is None:
     return on_true
   t_leaves, treedef, o = _trees.flatten_like(
-    on_true, broadcast=frozenset({"mask"}), other=on_false, mask=mask
+    on_true, broadcast=_MASK, boolean=_MASK, other=on_false, mask=mask
   )
   out = []
   for t, f, m in zip(t_leaves, o["other"], o["mask"], strict=True):
@@ -514,7 +608,8 @@ def consolidate(
     state: the current state.
     params: the weights the finished model leaves behind (new anchor), a
       pytree shaped like `state.anchor`.
-    new_fisher: its Fisher estimate, a pytree shaped like `state.fisher`.
+    new_fisher: its Fisher estimate, a pytree shaped like `state.fisher`
+      (checked as in `update_fisher`: finite and >= 0 when concrete).
     **update_kwargs: passed to `update_fisher` (mode, decay, clip, ...).
 
   Returns:

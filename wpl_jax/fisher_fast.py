@@ -30,11 +30,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from wpl_jax import _checks, partition
 from wpl_jax import _tap_discovery as disc
 from wpl_jax import _tap_ops as ops
 from wpl_jax import fisher as fisher_lib
-from wpl_jax import partition
 from wpl_jax.taps import PLAIN, Tap
 from wpl_jax.types import Array, PyTree
 
@@ -324,8 +325,9 @@ def per_example_fisher(
     `(F, aux)`.
 
   Raises:
-    ValueError: an unknown `reduction`, an output that does not fit it, or
-      a tap inside an unsupported transformation.
+    ValueError: an unknown `reduction`, an output that does not fit it, a
+      tap inside an unsupported transformation, or a batch with 0 examples
+      or a scalar leaf (static shapes: also under `jit`).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -340,7 +342,7 @@ def per_example_fisher(
   full_fn = loss_fn
   if has_aux:
     loss_fn = lambda q, b, tap: full_fn(q, b, tap)[0]
-  n = disc.num_examples(batch)
+  n = _checks.num_examples(batch)
   p = disc.discover(loss_fn, params, batch, reduction)
   leaves, treedef = jax.tree.flatten(params)
   out = [jnp.zeros(jnp.shape(v), jnp.float32) for v in leaves]
@@ -501,12 +503,27 @@ def verify(
     The largest relative error over the leaves.
 
   Raises:
-    ValueError: the error exceeds `rtol` (naming the leaf) or the loss is
-      not a `TappedLoss`.
+    ValueError: the error exceeds `rtol` (naming the leaf), the loss is
+      not a `TappedLoss`, `num_examples` is not an integer >= 2, or the
+      batch holds fewer than 2 examples.
   """
   if not isinstance(loss_fn, TappedLoss):
     raise ValueError("verify needs a tap-aware loss (fisher_fast.tapped)")
-  k = min(num_examples, disc.num_examples(batch))
+  if (
+    isinstance(num_examples, bool)
+    or not isinstance(num_examples, int | np.integer)
+    or num_examples < 2
+  ):
+    raise ValueError(
+      f"verify needs num_examples >= 2 (an integer), got {num_examples!r}"
+    )
+  n = _checks.num_examples(batch)
+  if n < 2:
+    raise ValueError(
+      f"verify needs a batch of at least 2 examples, it has {n} (the "
+      "example axis must be exercised)"
+    )
+  k = min(num_examples, n)
   sub = jax.tree.map(lambda x: x[:k], batch)
   fast = loss_fn.per_example_fisher(params, sub)
   slow = fisher_lib.fisher_diagonal(

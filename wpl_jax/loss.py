@@ -23,6 +23,7 @@ from wpl_jax.partition import resolve_mask
 from wpl_jax.types import Array, PyTree
 
 _MASK = frozenset({"mask"})
+_REAL = frozenset({"params", "updates", "anchor", "fisher"})
 
 
 def _is_static_false(m) -> bool:
@@ -47,16 +48,24 @@ def wpl_penalty(
   when the params are).
 
   Args:
-    params: θ, any pytree of arrays (nested dicts, Flax params, NNX State,
-      tuples, dataclass pytrees).
+    params: θ, any pytree of real arrays (nested dicts, Flax params, NNX
+      State, tuples, dataclass pytrees).
     anchor: θ̂, same structure and shapes as `params`.
-    fisher: F ≥ 0, the diagonal Fisher, same structure and shapes.
-    alpha: strength α (a Python float or a traced scalar).
+    fisher: F ≥ 0, the diagonal Fisher, same structure and shapes; finite.
+      A concrete F (an eager call, or an array a jitted function closes
+      over) is checked where `mask` is True, once per call (at trace time
+      under `jit`). A traced F (an argument of a jitted function) has no
+      values yet and is NOT checked, so a negative F there silently pushes
+      θ away from θ̂: check it with `wpl_jax.fisher.check_fisher` under
+      `jax.experimental.checkify` if it may be bad.
+    alpha: strength α ≥ 0, a real scalar (a Python number or a traced
+      scalar; a traced one's shape is checked, its value is not).
     mask: optional tree like `params` whose leaves are Python bools or bool
       arrays broadcastable to the leaf (e.g. `[E, 1, 1]` selecting matrices of
       a stacked `[E, H, H]` leaf), or a callable `params -> mask`. Leaves or
       elements where it is False contribute nothing and get zero gradient.
-      None means every leaf.
+      None means every leaf. Float or integer leaves (even of 0s and 1s) are
+      refused: convert with `m.astype(bool)`.
 
   Returns:
     A scalar: float32, or float64 when the params are float64.
@@ -64,7 +73,12 @@ def wpl_penalty(
   Raises:
     ValueError: the trees differ in structure or shape; the message names the
       first offending path, e.g. "params['a']['w']: shape (3, 4) vs anchor
-      (4, 3)". Raised at trace time.
+      (4, 3)". Raised at trace time. Also a non-scalar `alpha` (at trace
+      time), a concrete negative/NaN/inf `alpha`, or a concrete Fisher leaf
+      with a negative, NaN or infinite entry (naming it).
+    TypeError: `alpha` is not a real number; a complex leaf of `params`,
+      `anchor` or `fisher`, or a non-bool mask leaf (naming its path; at
+      trace time).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -74,12 +88,20 @@ def wpl_penalty(
     >>> float(wpl_penalty(p, a, f, alpha=2.0))  # (1·1 + 0.5·4) · 2/2
     3.0
   """
+  return _penalty(params, anchor, fisher, alpha, mask, check_fisher=True)
+
+
+def _penalty(params, anchor, fisher, alpha, mask, *, check_fisher: bool):
   _checks.scalar("alpha", alpha, min=0.0)
   mask = resolve_mask(mask, params)
   others = {"anchor": anchor, "fisher": fisher}
   if mask is not None:
     others["mask"] = mask
-  p_leaves, _, o = _trees.flatten_like(params, broadcast=_MASK, **others)
+  p_leaves, _, o = _trees.flatten_like(
+    params, broadcast=_MASK, boolean=_MASK, real=_REAL, **others
+  )
+  if check_fisher:
+    _checks.fisher_values("fisher", fisher, o["fisher"], o.get("mask"))
   m_leaves = o.get("mask", [None] * len(p_leaves))
   total = jnp.zeros([], jnp.float32)
   for x, a, f, m in zip(
@@ -118,7 +140,8 @@ def l2_penalty(
   """
   zeros = jax.tree.map(jnp.zeros_like, params)
   ones = jax.tree.map(jnp.ones_like, params)
-  return wpl_penalty(params, zeros, ones, alpha=weight, mask=mask)
+  # F = 1 needs no value check.
+  return _penalty(params, zeros, ones, weight, mask, check_fisher=False)
 
 
 class AddWPLState(NamedTuple):
@@ -146,14 +169,25 @@ def add_wpl(
   `loss + wpl_penalty(params, anchor, fisher, alpha=alpha, mask=mask)`.
 
   Args:
-    alpha: WPL strength α, or an optax schedule of the step count.
-    mask: a mask tree or callable `params -> mask` (see `wpl_penalty`).
-      An extra argument `wpl_mask=` given to `update` overrides it for that
-      step (e.g. the edges of the architecture sampled in this step).
+    alpha: WPL strength α ≥ 0 (a real scalar), or an optax schedule of the
+      step count (its value is checked as `alpha` at each `update`: the
+      shape always, the value when concrete).
+    mask: a mask tree or callable `params -> mask` (see `wpl_penalty`:
+      bool leaves only). An extra argument `wpl_mask=` given to `update`
+      overrides it for that step (e.g. the edges of the architecture
+      sampled in this step).
 
   Returns:
     A `GradientTransformationExtraArgs`; `update` requires `params`,
-    `wpl_anchor` and `wpl_fisher`.
+    `wpl_anchor` and `wpl_fisher`. `update` checks them as `wpl_penalty`
+    does: a concrete `wpl_fisher` (eager `update`) must be finite and >= 0
+    where the mask is True; a traced one (inside `jit`) is not checked
+    (see `wpl_jax.fisher.check_fisher`); complex leaves and non-bool masks
+    are refused also under `jit`.
+
+  Raises:
+    TypeError: `alpha` is neither a real number nor callable.
+    ValueError: `alpha` is not a scalar, or is negative, NaN or infinite.
   """
 
   if not callable(alpha):
@@ -183,13 +217,16 @@ def add_wpl(
         "add_wpl needs extra args wpl_anchor= and wpl_fisher= in update()"
       )
     a = alpha(state.count) if callable(alpha) else alpha
+    if callable(alpha):
+      _checks.scalar("alpha", a, min=0.0)
     m = resolve_mask(wpl_mask if wpl_mask is not None else mask, params)
     others = {"updates": updates, "anchor": wpl_anchor, "fisher": wpl_fisher}
     if m is not None:
       others["mask"] = m
     p_leaves, treedef, o = _trees.flatten_like(
-      params, broadcast=_MASK, **others
+      params, broadcast=_MASK, boolean=_MASK, real=_REAL, **others
     )
+    _checks.fisher_values("wpl_fisher", wpl_fisher, o["fisher"], o.get("mask"))
     m_leaves = o.get("mask", [None] * len(p_leaves))
     out = []
     for u, x, an, f, mk in zip(
