@@ -108,6 +108,13 @@ except (AttributeError, KeyError) as _error:
 _WORKDIR = flags.DEFINE_string("workdir", None, "New or empty output folder.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data_dir.")
 _DOWNLOAD = flags.DEFINE_bool("download", False, "Fetch MNIST into data_dir.")
+_ALLOW_DATA_CHANGE = flags.DEFINE_bool(
+  "allow_data_change",
+  False,
+  "Resume although a data file differs from the one the run started on "
+  "(run.json records each file's size and SHA-256); same as "
+  "WPL_ALLOW_DATA_CHANGE=1.",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
   "distributed",
   False,
@@ -164,6 +171,9 @@ def main(argv: list[str]) -> None:
       "workdir", f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
     )
     resumable = getattr(module, "RESUMABLE", ())
+    if _ALLOW_DATA_CHANGE.value:  # read by workdir_lib.claim
+      os.environ[workdir_lib.ALLOW_DATA_CHANGE_ENV] = "1"
+    workdir_lib.lock(workdir)  # one process per workdir; released at exit
     state = workdir_lib.inspect(workdir, config, resumable=resumable)
     if state == "finished":
       _report_finished(workdir)

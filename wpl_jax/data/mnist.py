@@ -25,6 +25,7 @@ __all__ = [
   "DataError",
   "download_mnist",
   "load_mnist",
+  "mnist_files",
   "read_idx",
 ]
 
@@ -135,6 +136,16 @@ def _find(data_dir: pathlib.Path, stem: str) -> pathlib.Path:
   )
 
 
+def mnist_files(data_dir: str | os.PathLike) -> list[pathlib.Path]:
+  """The four files `load_mnist` reads from `data_dir` (raw or .gz).
+
+  Raises:
+    DataError: a file is missing.
+  """
+  data_dir = pathlib.Path(data_dir)
+  return [_find(data_dir, stem) for stem in MNIST_FILES]
+
+
 def _stem(path: pathlib.Path) -> str:
   """Returns the MNIST filename stem of `path` (its name without .gz)."""
   return path.name.removesuffix(".gz")
@@ -220,10 +231,9 @@ def load_mnist(
     DataError: a file is missing, corrupt, truncated or of the wrong shape;
       the message names the file.
   """
-  data_dir = pathlib.Path(data_dir)
   # Find, read and check all four files before converting any, so that a
   # missing or corrupt file fails fast.
-  paths = {stem: _find(data_dir, stem) for stem in MNIST_FILES}
+  paths = dict(zip(MNIST_FILES, mnist_files(data_dir), strict=True))
   arrays = {stem: _read_checked(path, verify) for stem, path in paths.items()}
   for split in (_TRAIN, _TEST):
     _check_split(arrays, paths, split, verify)

@@ -8,7 +8,7 @@ import numpy as np
 
 from wpl_jax.data._errors import DataError
 
-__all__ = ["EOS", "PTBData", "batchify", "get_batch", "load_ptb"]
+__all__ = ["EOS", "PTBData", "batchify", "get_batch", "load_ptb", "ptb_files"]
 
 EOS = "<eos>"  # appended to every line, as in the reference code bases
 _SPLITS = ("train", "valid", "test")
@@ -63,6 +63,16 @@ def _encode(path: pathlib.Path, word_to_id: dict[str, int]) -> np.ndarray:
   return np.asarray(ids, np.int32)
 
 
+def ptb_files(data_dir: str | os.PathLike) -> list[pathlib.Path]:
+  """The train, valid and test files `load_ptb` reads from `data_dir`.
+
+  Raises:
+    DataError: a file is missing.
+  """
+  data_dir = pathlib.Path(data_dir)
+  return [_find(data_dir, split) for split in _SPLITS]
+
+
 def load_ptb(data_dir: str | os.PathLike) -> PTBData:
   """Loads the PTB train, valid and test splits from `data_dir`.
 
@@ -84,8 +94,7 @@ def load_ptb(data_dir: str | os.PathLike) -> PTBData:
       or a valid/test word is not in the training vocabulary (the message
       names the word, the file and the line).
   """
-  data_dir = pathlib.Path(data_dir)
-  paths = {split: _find(data_dir, split) for split in _SPLITS}
+  paths = dict(zip(_SPLITS, ptb_files(data_dir), strict=True))
   word_to_id: dict[str, int] = {}
   train = [
     word_to_id.setdefault(word, len(word_to_id))

@@ -30,7 +30,7 @@ from wpl_jax import fisher as fisher_lib
 from wpl_jax import metrics as metrics_lib
 from wpl_jax import platform_defaults, sharding
 from wpl_jax import workdir as workdir_lib
-from wpl_jax.data import ptb
+from wpl_jax.data import fingerprint, ptb
 from wpl_jax.enas import search_space
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.models import controller as controller_lib
@@ -549,8 +549,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     len(data.test),
     len(data.vocab),
   )
-  workdir_lib.claim(  # the first write
-    workdir, given, resumable=RESUMABLE, extra={"platform": platform}
+  workdir_lib.claim(  # the first write; refuses a resume on other data
+    workdir,
+    given,
+    resumable=RESUMABLE,
+    extra={"platform": platform, "data": fingerprint.ptb(config.data_dir)},
   )
   t0 = time.time()
   result = search(config, workdir, data)

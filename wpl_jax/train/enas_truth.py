@@ -32,7 +32,7 @@ from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import metrics as metrics_lib
 from wpl_jax import platform_defaults, validation
 from wpl_jax import workdir as workdir_lib
-from wpl_jax.data import ptb
+from wpl_jax.data import fingerprint, ptb
 from wpl_jax.enas import search_space
 from wpl_jax.models import enas_rnn
 from wpl_jax.train import enas_search, enas_steps
@@ -253,8 +253,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ex, ey, em = ptb.eval_windows(valid, t.eval_batch_size, bptt)
   n_eval_tokens = float(em.sum())
   workdir = pathlib.Path(workdir)
-  workdir_lib.claim(  # the first write
-    workdir, given, resumable=RESUMABLE, extra={"platform": platform}
+  workdir_lib.claim(  # the first write; refuses a resume on other data
+    workdir,
+    given,
+    resumable=RESUMABLE,
+    extra={"platform": platform, "data": fingerprint.ptb(config.data_dir)},
   )
   with config.unlocked():
     config.model.vocab_size = len(data.vocab)

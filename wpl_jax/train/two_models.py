@@ -20,6 +20,7 @@ from wpl_jax import data as data_lib
 from wpl_jax import metrics as metrics_lib
 from wpl_jax import platform_defaults
 from wpl_jax import workdir as workdir_lib
+from wpl_jax.data import fingerprint
 from wpl_jax.train.two_models_config import (
   A_SETTINGS,
   VARIANTS,
@@ -107,8 +108,15 @@ def train_and_evaluate(
   check_data(config, data)
   logging.info("JAX devices: %s; workdir %s", jax.devices(), workdir)
   workdir = pathlib.Path(workdir)
-  workdir_lib.claim(  # the first write
-    workdir, given, resumable=RESUMABLE, extra={"platform": platform}
+  if config.data.name == "mnist":
+    data_fp = fingerprint.mnist(config.data_dir)
+  else:
+    data_fp = fingerprint.digits()
+  workdir_lib.claim(  # the first write; refuses a resume on other data
+    workdir,
+    given,
+    resumable=RESUMABLE,
+    extra={"platform": platform, "data": data_fp},
   )
   seeds = [config.seed + s for s in range(config.num_seeds)]
   t0 = time.time()
