@@ -176,6 +176,44 @@ class MainWorkdirTest(absltest.TestCase):
     self.assertFalse(workdir.exists())
 
 
+class MemoryBeforeClaimTest(absltest.TestCase):
+  """Sizes that decide memory are checked before the workdir is claimed."""
+
+  def test_eval_chunk_beyond_any_evaluation_is_refused(self):
+    workdir = pathlib.Path(self.create_tempdir().full_path) / "run"
+    out = _main(
+      _ENAS,
+      f"--data_dir={DATA_DIR / 'ptb'}",
+      f"--workdir={workdir}",
+      "--config.search.eval_chunk=1000000000",
+    )
+    _one_line_error(self, out, "search.eval_chunk=1000000000 exceeds the most")
+    self.assertFalse(workdir.exists())
+
+  def test_a_model_beyond_the_machine_is_refused_and_the_fix_runs(self):
+    workdir = pathlib.Path(self.create_tempdir().full_path) / "run"
+    ptb = f"--data_dir={DATA_DIR / 'ptb'}"
+    out = _main(
+      _ENAS, ptb, f"--workdir={workdir}", "--config.model.hidden=100000"
+    )
+    _one_line_error(self, out, "needs at least")
+    self.assertIn("more than the machine's memory", out.stderr)
+    self.assertFalse(workdir.exists())
+    out = _main(_ENAS, ptb, f"--workdir={workdir}")  # the corrected command
+    self.assertEqual(out.returncode, 0, msg=out.stderr[-2000:])
+
+  def test_a_ground_truth_beyond_the_machine_is_refused(self):
+    workdir = pathlib.Path(self.create_tempdir().full_path) / "run"
+    out = _main(
+      "--config=experiments/space32.py:truth,smoke",
+      f"--data_dir={DATA_DIR / 'ptb'}",
+      f"--workdir={workdir}",
+      "--config.model.hidden=200000",
+    )
+    _one_line_error(self, out, "needs at least")
+    self.assertFalse(workdir.exists())
+
+
 class DivergenceTest(absltest.TestCase):
   """NaN stops the run: one line naming experiment and step, exit 1."""
 
@@ -524,6 +562,32 @@ class KillResumeTest(absltest.TestCase):
     )
 
   @pytest.mark.slow
+  def test_enas_sigterm_finishes_the_epoch_saves_and_says_so(self):
+    base = pathlib.Path(self.create_tempdir().full_path)
+    ref, cut = base / "ref", base / "cut"
+    flags = (
+      _ENAS,
+      f"--data_dir={DATA_DIR / 'ptb'}",
+      "--config.search.epochs=6",
+      "--config.retrain.epochs=0",
+    )
+    out = _main(*flags, f"--workdir={ref}")
+    self.assertEqual(out.returncode, 0, msg=out.stderr[-2000:])
+    code, err = _run_until(
+      (*flags, f"--workdir={cut}"), cut / "metrics.jsonl", 1, signal.SIGTERM
+    )
+    self.assertEqual(code, 128 + signal.SIGTERM, msg=err[-2000:])
+    self.assertRegex(err, r"stopped by SIGTERM at enas_ptb epoch \d")
+    self.assertIn("rerun the same command to resume", err)
+    out = _main(*flags, f"--workdir={cut}")
+    self.assertEqual(out.returncode, 0, msg=out.stderr[-2000:])
+    a, b = _records(ref / "metrics.jsonl"), _records(cut / "metrics.jsonl")
+    self.assertEqual([r["epoch"] for r in b], list(range(6)))
+    for ra, rb in zip(a, b, strict=True):
+      ra.pop("compiles"), rb.pop("compiles")
+      self.assertEqual(ra, rb)
+
+  @pytest.mark.slow
   def test_enas_kill_before_first_checkpoint_leaves_no_duplicate(self):
     # A run killed between epoch 0's metrics line and its first save: the
     # rerun redoes epoch 0 and writes its line once.
@@ -544,6 +608,79 @@ class KillResumeTest(absltest.TestCase):
     records = _records(workdir / "metrics.jsonl")
     self.assertLen(records, 1)
     self.assertNotIn("stale", records[0])
+
+
+class RestoreMismatchTest(absltest.TestCase):
+  """An intact checkpoint of other data is refused, never set aside."""
+
+  def test_other_vocabulary_names_both_and_moves_nothing(self):
+    base = pathlib.Path(self.create_tempdir().full_path)
+    workdir, data = base / "run", base / "ptb"
+    shutil.copytree(DATA_DIR / "ptb", data)
+    flags = (_ENAS, f"--data_dir={data}", "--config.retrain.epochs=0")
+    out = _main(*flags, f"--workdir={workdir}", "--config.search.epochs=1")
+    self.assertEqual(out.returncode, 0, msg=out.stderr[-2000:])
+    with open(data / "ptb.train.txt", "a", encoding="utf-8") as f:
+      f.write(" zzznewword\n")  # vocabulary 10001
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    more = (*flags, f"--workdir={workdir}", "--config.search.epochs=2")
+    out = _main(*more)  # the data fingerprint is checked first
+    _one_line_error(self, out, "ptb.train.txt changed since the run started")
+    out = _main(*more, "--allow_data_change")
+    _one_line_error(self, out, "vocabulary of 10000 words, the data 10001")
+    self.assertEqual(
+      sorted(p.name for p in (workdir / "checkpoints").iterdir()), before
+    )
+    self.assertFalse((workdir / "checkpoints.skipped").exists())
+
+
+class TruthResumeTest(absltest.TestCase):
+  """A ground truth stopped by SIGTERM saves, says so, and resumes exactly."""
+
+  def test_stop_mid_window_then_resume_equals_one_run(self):
+    import signal as signal_lib  # noqa: PLC0415
+
+    from experiments import space32  # noqa: PLC0415
+    from wpl_jax.train import enas_truth  # noqa: PLC0415
+
+    def config():
+      c = space32.get_config("truth,smoke")
+      c.data_dir = str(DATA_DIR / "ptb")
+      c.truth.checkpoint_every = 0  # epoch ends only: step 4 is mid-window
+      return c
+
+    base = pathlib.Path(self.create_tempdir().full_path)
+    enas_truth.train_and_evaluate(config(), base / "ref")
+    real = enas_truth.TruthTrainer
+
+    class SignalAtStep4(real):
+      def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        step, calls = self.train_step, [0]
+
+        def counted(*args):
+          calls[0] += 1
+          if calls[0] == 4:  # the first step of epoch 1 (3 steps an epoch)
+            os.kill(os.getpid(), signal_lib.SIGTERM)
+          return step(*args)
+
+        self.train_step = counted
+
+    enas_truth.TruthTrainer = SignalAtStep4
+    try:
+      with self.assertRaisesRegex(
+        checkpoint_lib.Interrupted, "stopped by SIGTERM at enas_truth step 4"
+      ):
+        enas_truth.train_and_evaluate(config(), base / "cut")
+    finally:
+      enas_truth.TruthTrainer = real
+    self.assertTrue((base / "cut" / "checkpoints" / "4").is_dir())
+    enas_truth.train_and_evaluate(config(), base / "cut")  # resumes at 4
+    a, b = (_records(base / d / "metrics.jsonl") for d in ("ref", "cut"))
+    for r in a + b:
+      r.pop("seconds")
+    self.assertLen(b, 2)
+    self.assertEqual(a, b)  # epoch 1's train_loss averages steps 4, 5, 6
 
 
 class SmallerFaultsTest(absltest.TestCase):

@@ -41,6 +41,10 @@ from wpl_jax.train.enas_search_config import (
   _check_same_config,
   _comparable,
   check_data,
+  check_memory,
+  check_sizes,
+  machine_bytes,
+  memory_need,
   valid_splits,
   validate,
 )
@@ -273,7 +277,7 @@ def search(
   ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
   start_epoch, history = 0, []
   if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state)
+    state, meta = restore(ckpt, state)
     _check_same_config(config, meta.get("config"))
     start_epoch, history = meta["epoch"] + 1, meta["history"]
     logging.info("resumed from epoch %d in %s", meta["epoch"], ckpt.directory)
@@ -285,184 +289,191 @@ def search(
   log = metrics_lib.JsonlWriter(workdir / "metrics.jsonl")
   tb = _tensorboard(workdir / "tb")
 
-  for epoch in range(start_epoch, s.epochs):
-    t_epoch = time.time()
-    lr = lr_at(config, epoch)
-    alpha = wpl_alpha_at(config, epoch)
-    use_fisher = config.wpl.enabled and alpha > 0
-    w = config.wpl
-    if w.enabled and w.reset_every > 0 and epoch % w.reset_every == 0:
-      state["wpl"] = state["wpl"]._replace(
-        fisher=jax.tree.map(jnp.zeros_like, state["wpl"].fisher)
-      )
-    # In reference mode α lives in F and the loss has none (REFERENCE §2).
-    loss_alpha = 1.0 if w.mode == "reference" else alpha
-    if not use_fisher:
-      loss_alpha = 0.0
-    pos = [int(p) for p in np.asarray(state["pos"])]
-    ep_key = jax.random.fold_in(jax.random.fold_in(key, _EPOCHS), epoch)
-    archs, err1, losses = [], [], []
-    tokens, t_train, t_log = 0, 0.0, time.time()
-    for a in range(s.archs_per_epoch):
-      k_arch = jax.random.fold_in(jax.random.fold_in(ep_key, _SHARED), a)
-      k_sample, k_fisher, k_steps = jax.random.split(k_arch, 3)
-      arch = jax.tree.map(
-        lambda x: x[0], sample(state["controller"].params, key=k_sample, k=1)
-      )
-      t0 = time.time()
-      for i in range(s.batches_per_arch):
-        pos[0], x, y, wrapped = train_w.get(pos[0])
-        x, y = sharding.shard_batch((x, y), mesh, axis=1)
-        if wrapped:
-          state["train_hidden"] = zero_h
-        shared, state["train_hidden"], m = shared_step(
-          state["shared"],
-          state["wpl"],
-          arch,
-          x,
-          y,
-          state["train_hidden"],
-          jnp.float32(lr),
-          jnp.float32(loss_alpha),
-          key=jax.random.fold_in(k_steps, i),
+  # SIGTERM/SIGINT: the epoch in progress ends and is saved, then the run
+  # stops (exit 128 + signal); a second signal kills at once.
+  with checkpoint_lib.StopOnSignal() as stop:
+    for epoch in range(start_epoch, s.epochs):
+      t_epoch = time.time()
+      lr = lr_at(config, epoch)
+      alpha = wpl_alpha_at(config, epoch)
+      use_fisher = config.wpl.enabled and alpha > 0
+      w = config.wpl
+      if w.enabled and w.reset_every > 0 and epoch % w.reset_every == 0:
+        state["wpl"] = state["wpl"]._replace(
+          fisher=jax.tree.map(jnp.zeros_like, state["wpl"].fisher)
         )
-        state["shared"] = shared
-        sharding.cpu_sync(state["train_hidden"], mesh)
-        losses.append(m["loss"])
-        tokens += x.size
-      jax.block_until_ready(state["shared"].params)
-      t_train += time.time() - t0
-      err1.append(
-        float(
-          eval_one(state["shared"], _one(arch), fixed_x, fixed_y, zero_h)[0]
+      # In reference mode α lives in F and the loss has none (REFERENCE §2).
+      loss_alpha = 1.0 if w.mode == "reference" else alpha
+      if not use_fisher:
+        loss_alpha = 0.0
+      pos = [int(p) for p in np.asarray(state["pos"])]
+      ep_key = jax.random.fold_in(jax.random.fold_in(key, _EPOCHS), epoch)
+      archs, err1, losses = [], [], []
+      tokens, t_train, t_log = 0, 0.0, time.time()
+      for a in range(s.archs_per_epoch):
+        k_arch = jax.random.fold_in(jax.random.fold_in(ep_key, _SHARED), a)
+        k_sample, k_fisher, k_steps = jax.random.split(k_arch, 3)
+        arch = jax.tree.map(
+          lambda x: x[0], sample(state["controller"].params, key=k_sample, k=1)
         )
-      )
-      if use_fisher:
-        pos[1], fx, fy, wrapped = valid_w.get(pos[1])
-        fx, fy = sharding.shard_batch((fx, fy), mesh, axis=1)
-        if wrapped:
-          state["fisher_hidden"] = zero_h
-        state["wpl"], state["fisher_hidden"] = fisher_step(
-          state["shared"],
-          state["wpl"],
-          arch,
-          fx,
-          fy,
-          state["fisher_hidden"],
-          jnp.float32(alpha),
-          key=k_fisher,
+        t0 = time.time()
+        for i in range(s.batches_per_arch):
+          pos[0], x, y, wrapped = train_w.get(pos[0])
+          x, y = sharding.shard_batch((x, y), mesh, axis=1)
+          if wrapped:
+            state["train_hidden"] = zero_h
+          shared, state["train_hidden"], m = shared_step(
+            state["shared"],
+            state["wpl"],
+            arch,
+            x,
+            y,
+            state["train_hidden"],
+            jnp.float32(lr),
+            jnp.float32(loss_alpha),
+            key=jax.random.fold_in(k_steps, i),
+          )
+          state["shared"] = shared
+          sharding.cpu_sync(state["train_hidden"], mesh)
+          losses.append(m["loss"])
+          tokens += x.size
+        jax.block_until_ready(state["shared"].params)
+        t_train += time.time() - t0
+        err1.append(
+          float(
+            eval_one(state["shared"], _one(arch), fixed_x, fixed_y, zero_h)[0]
+          )
         )
-      archs.append(jax.device_get(arch))
-      if time.time() - t_log > s.get("log_seconds", 10.0):
-        t_log = time.time()
-        logging.info(
-          "epoch %d arch %d/%d %s: loss %.3f err1 %.1f  %.0f tok/s",
-          epoch,
-          a + 1,
-          s.archs_per_epoch,
-          search_space.to_string(arch),
-          float(losses[-1]),
-          err1[-1],
-          tokens / max(t_train, 1e-9),
-        )
-    stacked = search_space.stack(archs)
-    err2 = _eval_chunked(
-      eval_archs,
-      state["shared"],
-      stacked,
-      *fixed_r,
-      s.eval_chunk,
-      arch_sharding=arch_sharding,
-    )
-    forget = forgetting_stats(np.array(err1), err2)
-
-    rewards, ppls = [], []
-    c_key = jax.random.fold_in(ep_key, _CONTROLLER)
-    ctrl_steps = config.controller.steps_per_epoch if policy == "enas" else 0
-    for c in range(ctrl_steps):
-      pos[2], vx, vy, wrapped = valid_w.get(pos[2])
-      vx, vy = sharding.shard_batch((vx, vy), mesh, axis=1)
-      if wrapped:
-        state["ctrl_hidden"] = zero_h
-      state["controller"], state["ctrl_hidden"], cm = ctrl_step(
-        state["controller"],
-        state["shared"],
-        vx,
-        vy,
-        state["ctrl_hidden"],
-        key=jax.random.fold_in(c_key, c),
-      )
-      sharding.cpu_sync(state["ctrl_hidden"], mesh)
-      rewards.append(cm["reward"])
-      ppls.append(cm["ppl"])
-    state["pos"] = sharding.put(np.asarray(pos, np.int32), rep)
-    _check_finite(config, epoch, losses, err1, rewards)
-
-    record = {
-      "epoch": epoch,
-      "policy": policy,
-      "wpl": w.mode if w.enabled else "off",
-      "wpl_start_epoch": w.start_epoch,
-      "lr": lr,
-      "wpl_alpha": alpha,
-      "train_loss": float(np.mean(jax.device_get(losses))),
-      "train_tokens_per_s": tokens / max(t_train, 1e-9),
-      "reward": float(np.mean(jax.device_get(rewards))) if rewards else None,
-      "controller_ppl": float(np.mean(jax.device_get(ppls))) if ppls else None,
-      "err1_mean": float(np.mean(err1)),
-      "err2_mean": float(np.mean(err2)),
-      **forget,
-      "fisher_norm": _fisher_norm(state["wpl"]),
-      "archs": [search_space.to_string(a) for a in archs],
-    }
-    if ranker is not None and (
-      (epoch + 1) % s.rank_every == 0 or epoch + 1 == s.epochs
-    ):
-      record.update(ranker(state["shared"]))
-    if (epoch + 1) % s.derive_every == 0 or epoch + 1 == s.epochs:
-      best, best_ppl = _derive(
-        config,
-        state,
-        sample,
+        if use_fisher:
+          pos[1], fx, fy, wrapped = valid_w.get(pos[1])
+          fx, fy = sharding.shard_batch((fx, fy), mesh, axis=1)
+          if wrapped:
+            state["fisher_hidden"] = zero_h
+          state["wpl"], state["fisher_hidden"] = fisher_step(
+            state["shared"],
+            state["wpl"],
+            arch,
+            fx,
+            fy,
+            state["fisher_hidden"],
+            jnp.float32(alpha),
+            key=k_fisher,
+          )
+        archs.append(jax.device_get(arch))
+        if time.time() - t_log > s.get("log_seconds", 10.0):
+          t_log = time.time()
+          logging.info(
+            "epoch %d arch %d/%d %s: loss %.3f err1 %.1f  %.0f tok/s",
+            epoch,
+            a + 1,
+            s.archs_per_epoch,
+            search_space.to_string(arch),
+            float(losses[-1]),
+            err1[-1],
+            tokens / max(t_train, 1e-9),
+          )
+      stacked = search_space.stack(archs)
+      err2 = _eval_chunked(
         eval_archs,
-        jax.random.fold_in(ep_key, _DERIVE),
+        state["shared"],
+        stacked,
         *fixed_r,
+        s.eval_chunk,
         arch_sharding=arch_sharding,
       )
-      record["derived"], record["derived_ppl"] = best, best_ppl
-    record["epoch_seconds"] = time.time() - t_epoch
-    # Compilations so far of each jitted step (1 each: archs are data).
-    record["compiles"] = {
-      name: _cache_size(fn)
-      for name, fn in (
-        ("shared_step", shared_step),
-        ("fisher_step", fisher_step),
-        ("eval_one", eval_one),
-        ("eval_archs", eval_archs),
-        ("controller_step", ctrl_step),
+      forget = forgetting_stats(np.array(err1), err2)
+
+      rewards, ppls = [], []
+      c_key = jax.random.fold_in(ep_key, _CONTROLLER)
+      ctrl_steps = config.controller.steps_per_epoch if policy == "enas" else 0
+      for c in range(ctrl_steps):
+        pos[2], vx, vy, wrapped = valid_w.get(pos[2])
+        vx, vy = sharding.shard_batch((vx, vy), mesh, axis=1)
+        if wrapped:
+          state["ctrl_hidden"] = zero_h
+        state["controller"], state["ctrl_hidden"], cm = ctrl_step(
+          state["controller"],
+          state["shared"],
+          vx,
+          vy,
+          state["ctrl_hidden"],
+          key=jax.random.fold_in(c_key, c),
+        )
+        sharding.cpu_sync(state["ctrl_hidden"], mesh)
+        rewards.append(cm["reward"])
+        ppls.append(cm["ppl"])
+      state["pos"] = sharding.put(np.asarray(pos, np.int32), rep)
+      _check_finite(config, epoch, losses, err1, rewards)
+
+      record = {
+        "epoch": epoch,
+        "policy": policy,
+        "wpl": w.mode if w.enabled else "off",
+        "wpl_start_epoch": w.start_epoch,
+        "lr": lr,
+        "wpl_alpha": alpha,
+        "train_loss": float(np.mean(jax.device_get(losses))),
+        "train_tokens_per_s": tokens / max(t_train, 1e-9),
+        "reward": float(np.mean(jax.device_get(rewards))) if rewards else None,
+        "controller_ppl": float(np.mean(jax.device_get(ppls)))
+        if ppls
+        else None,
+        "err1_mean": float(np.mean(err1)),
+        "err2_mean": float(np.mean(err2)),
+        **forget,
+        "fisher_norm": _fisher_norm(state["wpl"]),
+        "archs": [search_space.to_string(a) for a in archs],
+      }
+      if ranker is not None and (
+        (epoch + 1) % s.rank_every == 0 or epoch + 1 == s.epochs
+      ):
+        record.update(ranker(state["shared"]))
+      if (epoch + 1) % s.derive_every == 0 or epoch + 1 == s.epochs:
+        best, best_ppl = _derive(
+          config,
+          state,
+          sample,
+          eval_archs,
+          jax.random.fold_in(ep_key, _DERIVE),
+          *fixed_r,
+          arch_sharding=arch_sharding,
+        )
+        record["derived"], record["derived_ppl"] = best, best_ppl
+      record["epoch_seconds"] = time.time() - t_epoch
+      # Compilations so far of each jitted step (1 each: archs are data).
+      record["compiles"] = {
+        name: _cache_size(fn)
+        for name, fn in (
+          ("shared_step", shared_step),
+          ("fisher_step", fisher_step),
+          ("eval_one", eval_one),
+          ("eval_archs", eval_archs),
+          ("controller_step", ctrl_step),
+        )
+      }
+      history.append({k: v for k, v in record.items() if k != "archs"})
+      log.write(record)
+      ckpt.save(
+        epoch,
+        state,
+        {"epoch": epoch, "history": history, "config": _comparable(config)},
       )
-    }
-    history.append({k: v for k, v in record.items() if k != "archs"})
-    log.write(record)
-    ckpt.save(
-      epoch,
-      state,
-      {"epoch": epoch, "history": history, "config": _comparable(config)},
-    )
-    _tb_write(tb, record, epoch)
-    logging.info(
-      "epoch %d: loss %.3f  reward %s  ppl(ctrl) %s  forget mean %.1f best5 "
-      "%.1f max %.1f  %.0f tok/s  %.0fs",
-      epoch,
-      record["train_loss"],
-      _fmt(record["reward"]),
-      _fmt(record["controller_ppl"]),
-      forget["diff_mean"],
-      forget["diff_best5"],
-      forget["diff_max"],
-      record["train_tokens_per_s"],
-      record["epoch_seconds"],
-    )
+      _tb_write(tb, record, epoch)
+      logging.info(
+        "epoch %d: loss %.3f  reward %s  ppl(ctrl) %s  forget mean %.1f best5 "
+        "%.1f max %.1f  %.0f tok/s  %.0fs",
+        epoch,
+        record["train_loss"],
+        _fmt(record["reward"]),
+        _fmt(record["controller_ppl"]),
+        forget["diff_mean"],
+        forget["diff_best5"],
+        forget["diff_max"],
+        record["train_tokens_per_s"],
+        record["epoch_seconds"],
+      )
+      if stop.requested:
+        raise stop.interrupted(f"enas_ptb epoch {epoch}")
   log.close()
   ckpt.close()
   if tb is not None:
@@ -522,6 +533,43 @@ def _fisher_norm(wpl_state) -> float:
   )
 
 
+def restore(ckpt: checkpoint_lib.Checkpointer, like: dict) -> tuple:
+  """`ckpt.restore(like)`; an intact checkpoint of another vocabulary says so.
+
+  Raises:
+    ValueError: the checkpoint does not fit (`CheckpointMismatch`); when
+      the embedding's first axis differs, one line naming both
+      vocabularies and the likely cause.
+  """
+  try:
+    return ckpt.restore(like)
+  except checkpoint_lib.CheckpointMismatch as e:
+    for name, saved, now in e.differences:
+      if name.endswith("embedding") and saved and now and saved[0] != now[0]:
+        raise ValueError(
+          f"the checkpoint in {ckpt.directory} has a vocabulary of "
+          f"{saved[0][0]} words, the data {now[0][0]}: a different "
+          "--data_dir? Nothing was moved; rerun with the original data or "
+          "use a new --workdir"
+        ) from None
+    raise
+
+
+def memory_need_of(config: ml_collections.ConfigDict, vocab: int) -> dict:
+  """`enas_search_config.memory_need` of this config at vocabulary `vocab`.
+
+  The state's shapes come from `jax.eval_shape` of `init_state`: nothing is
+  allocated, so a size far beyond the machine is found in about a second.
+  """
+  sized = ml_collections.ConfigDict(config.to_dict())
+  sized.model.vocab_size = vocab
+  model = enas_steps.make_model(sized)
+  shapes = jax.eval_shape(
+    lambda k: _init_state(sized, model, k), jax.random.key(0)
+  )
+  return memory_need(sized, shapes)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Search (unless `search.epochs == 0`), then retrain; writes results.
 
@@ -541,6 +589,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = pathlib.Path(workdir)
   data = ptb.load_ptb(config.data_dir)
   check_data(config, data)
+  check_sizes(config)
+  check_memory(memory_need_of(config, len(data.vocab)), machine_bytes())
   workdir_lib.inspect(workdir, given, resumable=RESUMABLE)  # refuse early
   logging.info(
     "PTB: %d/%d/%d tokens, vocab %d",

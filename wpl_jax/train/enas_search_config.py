@@ -9,7 +9,10 @@ config with a rerun's, except for the fields in `_RESUMABLE`.
 """
 
 import json
+import math
+import os
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -252,4 +255,92 @@ def _check_same_config(
     raise ValueError(
       "the checkpoint in this workdir was written with a different config "
       f"({', '.join(diff[:4])}); use a new --workdir"
+    )
+
+
+def check_sizes(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError (one line) on a size that only wastes memory.
+
+  An evaluation call holds `search.eval_chunk` architectures, padded by
+  repeating the last: more than any evaluation ever scores (the epoch's
+  archs, the derive's samples, the whole space when ranking) is padding.
+  """
+  s = config.search
+  most = max(s.archs_per_epoch, s.derive_samples)
+  if s.get("rank_every", 0):
+    most = max(most, len(search_space.unstack(enas_steps.space_archs(config))))
+  if s.eval_chunk > most:
+    raise ValueError(
+      f"config.search.eval_chunk={s.eval_chunk} exceeds the most "
+      f"architectures one evaluation scores ({most}); use at most {most}"
+    )
+
+
+def machine_bytes() -> tuple[int, str]:
+  """Memory one replica of the state may use, and where it was read.
+
+  CPU: the machine's physical memory; an accelerator: the smallest local
+  device's `bytes_limit` (every device holds the replicated state).
+  """
+  devices = jax.local_devices()
+  if devices[0].platform != "cpu":
+    limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+    if all(limits):
+      return min(limits), f"{devices[0].device_kind} memory"
+  pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  return pages, "the machine's memory"
+
+
+def memory_need(config: ml_collections.ConfigDict, state_shapes) -> dict:
+  """A lower bound on the bytes an ENAS search holds at its peak.
+
+  Args:
+    config: the resolved config (vocabulary set from the data).
+    state_shapes: `jax.eval_shape` of the search's initial state (params,
+      optimizer, controller, WPL Fisher and anchor, hidden states).
+
+  Returns:
+    {"state", "gradient", "activations", "total"} in bytes: the state, one
+    gradient of the shared params, and float32 activations of the larger
+    of the training step (the [T, B, H] values each node keeps for the
+    backward pass, and one decoder chunk's logits and their gradient) and
+    an evaluation call (its vmapped archs' carries and logits chunk).
+    XLA's temporaries come on top, so a run can need more, never less.
+  """
+
+  def nbytes(tree):
+    return sum(
+      math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+    )
+
+  m, d = config.model, config.data
+  t, b, h, n, v = d.bptt, d.batch_size, m.hidden, m.num_nodes, m.vocab_size
+  chunk = min(m.get("ce_chunk", 0) or t * b, t * b)
+  train = 4 * (t * b * h * (2 * n + 4) + 2 * chunk * v)
+  group = platform_defaults.get(config, "search.eval_vmap", 0)
+  k = (
+    config.search.eval_chunk
+    if group == 0
+    else min(group, config.search.eval_chunk)
+  )
+  evaluate = 4 * k * (b * h * (2 * n + 4) + chunk * v)
+  out = {
+    "state": nbytes(state_shapes),
+    "gradient": nbytes(state_shapes["shared"].params),
+    "activations": max(train, evaluate),
+  }
+  out["total"] = sum(out.values())
+  return out
+
+
+def check_memory(need: dict, available: tuple[int, str]) -> None:
+  """Raises ValueError (one line) when `need["total"]` exceeds the machine."""
+  have, where = available
+  if need["total"] > have:
+    gb = lambda x: f"{x / 2**30:.1f} GB"  # noqa: E731
+    raise ValueError(
+      f"this config needs at least {gb(need['total'])} (state "
+      f"{gb(need['state'])}, gradient {gb(need['gradient'])}, activations "
+      f"{gb(need['activations'])}), more than {where} ({gb(have)}); "
+      "reduce model.hidden, data.batch_size or search.eval_chunk"
     )

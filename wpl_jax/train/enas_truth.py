@@ -227,6 +227,38 @@ RESUMABLE = (
 _CKPT_RESUMABLE = enas_search.RESUMABLE + RESUMABLE
 
 
+def memory_need(config: ml_collections.ConfigDict, vocab: int) -> dict:
+  """A lower bound on the ground truth's peak bytes (nothing allocated).
+
+  The S cells' state (`jax.eval_shape` of the trainer's init), one
+  gradient of `truth.arch_batch` cells' params, and their float32
+  activations in a training step (each node's [T, B, H] values and one
+  decoder chunk's logits and gradient). XLA's temporaries come on top.
+  """
+  sized = ml_collections.ConfigDict(config.to_dict())
+  sized.model.vocab_size = vocab
+  s = len(search_space.unstack(space_archs(sized)))
+  trainer = TruthTrainer(sized, num_devices=1)
+  shapes = jax.eval_shape(trainer._init, jax.random.split(jax.random.key(0), s))
+
+  def nbytes(tree):
+    return sum(
+      math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)
+    )
+
+  m, d = sized.model, sized.data
+  t, b, h, n = d.bptt, d.batch_size, m.hidden, m.num_nodes
+  chunk = min(m.get("ce_chunk", 0) or t * b, t * b)
+  group = min(platform_defaults.get(sized, "truth.arch_batch"), s)
+  out = {
+    "state": nbytes(shapes),
+    "gradient": nbytes(shapes.params) * group // s,
+    "activations": 4 * group * (t * b * h * (2 * n + 4) + 2 * chunk * vocab),
+  }
+  out["total"] = sum(out.values())
+  return out
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains every cell of the space; writes truth.json and results.md.
 
@@ -252,6 +284,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   valid = data.valid[: t.eval_tokens] if t.eval_tokens else data.valid
   ex, ey, em = ptb.eval_windows(valid, t.eval_batch_size, bptt)
   n_eval_tokens = float(em.sum())
+  enas_search.check_memory(
+    memory_need(config, len(data.vocab)), enas_search.machine_bytes()
+  )
   workdir = pathlib.Path(workdir)
   workdir_lib.claim(  # the first write; refuses a resume on other data
     workdir,
@@ -279,11 +314,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   }
   total_steps = t.epochs * n_windows
   ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
-  done, history, seconds = 0, [], 0.0
+  done, history, seconds, pending = 0, [], 0.0, []
   if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state)
+    state, meta = enas_search.restore(ckpt, state)
     enas_search._check_same_config(config, meta.get("config"), _CKPT_RESUMABLE)
     done, history, seconds = meta["step"], meta["history"], meta["seconds"]
+    # Step losses since the last evaluation: its train_loss averages them
+    # all, so a resumed log equals an uninterrupted one.
+    pending = meta.get("pending_losses", [])
     logging.info(
       "resumed at step %d/%d from %s", done, total_steps, ckpt.directory
     )
@@ -306,6 +344,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "history": history,
       "seconds": seconds,
       "config": enas_search._comparable(config, _CKPT_RESUMABLE),
+      "pending_losses": np.asarray(jax.device_get(losses), np.float32).tolist(),
     }
     try:
       ckpt.save(step, state, meta)
@@ -317,81 +356,87 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ) from None
 
   t_prev = t_log = time.time()
-  losses, logged = [], done
-  while done < total_steps:
-    epoch, i = divmod(done, n_windows)
-    if i == 0:
-      state["hidden"] = jnp.zeros((s, b, h), jnp.float32)
-    x, y = ptb.get_batch(train_src, i * bptt, bptt)
-    lr = lr_at_step(config, done, total_steps)
-    keys = jax.random.split(jax.random.fold_in(k_train, done), s)
-    state["shared"], state["hidden"], loss = trainer.train_step(
-      state["shared"], state["hidden"], archs, x, y, jnp.float32(lr), keys
-    )
-    losses.append(loss)
-    done += 1
-    now = time.time()
-    if now - t_log > t.get("log_seconds", 30.0):
-      jax.block_until_ready(loss)
-      now = time.time()
-      rate = (done - logged) / max(now - t_log, 1e-9)
-      logging.info(
-        "truth epoch %d step %d/%d: mean loss %.3f lr %.2f  %.3f steps/s, "
-        "ETA %.0f min",
-        epoch,
-        done,
-        total_steps,
-        float(jnp.mean(loss)),
-        lr,
-        rate,
-        (total_steps - done) / max(rate, 1e-9) / 60,
+  losses = [np.asarray(v, np.float32) for v in pending]
+  logged = done
+  # SIGTERM/SIGINT: the step in progress ends, is saved, and the run stops
+  # (exit 128 + signal); a second signal kills at once.
+  with checkpoint_lib.StopOnSignal() as stop:
+    while done < total_steps:
+      epoch, i = divmod(done, n_windows)
+      if i == 0:
+        state["hidden"] = jnp.zeros((s, b, h), jnp.float32)
+      x, y = ptb.get_batch(train_src, i * bptt, bptt)
+      lr = lr_at_step(config, done, total_steps)
+      keys = jax.random.split(jax.random.fold_in(k_train, done), s)
+      state["shared"], state["hidden"], loss = trainer.train_step(
+        state["shared"], state["hidden"], archs, x, y, jnp.float32(lr), keys
       )
-      t_log, logged = now, done
-    end_of_epoch = done % n_windows == 0
-    if end_of_epoch or (t.eval_every and done % t.eval_every == 0):
-      nll = np.asarray(trainer.evaluate(state["shared"], archs, ex, ey, em))
-      ppl = np.exp(nll / n_eval_tokens)
-      train_loss = np.mean(np.asarray(jax.device_get(losses)), axis=0)
-      losses = []
-      record = {
-        "epoch": epoch,
-        "step": done,
-        "end_of_epoch": end_of_epoch,
-        "lr": lr,
-        "valid_ppl": ppl.tolist(),
-        "train_loss": train_loss.tolist(),
-        "best": names[int(np.argmin(ppl))],
-        "best_ppl": float(np.min(ppl)),
-        "median_ppl": float(np.median(ppl)),
-        "seconds": seconds + time.time() - t_prev,
-      }
-      if not np.all(np.isfinite(ppl)):
-        raise ValueError(
-          f"ground truth diverged at epoch {epoch} step {done}: non-finite "
-          f"validation perplexity for {int(np.sum(~np.isfinite(ppl)))} cells"
+      losses.append(loss)
+      done += 1
+      now = time.time()
+      if now - t_log > t.get("log_seconds", 30.0):
+        jax.block_until_ready(loss)
+        now = time.time()
+        rate = (done - logged) / max(now - t_log, 1e-9)
+        logging.info(
+          "truth epoch %d step %d/%d: mean loss %.3f lr %.2f  %.3f steps/s, "
+          "ETA %.0f min",
+          epoch,
+          done,
+          total_steps,
+          float(jnp.mean(loss)),
+          lr,
+          rate,
+          (total_steps - done) / max(rate, 1e-9) / 60,
         )
-      history.append(record)
-      log.write(record)
-      if tb is not None:
-        for k in ("best_ppl", "median_ppl", "lr"):
-          tb.add_scalar(k, record[k], done)
-        tb.flush()
-      logging.info(
-        "truth epoch %d step %d: valid ppl best %.2f (%s) median %.2f "
-        "worst %.2f; %.0f s",
-        epoch,
-        done,
-        ppl.min(),
-        record["best"],
-        np.median(ppl),
-        ppl.max(),
-        record["seconds"],
-      )
-      t_log, logged = time.time(), done  # the evaluation is not a step
-    if end_of_epoch or (every and done % every == 0):
-      now = time.time()
-      seconds, t_prev = seconds + now - t_prev, now
-      save(done)
+        t_log, logged = now, done
+      end_of_epoch = done % n_windows == 0
+      if end_of_epoch or (t.eval_every and done % t.eval_every == 0):
+        nll = np.asarray(trainer.evaluate(state["shared"], archs, ex, ey, em))
+        ppl = np.exp(nll / n_eval_tokens)
+        train_loss = np.mean(np.asarray(jax.device_get(losses)), axis=0)
+        losses = []
+        record = {
+          "epoch": epoch,
+          "step": done,
+          "end_of_epoch": end_of_epoch,
+          "lr": lr,
+          "valid_ppl": ppl.tolist(),
+          "train_loss": train_loss.tolist(),
+          "best": names[int(np.argmin(ppl))],
+          "best_ppl": float(np.min(ppl)),
+          "median_ppl": float(np.median(ppl)),
+          "seconds": seconds + time.time() - t_prev,
+        }
+        if not np.all(np.isfinite(ppl)):
+          raise ValueError(
+            f"ground truth diverged at epoch {epoch} step {done}: non-finite "
+            f"validation perplexity for {int(np.sum(~np.isfinite(ppl)))} cells"
+          )
+        history.append(record)
+        log.write(record)
+        if tb is not None:
+          for k in ("best_ppl", "median_ppl", "lr"):
+            tb.add_scalar(k, record[k], done)
+          tb.flush()
+        logging.info(
+          "truth epoch %d step %d: valid ppl best %.2f (%s) median %.2f "
+          "worst %.2f; %.0f s",
+          epoch,
+          done,
+          ppl.min(),
+          record["best"],
+          np.median(ppl),
+          ppl.max(),
+          record["seconds"],
+        )
+        t_log, logged = time.time(), done  # the evaluation is not a step
+      if end_of_epoch or (every and done % every == 0) or stop.requested:
+        now = time.time()
+        seconds, t_prev = seconds + now - t_prev, now
+        save(done)
+      if stop.requested:
+        raise stop.interrupted(f"enas_truth step {done}")
   log.close()
   ckpt.close()
   if tb is not None:
