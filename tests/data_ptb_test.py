@@ -102,6 +102,15 @@ class LoadPtbTinyTest(parameterized.TestCase):
     with self.assertRaisesRegex(DataError, "ptb.train.txt: empty"):
       load_ptb(self.dir)
 
+  def test_byte_order_mark_is_not_a_word(self):
+    _write_corpus(self.dir)
+    for split in ("train", "valid"):
+      path = self.dir / f"ptb.{split}.txt"
+      path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    data = load_ptb(self.dir)
+    self.assertEqual(data.vocab, ["a", "b", "c", "<eos>", "d"])
+    np.testing.assert_array_equal(data.valid, [4, 0, 3])
+
   def test_not_utf8(self):
     _write_corpus(self.dir)
     (self.dir / "ptb.valid.txt").write_bytes(b"a \xff b\n")

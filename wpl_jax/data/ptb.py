@@ -42,9 +42,12 @@ def _find(data_dir: pathlib.Path, split: str) -> pathlib.Path:
 
 
 def _read_lines(path: pathlib.Path) -> list[list[str]]:
-  """Returns each line of `path` split on whitespace, with EOS appended."""
+  """Returns each line of `path` split on whitespace, with EOS appended.
+
+  A UTF-8 byte-order mark (some editors write one) is not a word.
+  """
   try:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
       return [line.split() + [EOS] for line in f]
   except (OSError, UnicodeDecodeError) as e:
     raise DataError(f"{path}: cannot read as UTF-8 text ({e})") from None
