@@ -42,7 +42,9 @@ def _snapshot(path: pathlib.Path):
   }
 
 
-def _run(args: list[str], *, kill_after_lines=None, watch=None):
+def _run(
+  args: list[str], *, kill_after_lines=None, watch=None, sig=signal.SIGKILL
+):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   cmd = [sys.executable, "main.py", *args]
   proc = subprocess.Popen(
@@ -58,7 +60,7 @@ def _run(args: list[str], *, kill_after_lines=None, watch=None):
       if watch.exists() and len(watch.read_text().splitlines()) >= (
         kill_after_lines
       ):
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
         break
       time.sleep(0.05)
   out, err = proc.communicate(timeout=900)
@@ -226,6 +228,7 @@ def main(argv):
     tmp / "w6",
     test="validation_test (wpl.alpha, -1)",
   )
+  _second_round(case, data, tmp)
   print()
   print("| case | command | message | exit | workdir after | test |")
   print("|---|---|---|---|---|---|")
@@ -234,6 +237,116 @@ def main(argv):
     cells[1] = f"`{cells[1]}`"
     print("| " + " | ".join(cells) + " |")
   shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _second_round(case, data: pathlib.Path, tmp: pathlib.Path) -> None:
+  """Issue 23's cases: sizes, locks, changed data, mismatches, torn logs."""
+  ptb = f"--data_dir={data / 'ptb'}"
+  case(
+    "evaluation chunk of 1e9 archs",
+    [
+      ENAS,
+      ptb,
+      f"--workdir={tmp / 'm1'}",
+      "--config.search.eval_chunk=1000000000",
+    ],
+    tmp / "m1",
+    test="MemoryBeforeClaimTest.test_eval_chunk_beyond_any_evaluation_is_refused",
+  )
+  case(
+    "hidden size 100000 (TB of state)",
+    [ENAS, ptb, f"--workdir={tmp / 'm2'}", "--config.model.hidden=100000"],
+    tmp / "m2",
+    test="MemoryBeforeClaimTest.test_a_model_beyond_the_machine_is_refused_and_the_fix_runs",
+  )
+  case(
+    "seed -1",
+    [ENAS, ptb, f"--workdir={tmp / 'm3'}", "--config.seed=-1"],
+    tmp / "m3",
+    test="SmallerFaultsTest.test_negative_seed_is_refused_by_every_experiment",
+  )
+  held = tmp / "held"
+  holder = subprocess.Popen(
+    [
+      sys.executable,
+      "-c",
+      "import sys, time; from wpl_jax import workdir; "
+      "workdir.lock(sys.argv[1]); print('locked', flush=True); time.sleep(600)",
+      str(held),
+    ],
+    cwd=str(_ROOT),
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  holder.stdout.readline()
+  case(
+    "a second process on a workdir in use",
+    [ENAS, ptb, f"--workdir={held}"],
+    held,
+    test="workdir_lock_test (main.py refused on a locked workdir)",
+  )
+  holder.kill()
+  holder.wait()
+  copy = tmp / "ptb_copy"
+  shutil.copytree(data / "ptb", copy)
+  run = tmp / "e1"
+  first = [ENAS, f"--data_dir={copy}", "--config.retrain.epochs=0"]
+  code, _, err = _run([*first, f"--workdir={run}", "--config.search.epochs=1"])
+  assert code == 0, err[-2000:]
+  more = [*first, f"--workdir={run}", "--config.search.epochs=2"]
+  valid = (copy / "ptb.valid.txt").read_bytes()
+
+  def shorten_valid():
+    (copy / "ptb.valid.txt").write_bytes(valid[: len(valid) // 2])
+
+  case(
+    "resume after ptb.valid.txt was shortened",
+    more,
+    run,
+    test="workdir_lock_test (a resume on changed data refused)",
+    setup=shorten_valid,
+  )
+
+  def new_word():
+    (copy / "ptb.valid.txt").write_bytes(valid)
+    with open(copy / "ptb.train.txt", "a", encoding="utf-8") as f:
+      f.write(" zzznewword\n")
+
+  case(
+    "resume on data of another vocabulary, --allow_data_change",
+    [*more, "--allow_data_change"],
+    run,
+    test="RestoreMismatchTest.test_other_vocabulary_names_both_and_moves_nothing",
+    setup=new_word,
+  )
+  torn = tmp / "e2"
+  base = [ENAS, ptb, "--config.retrain.epochs=0", f"--workdir={torn}"]
+  code, _, err = _run([*base, "--config.search.epochs=1"])
+  assert code == 0, err[-2000:]
+
+  def tear():
+    with open(torn / "metrics.jsonl", "a", encoding="utf-8") as f:
+      f.write('{"epoch": 1, "train_lo')
+
+  case(
+    "resume after a torn last line in metrics.jsonl",
+    [*base, "--config.search.epochs=2"],
+    torn,
+    test="TolerantJsonlTest (metrics_test)",
+    setup=tear,
+  )
+  term = tmp / "e3"
+  flags = [ENAS, ptb, "--config.retrain.epochs=0", "--config.search.epochs=6"]
+  case(
+    "SIGTERM to an ENAS search",
+    [*flags, f"--workdir={term}"],
+    term,
+    test="KillResumeTest.test_enas_sigterm_finishes_the_epoch_saves_and_"
+    "says_so (slow)",
+    kill_after_lines=1,
+    watch=term / "metrics.jsonl",
+    sig=signal.SIGTERM,
+  )
 
 
 if __name__ == "__main__":

@@ -622,15 +622,14 @@ class RestoreMismatchTest(absltest.TestCase):
     self.assertEqual(out.returncode, 0, msg=out.stderr[-2000:])
     with open(data / "ptb.train.txt", "a", encoding="utf-8") as f:
       f.write(" zzznewword\n")  # vocabulary 10001
-    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    before = _files(workdir)
     more = (*flags, f"--workdir={workdir}", "--config.search.epochs=2")
-    out = _main(*more)  # the data fingerprint is checked first
-    _one_line_error(self, out, "ptb.train.txt changed since the run started")
-    out = _main(*more, "--allow_data_change")
-    _one_line_error(self, out, "vocabulary of 10000 words, the data 10001")
-    self.assertEqual(
-      sorted(p.name for p in (workdir / "checkpoints").iterdir()), before
-    )
+    # Found before anything is written, with or without the data override
+    # (which must not record the new data for a run that cannot resume).
+    for extra in ((), ("--allow_data_change",)):
+      out = _main(*more, *extra)
+      _one_line_error(self, out, "vocabulary of 10000 words, the data 10001")
+      self.assertEqual(_files(workdir), before)
     self.assertFalse((workdir / "checkpoints.skipped").exists())
 
 
@@ -705,13 +704,24 @@ class SmallerFaultsTest(absltest.TestCase):
       two_models_checks.validate(m)
 
   def test_report_on_a_json_list_is_one_line(self):
-    from experiments import space32_report  # noqa: PLC0415
-
-    path = pathlib.Path(self.create_tempdir().full_path) / "runs.json"
-    path.write_text("[1, 2]")
-    with self.assertRaisesRegex(ValueError, "is not a stored run") as cm:
-      space32_report.load_runs([str(path)])
-    self.assertNotIn("\n", str(cm.exception))
+    # A subprocess: space32_report and space32_truth both define --runs.
+    tmp = pathlib.Path(self.create_tempdir().full_path)
+    (tmp / "runs.json").write_text("[1, 2]")
+    out = subprocess.run(
+      [
+        sys.executable,
+        str(_ROOT / "experiments/space32_report.py"),
+        f"--runs={tmp / 'runs.json'}",
+        f"--out={tmp / 'out'}",
+      ],
+      capture_output=True,
+      text=True,
+      cwd=str(_ROOT),
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+      timeout=300,
+      check=False,
+    )
+    _one_line_error(self, out, "is not a stored run")
 
   def test_a_restarted_retrain_drops_its_earlier_records(self):
     from wpl_jax.train import retrain  # noqa: PLC0415

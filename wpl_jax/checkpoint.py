@@ -304,6 +304,20 @@ class Checkpointer:
       f"the damaged ones are in {self.skipped_dir}"
     )
 
+  def check_fits(self, like: PyTree) -> None:
+    """Raises `CheckpointMismatch` if the newest step does not fit `like`.
+
+    Reads the step's metadata only (no arrays, nothing moved), so a run can
+    refuse another vocabulary or config before it writes anything. `like`
+    may hold `jax.ShapeDtypeStruct`s (`jax.eval_shape` of the state).
+    """
+    step = self.latest_step()
+    if step is None:
+      return
+    differences = self._differences(step, like)
+    if differences:
+      raise self._mismatch(step, differences)
+
   def _differences(self, step: int, like: PyTree) -> list:
     """`CheckpointMismatch.differences` of `step` against `like`, by name."""
     try:

@@ -544,22 +544,45 @@ def restore(ckpt: checkpoint_lib.Checkpointer, like: dict) -> tuple:
   try:
     return ckpt.restore(like)
   except checkpoint_lib.CheckpointMismatch as e:
-    for name, saved, now in e.differences:
-      if name.endswith("embedding") and saved and now and saved[0] != now[0]:
-        raise ValueError(
-          f"the checkpoint in {ckpt.directory} has a vocabulary of "
-          f"{saved[0][0]} words, the data {now[0][0]}: a different "
-          "--data_dir? Nothing was moved; rerun with the original data or "
-          "use a new --workdir"
-        ) from None
-    raise
+    raise _vocabulary_error(ckpt, e) from None
 
 
-def memory_need_of(config: ml_collections.ConfigDict, vocab: int) -> dict:
-  """`enas_search_config.memory_need` of this config at vocabulary `vocab`.
+def check_checkpoint_fits(workdir: pathlib.Path, like) -> None:
+  """Before the workdir is claimed: its newest checkpoint fits `like`.
 
-  The state's shapes come from `jax.eval_shape` of `init_state`: nothing is
-  allocated, so a size far beyond the machine is found in about a second.
+  Raises:
+    ValueError: it does not (one line; another vocabulary says so).
+  """
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return
+  ckpt = checkpoint_lib.Checkpointer(directory)
+  try:
+    ckpt.check_fits(like)
+  except checkpoint_lib.CheckpointMismatch as e:
+    raise _vocabulary_error(ckpt, e) from None
+  finally:
+    ckpt.close()
+
+
+def _vocabulary_error(ckpt, e: "checkpoint_lib.CheckpointMismatch"):
+  """`e`, or a clearer error when the vocabulary is what differs."""
+  for name, saved, now in e.differences:
+    if name.endswith("embedding") and saved and now and saved[0] != now[0]:
+      return ValueError(
+        f"the checkpoint in {ckpt.directory} has a vocabulary of "
+        f"{saved[0][0]} words, the data {now[0][0]}: a different "
+        "--data_dir? Nothing was moved; rerun with the original data or "
+        "use a new --workdir"
+      )
+  return e
+
+
+def state_shapes(config: ml_collections.ConfigDict, vocab: int):
+  """`(config at vocabulary vocab, jax.eval_shape of its initial state)`.
+
+  Nothing is allocated: a size far beyond the machine is found in about a
+  second, and a checkpoint's fit is checked before anything is written.
   """
   sized = ml_collections.ConfigDict(config.to_dict())
   sized.model.vocab_size = vocab
@@ -567,7 +590,7 @@ def memory_need_of(config: ml_collections.ConfigDict, vocab: int) -> dict:
   shapes = jax.eval_shape(
     lambda k: _init_state(sized, model, k), jax.random.key(0)
   )
-  return memory_need(sized, shapes)
+  return sized, shapes
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -590,8 +613,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = ptb.load_ptb(config.data_dir)
   check_data(config, data)
   check_sizes(config)
-  check_memory(memory_need_of(config, len(data.vocab)), machine_bytes())
+  sized, shapes = state_shapes(config, len(data.vocab))
+  check_memory(memory_need(sized, shapes), machine_bytes())
   workdir_lib.inspect(workdir, given, resumable=RESUMABLE)  # refuse early
+  check_checkpoint_fits(workdir, shapes)  # another vocabulary: say so now
   logging.info(
     "PTB: %d/%d/%d tokens, vocab %d",
     len(data.train),

@@ -227,13 +227,17 @@ RESUMABLE = (
 _CKPT_RESUMABLE = enas_search.RESUMABLE + RESUMABLE
 
 
-def memory_need(config: ml_collections.ConfigDict, vocab: int) -> dict:
+def memory_need(config: ml_collections.ConfigDict, vocab: int) -> tuple:
   """A lower bound on the ground truth's peak bytes (nothing allocated).
 
   The S cells' state (`jax.eval_shape` of the trainer's init), one
   gradient of `truth.arch_batch` cells' params, and their float32
   activations in a training step (each node's [T, B, H] values and one
   decoder chunk's logits and gradient). XLA's temporaries come on top.
+
+  Returns:
+    `(need, shapes)`: need as `enas_search_config.memory_need`'s, shapes
+    the S cells' `SharedState` as `jax.ShapeDtypeStruct`s.
   """
   sized = ml_collections.ConfigDict(config.to_dict())
   sized.model.vocab_size = vocab
@@ -256,7 +260,7 @@ def memory_need(config: ml_collections.ConfigDict, vocab: int) -> dict:
     "activations": 4 * group * (t * b * h * (2 * n + 4) + 2 * chunk * vocab),
   }
   out["total"] = sum(out.values())
-  return out
+  return out, shapes
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -284,10 +288,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   valid = data.valid[: t.eval_tokens] if t.eval_tokens else data.valid
   ex, ey, em = ptb.eval_windows(valid, t.eval_batch_size, bptt)
   n_eval_tokens = float(em.sum())
-  enas_search.check_memory(
-    memory_need(config, len(data.vocab)), enas_search.machine_bytes()
-  )
+  need, shapes = memory_need(config, len(data.vocab))
+  enas_search.check_memory(need, enas_search.machine_bytes())
   workdir = pathlib.Path(workdir)
+  hidden = jax.ShapeDtypeStruct(
+    (jax.tree.leaves(shapes)[0].shape[0], b, config.model.hidden), jnp.float32
+  )
+  enas_search.check_checkpoint_fits(  # another vocabulary: before any write
+    workdir, {"shared": shapes, "hidden": hidden}
+  )
   workdir_lib.claim(  # the first write; refuses a resume on other data
     workdir,
     given,
