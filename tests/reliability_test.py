@@ -741,5 +741,38 @@ class SmallerFaultsTest(absltest.TestCase):
     self.assertLen(path.read_text().splitlines(), 2)
 
 
+def test_failed_save_keeps_orbax_noise_out_of_the_terminal(tmp_path, capfd):
+  """A full disk made orbax print ~600 lines; now one line names a log."""
+  ckpt = checkpoint_lib.Checkpointer(tmp_path / "ckpt")
+
+  def noisy_save(*args, **kwargs):
+    os.write(2, b"Traceback (most recent call last):\nRuntimeError: loop\n")
+    raise ValueError("RESOURCE_EXHAUSTED: No space left on device")
+
+  ckpt._manager.save = noisy_save  # noqa: SLF001 (the failure under test)
+  with pytest.raises(checkpoint_lib.SaveError) as e:
+    ckpt.save(0, _state(0.0), {"epoch": 0})
+  message = str(e.value)
+  assert "No space left on device" in message
+  kept = pathlib.Path(message.split("orbax's output: ")[1])
+  assert "RuntimeError: loop" in kept.read_text()
+  assert "Traceback" not in capfd.readouterr().err
+  kept.unlink()
+
+
+def test_a_good_save_replays_what_it_printed(tmp_path, capfd):
+  ckpt = checkpoint_lib.Checkpointer(tmp_path / "ckpt")
+  real = ckpt._manager.save  # noqa: SLF001
+
+  def chatty_save(*args, **kwargs):
+    os.write(2, b"a warning worth seeing\n")
+    return real(*args, **kwargs)
+
+  ckpt._manager.save = chatty_save  # noqa: SLF001
+  ckpt.save(0, _state(0.0), {"epoch": 0})
+  ckpt.close()
+  assert "a warning worth seeing" in capfd.readouterr().err
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -20,12 +20,16 @@ them call `save`/`restore` on one shared directory; process 0 alone writes
 the checksums and sets damaged steps aside.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import shutil
 import signal
+import sys
+import tempfile
 import threading
 from typing import Any
 
@@ -187,20 +191,32 @@ class Checkpointer:
           f"saving checkpoint step {step} in {self.directory} failed: "
           f"{jax.tree_util.keystr(path)} has zero size {tuple(leaf.shape)}"
         )
-    try:
-      self._manager.save(
-        step,
-        args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-        ),
-      )
-      self._manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001 (any failure ends the run now)
-      self._abandon()
+    # What orbax and tensorstore print while saving goes to a file: replayed
+    # after a good save, kept aside after a failed one (a full disk made
+    # ~600 lines and 49 tracebacks before the one line that matters).
+    with _stderr_captured() as captured:
+      try:
+        self._manager.save(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+          ),
+        )
+        self._manager.wait_until_finished()
+        failure = None
+      except Exception as e:  # noqa: BLE001 (any failure ends the run now)
+        failure = e
+        self._abandon()
+    if failure is None:
+      captured.replay()
+    else:
+      kept = captured.keep()
+      where = f"; orbax's output: {kept}" if kept else ""
       raise SaveError(
         f"saving checkpoint step {step} in {self.directory} failed: "
-        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-      ) from e
+        f"{type(failure).__name__}: "
+        f"{str(failure).splitlines()[0] if str(failure) else ''}{where}"
+      ) from failure
     step_dir = self.directory / str(step)
     if _primary():
       tmp = step_dir / (_CHECKSUMS + ".tmp")
@@ -392,6 +408,63 @@ class Checkpointer:
   def close(self) -> None:
     """Releases the manager's resources."""
     self._manager.close()
+
+
+class _Captured:
+  """Output written to file descriptor 2 while a save ran."""
+
+  def __init__(self, file):
+    self.file = file
+
+  def text(self) -> bytes:
+    self.file.seek(0)
+    return self.file.read()
+
+  def replay(self) -> None:
+    data = self.text()
+    if data:
+      sys.stderr.flush()
+      os.write(2, data)
+
+  def keep(self) -> str | None:
+    """Copies the output to a file in the temp dir; its path (None if none)."""
+    data = self.text()
+    if not data:
+      return None
+    try:
+      fd, path = tempfile.mkstemp(prefix="wpl_jax_save_", suffix=".log")
+      with os.fdopen(fd, "wb") as f:
+        f.write(data)
+      return path
+    except OSError:
+      return None
+
+
+@contextlib.contextmanager
+def _stderr_captured():
+  """Redirects file descriptor 2 (Python's and C++'s output) to a file."""
+  sys.stderr.flush()
+  try:
+    saved = os.dup(2)
+    file = tempfile.TemporaryFile()
+  except OSError:  # no descriptor or temp space: leave stderr alone
+    yield _NoCapture()
+    return
+  os.dup2(file.fileno(), 2)
+  try:
+    yield _Captured(file)
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+class _NoCapture:
+  def replay(self) -> None:
+    pass
+
+  def keep(self) -> None:
+    return None
 
 
 def _leaf_name(path) -> str:
