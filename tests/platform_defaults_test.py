@@ -88,12 +88,26 @@ class ValuesTest(PrecisionRestored):
     self.assertEqual(record["backend"], jax.default_backend())
     self.assertEqual(record["resolved"]["search.eval_vmap"], 2)
     self.assertEqual(set(record["resolved"]), set(CPU))
-    self.assertEqual(jax.config.jax_default_matmul_precision, "highest")
     json.dumps(record)  # run.json stores it
+    self.assertEqual(record["jax_default_matmul_precision"], "highest")
+
+    seen = []
+
+    @pd.with_precision
+    def run(config):
+      seen.append(jax.config.jax_default_matmul_precision)
+
+    before = jax.config.jax_default_matmul_precision
+    run(c)
     c.precision = "tf32"
+    run(c)
+    c.precision = "default"
+    run(c)
+    self.assertEqual(seen, ["highest", "tensorfloat32", before])
+    # Restored after each run: nothing leaks into the next one.
+    self.assertEqual(jax.config.jax_default_matmul_precision, before)
     _, record = pd.resolve(c)
-    self.assertEqual(jax.config.jax_default_matmul_precision, "tensorfloat32")
-    self.assertEqual(record["precision"], "tf32")
+    self.assertEqual(record["precision"], "default")
     c.precision = "fp8"
     with self.assertRaisesRegex(ValueError, "config.precision must be one"):
       pd.resolve(c)
@@ -161,6 +175,30 @@ class ResumeAcrossPlatformsTest(PrecisionRestored):
     now.precision = "tf32"
     with self.assertRaisesRegex(ValueError, "precision"):
       workdir_lib.inspect(wd, now, resumable=enas_search.RESUMABLE)
+
+  def test_old_search_records_resume_and_finished_ones_stay_finished(self):
+    import pathlib  # noqa: PLC0415
+
+    for variant in ("enas,reference", "random,off"):
+      wd = pathlib.Path(self.create_tempdir().full_path) / "s32"
+      old = space32.get_config(variant)  # as recorded before "auto"
+      for field, value in CPU.items():
+        node, leaf = pd._lookup(old, field)
+        node[leaf] = value
+      del old["precision"]
+      self._record(wd, old)
+      now = space32.get_config(variant)
+      self.assertEqual(
+        workdir_lib.inspect(wd, now, resumable=enas_search.RESUMABLE),
+        "resume",
+      )
+      record = json.loads((wd / "run.json").read_text())
+      record["status"] = "finished"
+      (wd / "run.json").write_text(json.dumps(record))
+      self.assertEqual(
+        workdir_lib.inspect(wd, now, resumable=enas_search.RESUMABLE),
+        "finished",
+      )
 
   def test_truth_checkpoints_compare_without_batching_fields(self):
     cpu, _ = pd.resolve(space32.get_config("truth"))

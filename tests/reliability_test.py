@@ -202,6 +202,18 @@ class MemoryBeforeClaimTest(absltest.TestCase):
     out = _main(_ENAS, ptb, f"--workdir={workdir}")  # the corrected command
     self.assertEqual(out.returncode, 0, msg=out.stderr[-2000:])
 
+  def test_edges_split_over_devices_count_per_device(self):
+    from wpl_jax import platform_defaults  # noqa: PLC0415
+
+    c = platform_defaults.resolved_config(enas_ptb.get_config("paper,wpl"))
+    need = {}
+    for k in (0, 2):
+      c.model.shard_edges = k
+      need[k] = enas_search.memory_need(*enas_search.state_shapes(c, 10000))
+    # The 66 edge stacks (params, Fisher, anchor) are most of the state.
+    self.assertLess(need[2]["state"], 0.6 * need[0]["state"])
+    self.assertEqual(need[2]["activations"], need[0]["activations"])
+
   def test_a_ground_truth_beyond_the_machine_is_refused(self):
     workdir = pathlib.Path(self.create_tempdir().full_path) / "run"
     out = _main(
@@ -364,6 +376,40 @@ class CheckpointTest(absltest.TestCase):
       ckpt.restore({"w": _state(0.0)["w"]})
     ckpt.close()
     self.assertFalse(self.dir.with_name("ckpt.skipped").exists())
+
+  def test_a_folder_saved_before_checksums_restores_unverified(self):
+    for s in range(3):  # none has checksums: the format before them
+      (self.dir / str(s) / "checksums.json").unlink()
+    ckpt = checkpoint_lib.Checkpointer(self.dir, max_to_keep=3)
+    _, meta = ckpt.restore(_state(0.0))
+    self.assertEqual(meta["epoch"], 2)
+    self.assertFalse(self.dir.with_name("ckpt.skipped").exists())
+    path = self._data_file(2)  # and a damaged one still falls back
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with self.assertLogs("absl", "WARNING"):
+      _, meta = ckpt.restore(_state(0.0))
+    self.assertEqual(meta["epoch"], 1)
+    ckpt.close()
+
+  def test_other_restore_failures_keep_their_cause(self):
+    ckpt = checkpoint_lib.Checkpointer(self.dir, max_to_keep=3)
+
+    def denied(*args, **kwargs):
+      raise PermissionError("Permission denied: 'ocdbt.process_0'")
+
+    ckpt._manager.restore = denied  # noqa: SLF001 (the failure under test)
+    with self.assertRaisesRegex(PermissionError, "Permission denied"):
+      ckpt.restore(_state(0.0))
+    self.assertFalse(self.dir.with_name("ckpt.skipped").exists())
+    ckpt.close()
+
+  def test_python_scalar_leaves_are_not_a_mismatch(self):
+    ckpt = checkpoint_lib.Checkpointer(self.dir.with_name("scalars"))
+    state = {"w": _state(0.0)["w"], "n": 3, "f": 0.5}
+    ckpt.save(0, state, {})
+    restored, _ = ckpt.restore(state)
+    self.assertEqual((restored["n"], restored["f"]), (3, 0.5))
+    ckpt.close()
 
   def test_no_intact_step_is_one_clear_error(self):
     for s in range(3):
@@ -737,6 +783,10 @@ class SmallerFaultsTest(absltest.TestCase):
     self.assertEqual(
       [json.loads(x) for x in path.read_text().splitlines()], lines[:2]
     )
+    path.with_name("retrain.jsonl.tmp").write_text('{"name": "stale"}\n')
+    retrain.drop_records(path, "derived")  # a kill left the temp file
+    self.assertEqual(path.read_text(), "")
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines[:2]))
     retrain.drop_records(path, "other")  # nothing of it: unchanged
     self.assertLen(path.read_text().splitlines(), 2)
 

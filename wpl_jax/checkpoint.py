@@ -193,7 +193,9 @@ class Checkpointer:
         )
     # What orbax and tensorstore print while saving goes to a file: replayed
     # after a good save, kept aside after a failed one (a full disk made
-    # ~600 lines and 49 tracebacks before the one line that matters).
+    # ~600 lines and 49 tracebacks before the one line that matters). The
+    # file is named: a process that dies mid-save leaves it behind.
+    failure = None
     with _stderr_captured() as captured:
       try:
         self._manager.save(
@@ -203,14 +205,13 @@ class Checkpointer:
           ),
         )
         self._manager.wait_until_finished()
-        failure = None
-      except Exception as e:  # noqa: BLE001 (any failure ends the run now)
+      except BaseException as e:  # noqa: BLE001 (any failure ends the run)
         failure = e
         self._abandon()
-    if failure is None:
-      captured.replay()
-    else:
+    if failure is not None:
       kept = captured.keep()
+      if not isinstance(failure, Exception):  # KeyboardInterrupt, SystemExit
+        raise failure
       where = f"; orbax's output: {kept}" if kept else ""
       raise SaveError(
         f"saving checkpoint step {step} in {self.directory} failed: "
@@ -224,6 +225,7 @@ class Checkpointer:
       tmp.write_text(text, encoding="utf-8")
       tmp.replace(step_dir / _CHECKSUMS)
     _sync(f"checksums of {step_dir}")
+    captured.replay()  # after the checksums: a closed stderr cannot cost them
 
   def verify(self, step: int) -> str | None:
     """None if `step`'s files match its checksum, else what is wrong.
@@ -283,9 +285,15 @@ class Checkpointer:
     if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    # Steps saved before checksums existed (none in the folder has one):
+    # restored unverified, a failed restore counting as damage, as then.
+    legacy = not any(
+      (self.directory / str(s) / _CHECKSUMS).exists()
+      for s in self._manager.all_steps()
+    )
     problems = []
     for s in steps:
-      problem = self.verify(s)
+      problem = None if legacy else self.verify(s)
       if problem is None:
         differences = self._differences(s, like)
         if differences:
@@ -300,12 +308,15 @@ class Checkpointer:
           )
           return out.state, out.meta
         except Exception as e:  # noqa: BLE001
-          # The files are as saved (checksums): not damage, a mismatch
-          # that the metadata did not show.
           text = str(e).strip().splitlines()
-          raise self._mismatch(
-            s, [], f"{type(e).__name__}: {text[0] if text else ''}"[:200]
-          ) from None
+          detail = f"{type(e).__name__}: {text[0] if text else ''}"[:200]
+          if legacy:
+            problem = detail  # unverified files: damage, try the older
+          elif _is_mismatch(e):
+            # The files are as saved (checksums): the state does not fit.
+            raise self._mismatch(s, [], detail) from None
+          else:
+            raise  # out of memory, I/O, permissions: the cause itself
       problems.append(f"step {s}: {problem}")
       absl_logging.warning(
         "checkpoint step %d in %s skipped (%s); moved to %s",
@@ -349,8 +360,15 @@ class Checkpointer:
     }
     now = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]:
-      if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
-        now[_leaf_name(path)] = (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+      try:  # arrays, shape structs and Python scalars alike
+        dtype = getattr(leaf, "dtype", None) or np.asarray(leaf).dtype
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+          return []  # stored as raw key data: leave it to the restore
+        shape = getattr(leaf, "shape", None)
+        shape = np.shape(leaf) if shape is None else shape
+        now[_leaf_name(path)] = (tuple(shape), str(np.dtype(dtype)))
+      except (TypeError, ValueError):
+        return []
     if not saved or not now or not set(saved) & set(now):
       return []  # other naming conventions: leave it to the restore
     return [
@@ -410,61 +428,78 @@ class Checkpointer:
     self._manager.close()
 
 
+def _is_mismatch(error: Exception) -> bool:
+  """Whether a failed restore of intact files says the state does not fit."""
+  text = str(error).lower()
+  return any(
+    word in text for word in ("shape", "structure", "dtype", "tree", "key")
+  )
+
+
 class _Captured:
-  """Output written to file descriptor 2 while a save ran."""
+  """Output written to file descriptor 2 while a save ran (a named file)."""
 
-  def __init__(self, file):
-    self.file = file
+  def __init__(self, path: str | None):
+    self.path = path
 
-  def text(self) -> bytes:
-    self.file.seek(0)
-    return self.file.read()
+  def _read(self) -> bytes:
+    if self.path is None:
+      return b""
+    try:
+      with open(self.path, "rb") as f:
+        return f.read()
+    except OSError:
+      return b""
+
+  def _remove(self) -> None:
+    if self.path is not None:
+      with contextlib.suppress(OSError):
+        os.unlink(self.path)
 
   def replay(self) -> None:
-    data = self.text()
+    """Writes the output to stderr (best effort) and removes the file."""
+    data = self._read()
+    self._remove()
     if data:
-      sys.stderr.flush()
-      os.write(2, data)
+      with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+        view = memoryview(data)
+        while view:
+          view = view[os.write(2, view) :]
 
   def keep(self) -> str | None:
-    """Copies the output to a file in the temp dir; its path (None if none)."""
-    data = self.text()
-    if not data:
-      return None
-    try:
-      fd, path = tempfile.mkstemp(prefix="wpl_jax_save_", suffix=".log")
-      with os.fdopen(fd, "wb") as f:
-        f.write(data)
-      return path
-    except OSError:
-      return None
+    """The file's path if it holds anything (else it is removed)."""
+    if self._read():
+      return self.path
+    self._remove()
+    return None
 
 
 @contextlib.contextmanager
 def _stderr_captured():
   """Redirects file descriptor 2 (Python's and C++'s output) to a file."""
-  sys.stderr.flush()
+  with contextlib.suppress(ValueError, OSError):
+    sys.stderr.flush()
+  try:
+    fd, path = tempfile.mkstemp(prefix="wpl_jax_save_", suffix=".log")
+  except OSError:  # no temp space: leave stderr alone
+    yield _Captured(None)
+    return
   try:
     saved = os.dup(2)
-    file = tempfile.TemporaryFile()
-  except OSError:  # no descriptor or temp space: leave stderr alone
-    yield _NoCapture()
+  except OSError:
+    os.close(fd)
+    yield _Captured(path)
     return
-  os.dup2(file.fileno(), 2)
+  os.dup2(fd, 2)
+  os.close(fd)
   try:
-    yield _Captured(file)
+    yield _Captured(path)
   finally:
-    sys.stderr.flush()
+    with contextlib.suppress(ValueError, OSError):
+      sys.stderr.flush()
     os.dup2(saved, 2)
     os.close(saved)
-
-
-class _NoCapture:
-  def replay(self) -> None:
-    pass
-
-  def keep(self) -> None:
-    return None
 
 
 def _leaf_name(path) -> str:

@@ -34,7 +34,6 @@ where code reads the config directly (steps built outside a run, tests).
 
 from typing import Any
 
-import jax
 import ml_collections
 
 AUTO = "auto"
@@ -56,6 +55,8 @@ PRECISIONS = {
 
 def backend() -> str:
   """ "cpu", "gpu" or "tpu" (starts the backend if it is not up yet)."""
+  import jax  # noqa: PLC0415 (workdir and main.py read DEFAULTS without it)
+
   return jax.default_backend()
 
 
@@ -75,6 +76,26 @@ def _lookup(config: ml_collections.ConfigDict, field: str):
       return None, None
     node = node[p]
   return node, leaf
+
+
+def with_precision(fn):
+  """Decorates `train_and_evaluate(config, workdir)`: runs it at the
+  config's matmul precision (`jax.default_matmul_precision`), restored
+  afterwards, so runs in one process do not leak it into one another.
+  """
+  import functools  # noqa: PLC0415
+
+  @functools.wraps(fn)
+  def run(config, *args, **kwargs):
+    import jax  # noqa: PLC0415
+
+    precision = PRECISIONS[check_precision(config)]
+    if precision is None:
+      return fn(config, *args, **kwargs)
+    with jax.default_matmul_precision(precision):
+      return fn(config, *args, **kwargs)
+
+  return run
 
 
 def _coerce(field: str, value, platform: str | None = None):
@@ -140,7 +161,9 @@ def _resolved(config, platform):
 def resolve(
   config: ml_collections.ConfigDict,
 ) -> tuple[ml_collections.ConfigDict, dict[str, Any]]:
-  """A copy of `config` with "auto" fields resolved; sets the precision.
+  """A copy of `config` with "auto" fields resolved, and what was resolved.
+
+  The precision is applied by `with_precision` (around the whole run).
 
   Returns:
     `(resolved config, record)`; the record ({"backend", "device_kind",
@@ -151,10 +174,11 @@ def resolve(
     ValueError: an unknown precision, or "auto" in a field without a
       platform default (one line naming it).
   """
+  import jax  # noqa: PLC0415
+
   precision = check_precision(config)
   platform = backend()
   out, resolved = _resolved(config, platform)
-  jax.config.update("jax_default_matmul_precision", PRECISIONS[precision])
   record = {
     "backend": platform,
     "device_kind": jax.devices()[0].device_kind,

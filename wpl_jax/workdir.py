@@ -58,6 +58,7 @@ from typing import Any, Literal
 import ml_collections
 
 from wpl_jax import metrics as metrics_lib
+from wpl_jax import platform_defaults
 
 RECORD = "run.json"
 LOCK = "run.lock"
@@ -185,7 +186,11 @@ def inspect(
       f"config ({shown}); choose a new --workdir"
     )
   if record.get("status") == "finished":
-    if not _differences(now, record["config"], ALWAYS_RESUMABLE):
+    # A field of platform_defaults changes speed, not results: a run that
+    # finished under its older fixed value (or on another platform) is
+    # still this run, reported rather than redone.
+    same = ALWAYS_RESUMABLE + tuple(platform_defaults.DEFAULTS)
+    if not _differences(now, record["config"], same):
       return "finished"
   return "resume"
 

@@ -593,6 +593,7 @@ def state_shapes(config: ml_collections.ConfigDict, vocab: int):
   return sized, shapes
 
 
+@platform_defaults.with_precision
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Search (unless `search.epochs == 0`), then retrain; writes results.
 

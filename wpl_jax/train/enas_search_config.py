@@ -38,6 +38,11 @@ _RESUMABLE = (
   # default: a run may resume on another platform).
   "search.eval_vmap",
   "wpl.chunk_size",
+  # The 32-cell searches carry the ground truth's section too, whose
+  # batching and save cadence are "auto" (platform_defaults.DEFAULTS).
+  "truth.arch_batch",
+  "truth.eval_arch_batch",
+  "truth.checkpoint_every",
 )
 
 
@@ -306,12 +311,21 @@ def memory_need(config: ml_collections.ConfigDict, state_shapes) -> dict:
     backward pass, and one decoder chunk's logits and their gradient) and
     an evaluation call (its vmapped archs' carries and logits chunk).
     XLA's temporaries come on top, so a run can need more, never less.
+    Per device: edge stacks split by `model.shard_edges` count 1/k.
   """
 
+  # `model.shard_edges = k` splits the cell's edge stacks (and their
+  # Fisher, anchor and optimizer state) over k devices: per device, 1/k.
+  k_edges = max(1, config.model.get("shard_edges", 0) or 1)
+
   def nbytes(tree):
-    return sum(
-      math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)
-    )
+    total = 0
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+      size = math.prod(x.shape) * x.dtype.itemsize
+      if any(w in jax.tree_util.keystr(path) for w in ("cell", "edge_")):
+        size //= k_edges
+      total += size
+    return total
 
   m, d = config.model, config.data
   t, b, h, n, v = d.bptt, d.batch_size, m.hidden, m.num_nodes, m.vocab_size

@@ -254,8 +254,11 @@ def memory_need(config: ml_collections.ConfigDict, vocab: int) -> tuple:
   t, b, h, n = d.bptt, d.batch_size, m.hidden, m.num_nodes
   chunk = min(m.get("ce_chunk", 0) or t * b, t * b)
   group = min(platform_defaults.get(sized, "truth.arch_batch"), s)
+  # The cells are split over the devices when their number divides S.
+  devices = len(jax.local_devices()[: config.get("num_devices", 0) or None])
+  split = devices if devices > 1 and s % devices == 0 else 1
   out = {
-    "state": nbytes(shapes),
+    "state": nbytes(shapes) // split,
     "gradient": nbytes(shapes.params) * group // s,
     "activations": 4 * group * (t * b * h * (2 * n + 4) + 2 * chunk * vocab),
   }
@@ -263,6 +266,7 @@ def memory_need(config: ml_collections.ConfigDict, vocab: int) -> tuple:
   return out, shapes
 
 
+@platform_defaults.with_precision
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains every cell of the space; writes truth.json and results.md.
 

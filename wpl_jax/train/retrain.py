@@ -259,6 +259,7 @@ def drop_records(path: pathlib.Path, name: str) -> None:
   if len(keep) == len(records) and path.read_bytes().endswith(b"\n"):
     return
   tmp = path.with_name(path.name + ".tmp")
+  tmp.unlink(missing_ok=True)  # one a kill left: the writer appends
   with metrics_lib.JsonlWriter(tmp) as log:
     for r in keep:
       log.write(r)

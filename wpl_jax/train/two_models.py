@@ -86,6 +86,7 @@ def _load_data(config: ml_collections.ConfigDict):
   )
 
 
+@platform_defaults.with_precision
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, Any]:
