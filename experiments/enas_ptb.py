@@ -45,9 +45,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.dropout_input = 0.65
   m.dropout_embed = 0.1
   m.dropconnect = 0.5  # On W_hc and W_hh.
-  m.clip_norm = 25.0  # Per-example hidden-norm clip.
+  m.clip_norm = 25.0  # Per-example hidden-norm clip (0 = none).
   m.init_range = 0.025
   m.hidden_source = "last"  # Reference quirk: next hidden = last node.
+  # "leaves": the ENAS cell outputs the mean of its loose ends; "all": the
+  # mean of nodes 1..N-1 (the published DARTS-style cell, space32 :published).
+  m.cell_output = "leaves"
   m.batch_norm = True
   # Tokens per decoder chunk: the fused decoder + cross-entropy never holds
   # the [T·B, V] logits (0 = whole logits; enas_rnn.chunked_nll_sum). 0.90×

@@ -15,6 +15,14 @@ Variants (the `:arg` string, comma-separated):
   random     weight-shared search, cells sampled uniformly.
   off        WPL off (default).    reference   WPL, reference mode.
   clean      WPL, clean mode.
+  published  the published DARTS-style cell (WORKSPACE §7): the cell outputs
+             the mean of nodes 1 and 2, carries that output as the hidden
+             state, has no batch-norm and no hidden-norm clip. Without it,
+             the ENAS cell (mean of the loose ends, node 2 carried, BN).
+  h128, h256 hidden size 128 or 256 instead of 32 (truth and searches).
+  ladder     the ground truth's pilot ladder: 3 seeds in one program, 10
+             epochs, evaluated at every epoch end on all validation tokens
+             in 16 columns; with h128/h256 it is sized for an accelerator.
   smoke      seconds: tiny sizes (tests).
 
 Run (from the project root):
@@ -22,6 +30,8 @@ Run (from the project root):
       --data_dir=../shared/data/ptb --workdir=workdir/truth_s0 --config.seed=0
   python main.py --config=experiments/space32.py:enas,reference \
       --data_dir=../shared/data/ptb --workdir=workdir/s32_enas_ref_s0
+  python main.py --config=experiments/space32.py:truth,published,ladder,h256 \
+      --data_dir=../shared/data/ptb --workdir=workdir/truth_pub_h256
 
 Measured results and the budget's trade-offs: WORKSPACE.md §6.
 """
@@ -49,7 +59,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       )
   c = enas_ptb.get_config("paper")
   c.experiment = "enas_ptb"
-  c.model.hidden = HIDDEN
   c.model.num_nodes = 3
   c.model.ce_chunk = 140  # tokens per decoder chunk (enas_rnn.chunked_...)
   # A 32-unit model trained for a few epochs underfits: the paper's heavy
@@ -82,11 +91,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   w.start_epoch = 2
   w.reset_every = 2
   w.alpha_decay_after = 1000  # α constant within the 12 epochs
-  w.clip = 10.0 * HIDDEN / 1000  # per-entry pull as at H = 1000 (enas_ptb cpu)
+  _set_hidden(c, HIDDEN)  # w.clip scales with H
   c.retrain.epochs = 0  # the ground truth scores the derived cell
 
   c.truth = t = ml_collections.ConfigDict(type_safe=False)  # "auto" fields
   t.epochs = 1
+  # Seeds trained side by side in one program (seed, seed + 1, ...): the
+  # cells of seed k are those a run with --config.seed=seed+k trains.
+  t.num_seeds = 1
   t.max_batches_per_epoch = 0  # 0 = full passes over ptb.train.txt.
   t.lr = 20.0  # SGD, cosine decay to lr · lr_final over the whole run.
   t.lr_final = 0.05
@@ -105,6 +117,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   for v in variants:
     _VARIANTS[v](c)
   return c
+
+
+def _set_hidden(c, hidden):
+  c.model.hidden = hidden
+  # WPL's per-entry pull as at H = 1000 (enas_ptb cpu).
+  c.wpl.clip = 10.0 * hidden / 1000
+
+
+def _published(c):
+  c.model.cell_output = "all"
+  c.model.hidden_source = "output"
+  c.model.batch_norm = False
+  c.model.clip_norm = 0.0
+
+
+def _ladder(c):
+  t = c.truth
+  t.num_seeds = 3
+  t.epochs = 10
+  t.eval_every = 0  # epoch ends only
+  t.eval_batch_size = 16  # 16 columns: every token, 16 cold starts
 
 
 def _truth(c):
@@ -161,5 +194,9 @@ _VARIANTS = {
   "off": _off,
   "reference": _reference,
   "clean": _clean,
+  "published": _published,
+  "h128": lambda c: _set_hidden(c, 128),
+  "h256": lambda c: _set_hidden(c, 256),
+  "ladder": _ladder,
   "smoke": _smoke,
 }

@@ -5,7 +5,9 @@
       --out=experiments/results/space32_truth.json
 
 Each run is the workdir of `main.py --config=experiments/space32.py:truth
---config.seed=S`; its truth.json holds the cells' validation perplexities.
+--config.seed=S`; its truth.json holds the cells' validation perplexities
+(of one seed, or of K seeds trained side by side with
+--config.truth.num_seeds=K: each counts as K runs).
 The runs must list the same cells under the same config (seed aside). The
 output has `archs`, `seeds`, `valid_ppl` [seed][arch], `config`, `command`
 and `commit` (the commits the runs were made at), and the seed-to-seed
@@ -37,7 +39,13 @@ _PER_RUN = ("seed", "data_dir")
 _TRUTH_SECTIONS = ("experiment", "model", "data", "truth")
 # Fields added after a stored seed ran, with the value that reproduces the
 # earlier behaviour (truth.eval_tokens = 0: every validation token).
-_ADDED_DEFAULTS = {"truth": {"eval_tokens": 0}}
+_ADDED_DEFAULTS = {
+  "truth": {"eval_tokens": 0},
+  "model": {"cell_output": "leaves"},
+}
+# Fields that may differ between merged runs although in a truth section:
+# how many seeds a run trained side by side.
+_SKIP = {"truth": ("num_seeds",)}
 
 
 def _truth_config(config: dict) -> dict:
@@ -49,7 +57,27 @@ def _truth_config(config: dict) -> dict:
     v = config[k]
     if isinstance(v, dict):
       v = {**_ADDED_DEFAULTS.get(k, {}), **v}
+      v = {f: x for f, x in v.items() if f not in _SKIP.get(k, ())}
     out[k] = v
+  return out
+
+
+def split_seeds(truth: dict) -> list[dict]:
+  """One run's truth.json as one dict per seed (the one-seed format).
+
+  A run of K > 1 seeds (`seeds`, `valid_ppl` [K][S], history entries
+  [K][S]) becomes K dicts with `seed`, `valid_ppl` [S] and its history.
+  """
+  if "seeds" not in truth:
+    return [truth]
+  out = []
+  for k, seed in enumerate(truth["seeds"]):
+    d = dict(truth, seed=seed, valid_ppl=truth["valid_ppl"][k])
+    del d["seeds"]
+    d["history"] = [
+      dict(h, valid_ppl=h["valid_ppl"][k]) for h in truth.get("history", [])
+    ]
+    out.append(d)
   return out
 
 
@@ -59,15 +87,18 @@ def merge(runs: list[pathlib.Path]) -> dict:
   Raises:
     ValueError: a run is unfinished or unreadable, or the runs disagree.
   """
-  loaded = []
+  loaded, names = [], []
   for run in runs:
     path = run / "truth.json"
     try:
-      loaded.append(json.loads(path.read_text()))
+      per_seed = split_seeds(json.loads(path.read_text()))
     except FileNotFoundError:
       raise ValueError(f"{path} not found: is the run finished?") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
       raise ValueError(f"{path} is unreadable: {e}") from None
+    loaded += per_seed
+    names += [run] * len(per_seed)
+  runs = names
   first = loaded[0]
   config = _truth_config(first["config"])
   for run, d in zip(runs, loaded, strict=True):

@@ -258,6 +258,104 @@ class FusedDecoderLossTest(parameterized.TestCase):
     )
 
 
+def _np_published_cell(params, tokens, hidden, cell):
+  """A float64 NumPy DARTS-style 3-node cell, written out step by step.
+
+  s0 = h + c0 (tanh(x W_xh + b_xh + h W_hh) - h), c0 = σ(x W_xc + b_xc +
+  h W_hc); s_j = s_p + c_j (f_j(s_p W^h) - s_p), c_j = σ(s_p W^c) for the
+  parent p of node j; the output is (s1 + s2) / 2, and the output is also
+  the next step's h (no batch-norm, no clip).
+  """
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+  n0 = p["node0"]
+  _, a1, a2 = cell.split("|")
+  p2, f2 = int(a2.split(":")[0]), a2.split(":")[1]
+  f1 = a1.split(":")[1]
+  funcs = {
+    "tanh": np.tanh,
+    "relu": lambda z: np.maximum(z, 0.0),
+    "identity": lambda z: z,
+    "sigmoid": lambda z: 1.0 / (1.0 + np.exp(-z)),
+  }
+  sig = funcs["sigmoid"]
+  # 3 nodes: edges (0 -> 1) = 0, (0 -> 2) = 1, (1 -> 2) = 2.
+  e2 = 1 if p2 == 0 else 2
+  h = np.asarray(hidden, np.float64)
+  outs = []
+  for t in range(tokens.shape[0]):
+    x = p["embedding"][np.asarray(tokens[t])]
+    c0 = sig(x @ n0["w_xc"] + n0["b_xc"] + h @ n0["w_hc"])
+    s0 = h + c0 * (np.tanh(x @ n0["w_xh"] + n0["b_xh"] + h @ n0["w_hh"]) - h)
+    c1 = sig(s0 @ p["cell"]["edge_c"][0])
+    s1 = s0 + c1 * (funcs[f1](s0 @ p["cell"]["edge_h"][0]) - s0)
+    sp = s0 if p2 == 0 else s1
+    c2 = sig(sp @ p["cell"]["edge_c"][e2])
+    s2 = sp + c2 * (funcs[f2](sp @ p["cell"]["edge_h"][e2]) - sp)
+    h = (s1 + s2) / 2
+    outs.append(h)
+  logits = np.stack(outs) @ p["embedding"].T + p["decoder_bias"]
+  return logits, h
+
+
+class PublishedCellTest(parameterized.TestCase):
+  """The published DARTS-style cell option against a hand-written cell."""
+
+  @parameterized.product(
+    cell=("tanh|0:relu|1:sigmoid", "tanh|0:identity|0:tanh"),
+    train=(False, True),
+  )
+  def test_matches_numpy(self, cell, train):
+    model = enas_rnn.SharedRNN(
+      vocab_size=V,
+      hidden_size=H,
+      num_nodes=3,
+      init_range=0.5,
+      clip_norm=0.0,
+      cell_output="all",
+      hidden_source="output",
+      use_batch_norm=False,
+      dropout_output=0.0,
+      dropout_input=0.0,
+      dropout_embed=0.0,
+      dropconnect=0.0,
+    )
+    k_init, k_tok, k_h = jax.random.split(jax.random.key(11), 3)
+    variables = enas_rnn.init_variables(model, key=k_init)
+    self.assertNotIn("batch_norm", variables["params"])
+    tokens = jax.random.randint(k_tok, (T, B), 0, V)
+    hidden = 2.0 * jax.random.normal(k_h, (B, H))
+    logits, new_h = _apply(
+      model, variables, tokens, hidden, ss.from_string(cell), train=train
+    )
+    want_logits, want_h = _np_published_cell(
+      variables["params"], tokens, hidden, cell
+    )
+    # Hidden norms above 1 pass unclipped (clip_norm = 0 is no clip).
+    self.assertGreater(float(np.max(np.linalg.norm(hidden, axis=1))), 1.0)
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(new_h, want_h, rtol=1e-4, atol=1e-5)
+
+  def test_chain_differs_from_the_enas_cell(self):
+    # On a chain the ENAS cell outputs node 2 alone; the published cell
+    # the mean of nodes 1 and 2: the two options are different networks.
+    kw = dict(vocab_size=V, hidden_size=H, num_nodes=3, init_range=0.5)
+    enas = enas_rnn.SharedRNN(**kw, use_batch_norm=False)
+    pub = enas_rnn.SharedRNN(**kw, use_batch_norm=False, cell_output="all")
+    variables = enas_rnn.init_variables(enas, key=jax.random.key(0))
+    tokens = jnp.zeros((T, B), jnp.int32)
+    hidden = jnp.zeros((B, H))
+    arch = ss.from_string("tanh|0:relu|1:sigmoid")
+    a, _ = _apply(enas, variables, tokens, hidden, arch)
+    b, _ = _apply(pub, variables, tokens, hidden, arch)
+    self.assertGreater(float(jnp.max(jnp.abs(a - b))), 1e-3)
+
+  def test_unknown_cell_output(self):
+    model = _model(cell_output="concat")
+    variables, inputs, _, hidden = _setup()
+    with self.assertRaisesRegex(ValueError, "cell_output must be one of"):
+      model.apply(variables, inputs, hidden, ss.from_string(_CELLS[0]))
+
+
 class SharedRNNTest(parameterized.TestCase):
   def test_paper_size_parameter_count(self):
     self.assertEqual(enas_rnn.paper_size_count(), 146_014_000)

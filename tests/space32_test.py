@@ -406,6 +406,49 @@ class ShardedTruthTest(absltest.TestCase):
     self.assertLess(diff, 1e-5)
 
 
+@pytest.mark.skipif(not (DATA_DIR / "ptb").exists(), reason="no PTB data")
+class SeedAxisTest(absltest.TestCase):
+  """K seeds side by side in one program equal K one-seed runs."""
+
+  def test_two_seeds_equal_two_runs(self):
+    tmp = pathlib.Path(self.create_tempdir().full_path)
+
+    def run(seed, num_seeds, name):
+      c = space32.get_config("truth,published,smoke")
+      c.data_dir = str(DATA_DIR / "ptb")
+      c.seed = seed
+      c.truth.num_seeds = num_seeds
+      return enas_truth.train_and_evaluate(c, str(tmp / name))
+
+    both = run(0, 2, "both")
+    self.assertEqual(both["seeds"], [0, 1])
+    merged = space32_truth.merge([tmp / "both"])
+    self.assertEqual(merged["seeds"], [0, 1])
+    for k in (0, 1):
+      one = run(k, 1, f"s{k}")
+      self.assertNotIn("seeds", one)
+      np.testing.assert_allclose(
+        both["valid_ppl"][k], one["valid_ppl"], rtol=1e-5
+      )
+      for h_both, h_one in zip(both["history"], one["history"], strict=True):
+        np.testing.assert_allclose(
+          h_both["valid_ppl"][k], h_one["valid_ppl"], rtol=1e-5
+        )
+      np.testing.assert_allclose(
+        merged["valid_ppl"][k], one["valid_ppl"], rtol=1e-5
+      )
+    # The seeds really differ (init and dropout keys).
+    self.assertGreater(np.max(np.abs(np.subtract(*both["valid_ppl"]))), 1e-3)
+    # Two one-seed runs merge to the same ground truth; a seed twice is
+    # refused, also when one run trained several seeds.
+    singles = space32_truth.merge([tmp / "s0", tmp / "s1"])
+    np.testing.assert_allclose(
+      singles["valid_ppl"], merged["valid_ppl"], rtol=1e-5
+    )
+    with self.assertRaisesRegex(ValueError, "duplicate seeds"):
+      space32_truth.merge([tmp / "s0", tmp / "both"])
+
+
 class ValidSplitTest(absltest.TestCase):
   def test_forget_stream_and_heldout_are_disjoint(self):
     c = space32.get_config("enas,smoke")

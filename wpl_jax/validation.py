@@ -104,3 +104,10 @@ def numbers_in(
         f"config.{path}={tuple(values)!r}: every entry must be a number "
         f">= {min}, got {v!r}"
       )
+
+
+def choice(config: ml_collections.ConfigDict, path: str, options) -> None:
+  """Raises ValueError unless `config.<path>` is one of `options`."""
+  value = _get(config, path)
+  if value not in tuple(options):
+    raise ValueError(f"config.{path}={value!r} must be one of {tuple(options)}")

@@ -80,7 +80,11 @@ ALWAYS_RESUMABLE = ("data_dir", "num_devices", "model.shard_edges")
 # Fields added to the configs after runs were recorded, with the value that
 # reproduces what those runs did: a record without the field compares as
 # if it held this value.
-ADDED_DEFAULTS = {"precision": "float32"}
+ADDED_DEFAULTS = {
+  "precision": "float32",
+  "model.cell_output": "leaves",
+  "truth.num_seeds": 1,
+}
 
 State = Literal["new", "resume", "finished"]
 

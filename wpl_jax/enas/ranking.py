@@ -5,15 +5,24 @@ Kendall τ and Spearman ρ between two rankings, whether the true best cell
 is in the top k of the other ranking, and the regret of picking that
 ranking's top-1. The ground truth is read from the JSON file that
 `experiments/space32_truth.py` writes.
+
+The published order of the same 32 cells (Yu et al., ICLR 2020; stored in
+experiments/results/space32_published.json) is read by `load_published`.
+`published_ranks` turns it into per-cell values for `kendall_tau`;
+`id_sequence_tau` is the statistic the public code of that paper logs,
+which is a correlation of genotype-id sequences, not of ranks.
 """
 
 import itertools
 import json
 import pathlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
+
+from wpl_jax.enas import search_space
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
@@ -148,6 +157,145 @@ def truth_for(path: str | pathlib.Path, names: Sequence[str]) -> np.ndarray:
       f"(e.g. {(missing or stored)[0]!r})"
     )
   return ppl[[order[n] for n in names]]
+
+
+# Activation order of the public genotype ids: DARTS's PRIMITIVES without
+# "none". It differs from search_space.ACTIVATIONS (identity and sigmoid
+# are swapped).
+PUBLIC_OPS = ("tanh", "relu", "sigmoid", "identity")
+
+
+class PublishedOrder(NamedTuple):
+  """A published ranking of cells, best first.
+
+  Attributes:
+    archs: K codec strings (`search_space.to_string`), best first.
+    genotype_ids: int64[K], the id the public code gives `archs[k]`
+      (`public_genotype_id`); the published ranking is this sequence.
+    valid_ppl: float64[K] perplexities in the same order, or None where
+      none were published.
+  """
+
+  archs: list[str]
+  genotype_ids: np.ndarray
+  valid_ppl: np.ndarray | None = None
+
+
+def public_genotype_id(name: str) -> int:
+  """The genotype id the public code of Yu et al. (2020) gives a cell.
+
+  The cell "tanh|0:a1|p2:a2|..." is the DARTS genotype [(a1, 0), (a2, p2),
+  ...]; its id is the mixed-radix number whose digit for node j >= 1 is
+  4·parent_j + op_j (radix 4j), most significant digit first, with op_j
+  indexed in `PUBLIC_OPS`. For 3 nodes: 8·op_1 + 4·p_2 + op_2, in
+  [0, 32). Node 0 is DARTS's fixed tanh node and takes no digit.
+
+  Raises:
+    ValueError: `name` does not parse, or node 0 is not tanh.
+  """
+  arch = search_space.from_string(name)
+  acts = np.asarray(arch.activations)
+  pars = np.asarray(arch.parents)
+  if search_space.ACTIVATIONS[acts[0]] != "tanh":
+    raise ValueError(f"{name!r}: node 0 must be tanh in the public space")
+  gid = 0
+  for j in range(1, len(acts)):
+    op = PUBLIC_OPS.index(search_space.ACTIVATIONS[acts[j]])
+    gid = gid * (4 * j) + 4 * int(pars[j]) + op
+  return gid
+
+
+def load_published(path: str | pathlib.Path) -> PublishedOrder:
+  """Reads a published order (experiments/results/space32_published.json).
+
+  Raises:
+    ValueError: one line naming the file and the problem (cells or ids
+      repeated, lengths that differ, non-finite perplexities).
+  """
+  path = pathlib.Path(path)
+  try:
+    d = json.loads(path.read_text())
+    archs = [str(a) for a in d["archs"]]
+    ids = np.asarray(d["genotype_ids"], np.int64)
+    ppl = d.get("valid_ppl")
+    ppl = None if ppl is None else np.asarray(ppl, np.float64)
+  except FileNotFoundError:
+    raise ValueError(f"published order {path} not found") from None
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"published order {path} is unreadable: {e!r}") from None
+  k = len(archs)
+  if len(set(archs)) != k or ids.shape != (k,) or len(set(ids.tolist())) != k:
+    raise ValueError(
+      f"published order {path}: need {k} distinct cells and {k} distinct "
+      f"genotype ids, got {len(set(archs))} cells and ids {ids.shape}"
+    )
+  if ppl is not None and (ppl.shape != (k,) or not np.all(np.isfinite(ppl))):
+    raise ValueError(
+      f"published order {path}: valid_ppl must be {k} finite values"
+    )
+  return PublishedOrder(archs, ids, ppl)
+
+
+def published_ranks(
+  published: PublishedOrder, names: Sequence[str]
+) -> np.ndarray:
+  """float64[K]: the published rank of `names[k]` (0 = best).
+
+  `kendall_tau(shared, published_ranks(p, names))` is a true rank
+  correlation of K shared-weight perplexities with the published order.
+
+  Raises:
+    ValueError: `names` are not exactly the published cells.
+  """
+  pos = _positions(published, names)
+  return np.asarray([pos[n] for n in names], np.float64)
+
+
+def id_sequence_tau(
+  shared: Sequence[float], names: Sequence[str], published: PublishedOrder
+) -> float:
+  """The Kendall τ that the public code of Yu et al. (2020) reports.
+
+  `shared`: [K] perplexities (lower = better), entry k for cell `names[k]`;
+  `names` must be exactly the published cells, in any order.
+
+  The public code sorts the cells by (perplexity, genotype id), ascending,
+  and takes their genotype ids: a sequence w_0..w_{K-1}, best first. The
+  published order is another such sequence g_0..g_{K-1}. It returns the
+  Kendall τ of the K pairs (g_p, w_p) over positions p: pair (p, q) is
+  concordant when g_p - g_q and w_p - w_q have the same sign (ids are
+  distinct, so τ-a = τ-b). This is not a rank correlation of the
+  architectures: it is 1 only when the two orders agree exactly, but
+  otherwise its value depends on how ids are assigned to cells (the
+  reversed order does not give -1), and relabelling the ids changes it.
+  Use `kendall_tau(shared, published_ranks(published, names))` for the
+  rank correlation.
+
+  Raises:
+    ValueError: `names` are not exactly the published cells, or `shared`
+      has another length or non-finite entries.
+  """
+  shared = np.asarray(shared, np.float64)
+  if shared.shape != (len(names),) or not np.all(np.isfinite(shared)):
+    raise ValueError(
+      f"need {len(names)} finite perplexities, got shape {shared.shape}"
+    )
+  pos = _positions(published, names)
+  ids = np.asarray([published.genotype_ids[pos[n]] for n in names])
+  ws_ids = ids[np.lexsort((ids, shared))]  # by ppl, ties by id
+  tau = stats.kendalltau(published.genotype_ids, ws_ids).statistic
+  return float(tau)
+
+
+def _positions(published: PublishedOrder, names: Sequence[str]) -> dict:
+  pos = {n: i for i, n in enumerate(published.archs)}
+  missing = [n for n in names if n not in pos]
+  if missing or len(set(names)) != len(names) or len(names) != len(pos):
+    raise ValueError(
+      f"names must be exactly the {len(pos)} published cells (e.g. "
+      f"{(missing or list(names) or published.archs)[0]!r})"
+    )
+  return pos
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:

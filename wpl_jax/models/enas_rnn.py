@@ -14,7 +14,10 @@ from wpl_jax.enas.search_space import Arch
 from wpl_jax.types import Array, PRNGKey, PyTree
 
 # Where the hidden state passed to the next time step comes from.
-HIDDEN_SOURCES = ("last", "leaf_mean")
+HIDDEN_SOURCES = ("last", "leaf_mean", "output")
+# What the cell outputs: the mean of the loose ends (ENAS) or of every node
+# after node 0 (the published DARTS-style cell of the 32-cell study).
+CELL_OUTPUTS = ("leaves", "all")
 
 
 def _uniform(scale: float):
@@ -182,7 +185,8 @@ class SharedRNN(nn.Module):
     `bn_momentum` (PyTorch convention, unbiased variance); eval uses the
     running stats. Stats are written only when "batch_stats" is mutable.
   * `hidden_source="last"`: the next hidden state is h of node N-1, not the
-    cell output ("leaf_mean" passes the pre-norm mean of the leaves).
+    cell output ("output", or its older name "leaf_mean", passes the
+    pre-norm cell output).
   * The hidden state is rescaled to norm <= `clip_norm` per example, with
     the scale factor treated as a constant in the backward pass.
   * DropConnect masks on W_hc and W_hh and the locked input/output dropout
@@ -198,9 +202,16 @@ class SharedRNN(nn.Module):
     dropout_input: locked dropout on the embedded inputs.
     dropout_embed: word-level dropout on embedding rows.
     dropconnect: DropConnect rate on W_hc and W_hh.
-    clip_norm: per-example max L2 norm of the carried hidden state.
+    clip_norm: per-example max L2 norm of the carried hidden state (0: no
+      clip, as in the published DARTS-style cell).
     init_range: every parameter ~ U(±init_range), decoder bias 0.
-    hidden_source: "last" (reference) or "leaf_mean".
+    hidden_source: "last" (reference), or "output" (= "leaf_mean"): the
+      pre-norm cell output.
+    cell_output: "leaves" (ENAS: the mean of the nodes no node reads) or
+      "all" (the published DARTS-style cell: the mean of nodes 1..N-1).
+      The published cell of the 32-cell study (WORKSPACE §7) is
+      `cell_output="all", hidden_source="output", use_batch_norm=False,
+      clip_norm=0`.
     use_batch_norm: normalise the cell output (the reference search does).
     bn_momentum: weight of the new batch statistics in the running ones.
     bn_epsilon: variance epsilon.
@@ -219,6 +230,7 @@ class SharedRNN(nn.Module):
   clip_norm: float = 25.0
   init_range: float = 0.025
   hidden_source: str = "last"
+  cell_output: str = "leaves"
   use_batch_norm: bool = True
   bn_momentum: float = 0.1
   bn_epsilon: float = 1e-5
@@ -307,6 +319,8 @@ class SharedRNN(nn.Module):
       )
     if self.hidden_source not in HIDDEN_SOURCES:
       raise ValueError(f"hidden_source must be one of {HIDDEN_SOURCES}")
+    if self.cell_output not in CELL_OUTPUTS:
+      raise ValueError(f"cell_output must be one of {CELL_OUTPUTS}")
     if tap.per_example and train and self.use_batch_norm:
       raise ValueError(
         "a per-example tap needs separable examples, but train-mode "
@@ -360,8 +374,11 @@ class SharedRNN(nn.Module):
       edges = arch_edges({"edge_c": edge_c, "edge_h": edge_h}, arch)
 
     acts, parents = arch.activations, arch.parents
-    leaf = search_space.leaf_mask(arch).astype(jnp.float32)
-    leaf_w = leaf / jnp.sum(leaf)
+    if self.cell_output == "leaves":
+      used = search_space.leaf_mask(arch).astype(jnp.float32)
+    else:  # every node but node 0
+      used = (jnp.arange(n) >= 1).astype(jnp.float32)
+    out_w = used / jnp.sum(used)
     momentum, eps = self.bn_momentum, self.bn_epsilon
     unbiased = batch / max(batch - 1, 1)
 
@@ -385,8 +402,8 @@ class SharedRNN(nn.Module):
         (jnp.arange(1, n), edges, acts[1:], parents[1:]),
         unroll=self.node_unroll,
       )
-      leaf_mean = jnp.sum(nodes * leaf_w[:, None, None], axis=0)
-      out = leaf_mean
+      cell_out = jnp.sum(nodes * out_w[:, None, None], axis=0)
+      out = cell_out
       if self.use_batch_norm:
         if train:
           mu, sig2 = jnp.mean(out, axis=0), jnp.var(out, axis=0)
@@ -396,13 +413,16 @@ class SharedRNN(nn.Module):
           mu, sig2 = mean, var
         out = (out - mu[None]) * jax.lax.rsqrt(sig2[None] + eps)
         out = out * bn_scale[None] + bn_bias[None]
-      new_h = nodes[n - 1] if self.hidden_source == "last" else leaf_mean
-      # Per-example norm clip; the factor is a constant for autodiff.
-      norm = jnp.linalg.norm(new_h, axis=-1, keepdims=True)
-      factor = jnp.where(
-        norm > self.clip_norm, self.clip_norm / jnp.maximum(norm, 1e-12), 1.0
-      )
-      new_h = new_h * jax.lax.stop_gradient(factor)
+      new_h = nodes[n - 1] if self.hidden_source == "last" else cell_out
+      if self.clip_norm > 0:
+        # Per-example norm clip; the factor is a constant for autodiff.
+        norm = jnp.linalg.norm(new_h, axis=-1, keepdims=True)
+        factor = jnp.where(
+          norm > self.clip_norm,
+          self.clip_norm / jnp.maximum(norm, 1e-12),
+          1.0,
+        )
+        new_h = new_h * jax.lax.stop_gradient(factor)
       return (new_h, mean, var), out
 
     (new_hidden, run_mean, run_var), out_TxBxH = tap.scan(

@@ -20,6 +20,7 @@ from wpl_jax import platform_defaults, validation
 from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import ptb
 from wpl_jax.enas import ranking, search_space
+from wpl_jax.models import enas_rnn
 from wpl_jax.train import enas_steps
 
 # Config fields that may change when a run is resumed (e.g. to extend it).
@@ -59,7 +60,9 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
     "dropconnect",
   ):
     v.number(config, f"model.{name}", min=0, max=1, open_max=True)
-  v.number(config, "model.clip_norm", min=0, open_min=True)
+  v.number(config, "model.clip_norm", min=0)  # 0 = no clip
+  v.choice(config, "model.hidden_source", enas_rnn.HIDDEN_SOURCES)
+  v.choice(config, "model.cell_output", enas_rnn.CELL_OUTPUTS)
   v.number(config, "model.init_range", min=0, open_min=True)
   if "ce_chunk" in config.model:
     v.integer(config, "model.ce_chunk", min=0)

@@ -56,6 +56,7 @@ def make_model(config: ml_collections.ConfigDict) -> enas_rnn.SharedRNN:
     clip_norm=m.clip_norm,
     init_range=m.init_range,
     hidden_source=m.hidden_source,
+    cell_output=m.cell_output,
     use_batch_norm=m.batch_norm,
     # config 0 = unroll the scan over nodes fully, k >= 1 = by k.
     node_unroll=m.get("node_unroll", 1) or True,

@@ -11,9 +11,18 @@ Every cell sees the same training windows; init and dropout keys differ
 per cell. The validation perplexity of every cell is scored on every token
 after each epoch.
 
+`truth.num_seeds` = K > 1 trains K seeds side by side in the same program:
+the model axis is K · S long (seed-major), and the models of seed k get
+exactly the init and dropout keys a one-seed run with `--config.seed =
+seed + k` gives them, so the K seeds equal K separate runs up to float
+rounding (tests/space32_test.py). On an accelerator this is what makes
+several seeds cost about one; on a CPU it buys nothing.
+
 Outputs in the workdir: metrics.jsonl (one record per evaluation), tb/,
 checkpoints/ (every `truth.checkpoint_every` steps; a rerun resumes bit
 for bit), truth.json (the final per-cell perplexities) and results.md.
+With K = 1 the perplexities are lists over cells ([S]); with K > 1 they
+are nested [K][S] (seed-major) and the records carry `seeds`.
 `experiments/space32_truth.py` merges seeds into the stored ground truth.
 """
 
@@ -33,7 +42,7 @@ from wpl_jax import metrics as metrics_lib
 from wpl_jax import platform_defaults, validation
 from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import fingerprint, ptb
-from wpl_jax.enas import search_space
+from wpl_jax.enas import ranking, search_space
 from wpl_jax.models import enas_rnn
 from wpl_jax.train import enas_search, enas_steps
 from wpl_jax.train.enas_steps import SharedState
@@ -197,7 +206,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   enas_steps.fixed_first_activation(config)
   enas_search.validate_model(config)
   v = validation
-  for field in ("epochs", "arch_batch", "eval_arch_batch", "eval_batch_size"):
+  for field in (
+    "epochs",
+    "arch_batch",
+    "eval_arch_batch",
+    "eval_batch_size",
+    "num_seeds",
+  ):
     v.integer(config, f"truth.{field}", min=1)
   for field in (
     "max_batches_per_epoch",
@@ -241,7 +256,7 @@ def memory_need(config: ml_collections.ConfigDict, vocab: int) -> tuple:
   """
   sized = ml_collections.ConfigDict(config.to_dict())
   sized.model.vocab_size = vocab
-  s = len(search_space.unstack(space_archs(sized)))
+  s = len(search_space.unstack(space_archs(sized))) * sized.truth.num_seeds
   trainer = TruthTrainer(sized, num_devices=1)
   shapes = jax.eval_shape(trainer._init, jax.random.split(jax.random.key(0), s))
 
@@ -311,16 +326,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config.model.vocab_size = len(data.vocab)
 
   commit = _git_commit()  # at the start: the code this run trains with
-  archs = space_archs(config)
-  names = [search_space.to_string(a) for a in search_space.unstack(archs)]
-  s, h = len(names), config.model.hidden
+  cells = space_archs(config)
+  names = [search_space.to_string(a) for a in search_space.unstack(cells)]
+  seeds = seed_list(config)
+  n_cells, h = len(names), config.model.hidden
+  s = n_cells * len(seeds)  # models: seed-major
+  archs = jax.tree.map(lambda a: jnp.concatenate([a] * len(seeds)), cells)
   # config.num_devices (0 or absent = all local devices), as the search's.
   trainer = TruthTrainer(
     config, num_devices=config.get("num_devices", 0) or None
   )
-  key = jax.random.key(config.seed)
-  init_keys = jax.random.split(jax.random.fold_in(key, _INIT), s)
-  k_train = jax.random.fold_in(key, _TRAIN)
+  init_keys, k_train = model_keys(seeds, n_cells)
+  step_keys = jax.jit(
+    lambda k, i: jax.vmap(
+      lambda kk: jax.random.split(jax.random.fold_in(kk, i), n_cells)
+    )(k).reshape(-1)
+  )
   state = {
     "shared": trainer.init(init_keys),
     "hidden": jnp.zeros((s, b, h), jnp.float32),
@@ -380,7 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         state["hidden"] = jnp.zeros((s, b, h), jnp.float32)
       x, y = ptb.get_batch(train_src, i * bptt, bptt)
       lr = lr_at_step(config, done, total_steps)
-      keys = jax.random.split(jax.random.fold_in(k_train, done), s)
+      keys = step_keys(k_train, done)
       state["shared"], state["hidden"], loss = trainer.train_step(
         state["shared"], state["hidden"], archs, x, y, jnp.float32(lr), keys
       )
@@ -406,25 +427,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       end_of_epoch = done % n_windows == 0
       if end_of_epoch or (t.eval_every and done % t.eval_every == 0):
         nll = np.asarray(trainer.evaluate(state["shared"], archs, ex, ey, em))
-        ppl = np.exp(nll / n_eval_tokens)
+        ppl_KxS = np.exp(nll / n_eval_tokens).reshape(len(seeds), n_cells)
         train_loss = np.mean(np.asarray(jax.device_get(losses)), axis=0)
         losses = []
+        ppl = ppl_KxS.mean(0)  # the seed mean ranks the cells
         record = {
           "epoch": epoch,
           "step": done,
           "end_of_epoch": end_of_epoch,
           "lr": lr,
-          "valid_ppl": ppl.tolist(),
-          "train_loss": train_loss.tolist(),
+          "valid_ppl": _per_seed(ppl_KxS),
+          "train_loss": _per_seed(train_loss.reshape(len(seeds), n_cells)),
           "best": names[int(np.argmin(ppl))],
           "best_ppl": float(np.min(ppl)),
           "median_ppl": float(np.median(ppl)),
           "seconds": seconds + time.time() - t_prev,
         }
-        if not np.all(np.isfinite(ppl)):
+        if len(seeds) > 1:
+          record["seeds"] = seeds
+          record["seed_tau"] = ranking.seed_ceiling(ppl_KxS)["tau_mean"]
+        if not np.all(np.isfinite(ppl_KxS)):
           raise ValueError(
             f"ground truth diverged at epoch {epoch} step {done}: non-finite "
-            f"validation perplexity for {int(np.sum(~np.isfinite(ppl)))} cells"
+            "validation perplexity for "
+            f"{int(np.sum(~np.isfinite(ppl_KxS)))} models"
           )
         history.append(record)
         log.write(record)
@@ -434,13 +460,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           tb.flush()
         logging.info(
           "truth epoch %d step %d: valid ppl best %.2f (%s) median %.2f "
-          "worst %.2f; %.0f s",
+          "worst %.2f%s; %.0f s",
           epoch,
           done,
           ppl.min(),
           record["best"],
           np.median(ppl),
           ppl.max(),
+          (
+            f" (mean of {len(seeds)} seeds; seed-to-seed τ "
+            f"{record['seed_tau']:.3f})"
+            if len(seeds) > 1
+            else ""
+          ),
           record["seconds"],
         )
         t_log, logged = time.time(), done  # the evaluation is not a step
@@ -459,6 +491,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "commit": commit,
     "archs": names,
     "seed": config.seed,
+    **({"seeds": seeds} if len(seeds) > 1 else {}),
     "valid_ppl": final,
     "valid_tokens": int(n_eval_tokens),
     "history": [
@@ -468,11 +501,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "config": config.to_dict(),
   }
   metrics_lib.write_json(workdir / "truth.json", out)
-  md = _results_md(names, final, config.seed, seconds)
+  md = _results_md(names, final, seeds, seconds)
   if metrics_lib.is_primary():
     (workdir / "results.md").write_text(md)
   print(md)
   return out
+
+
+def seed_list(config: ml_collections.ConfigDict) -> list[int]:
+  """The seeds a run trains: `seed, seed + 1, ..., seed + num_seeds - 1`."""
+  return [config.seed + k for k in range(config.truth.num_seeds)]
+
+
+def model_keys(seeds: list[int], n_cells: int) -> tuple[jax.Array, jax.Array]:
+  """Init keys of the K · S models (seed-major) and the K training keys.
+
+  Seed k's S init keys, and the training key its step keys are folded
+  from, are those of a one-seed run with `config.seed = seeds[k]`.
+
+  Returns:
+    `(init_keys, train_keys)`: K · S keys and K keys.
+  """
+  base = [jax.random.key(seed) for seed in seeds]
+  init = jnp.concatenate(
+    [jax.random.split(jax.random.fold_in(k, _INIT), n_cells) for k in base]
+  )
+  train = jnp.stack([jax.random.fold_in(k, _TRAIN) for k in base])
+  return init, train
+
+
+def _per_seed(values_KxS: np.ndarray) -> list:
+  """[S] for one seed (the one-seed format), else [K][S]."""
+  if values_KxS.shape[0] == 1:
+    return values_KxS[0].tolist()
+  return values_KxS.tolist()
 
 
 def _git_commit() -> str:
@@ -506,14 +568,28 @@ def _truncate(path: pathlib.Path, step: int) -> None:
   path.write_text("".join(metrics_lib.dumps_line(r) for r in keep))
 
 
-def _results_md(names, ppl, seed, seconds) -> str:
-  order = np.argsort(ppl)
+def _results_md(names, ppl, seeds, seconds) -> str:
+  """The ranking by validation perplexity (the seed mean for K > 1)."""
+  if not len(ppl):
+    return f"ground truth, seeds {seeds}: no evaluation\n"
+  ppl_KxS = np.atleast_2d(np.asarray(ppl))
+  mean = ppl_KxS.mean(0)
+  order = np.argsort(mean)
   rows = [
-    {"rank": r + 1, "arch": names[i], "ppl": f"{ppl[i]:.2f}"}
+    {
+      "rank": r + 1,
+      "arch": names[i],
+      "ppl": f"{mean[i]:.2f}",
+      "per_seed": " / ".join(f"{v:.2f}" for v in ppl_KxS[:, i]),
+    }
     for r, i in enumerate(order)
   ]
-  head = f"ground truth, seed {seed}: {len(names)} cells in {seconds:.0f} s\n\n"
-  table = metrics_lib.markdown_table(
-    rows, [("rank", "rank"), ("arch", "cell"), ("ppl", "valid ppl")]
-  )
-  return head + table + "\n"
+  what = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds}"
+  head = f"ground truth, {what}: {len(names)} cells in {seconds:.0f} s\n\n"
+  cols = [("rank", "rank"), ("arch", "cell"), ("ppl", "valid ppl")]
+  if len(seeds) > 1:
+    cols[2] = ("ppl", "valid ppl (seed mean)")
+    cols.append(("per_seed", "per seed"))
+    c = ranking.seed_ceiling(ppl_KxS)
+    head += f"seed-to-seed Kendall τ {c['tau_mean']:.3f}\n\n"
+  return head + metrics_lib.markdown_table(rows, cols) + "\n"
