@@ -87,10 +87,14 @@ def merge(runs: list[pathlib.Path]) -> dict:
   Raises:
     ValueError: a run is unfinished or unreadable, or the runs disagree.
   """
-  loaded, names = [], []
+  loaded, names, platforms = [], [], []
   for run in runs:
     path = run / "truth.json"
     try:
+      if (run / "run.json").exists():  # where it ran (runs since issue 24)
+        platforms.append(
+          json.loads((run / "run.json").read_text()).get("platform")
+        )
       per_seed = split_seeds(json.loads(path.read_text()))
     except FileNotFoundError:
       raise ValueError(f"{path} not found: is the run finished?") from None
@@ -128,6 +132,8 @@ def merge(runs: list[pathlib.Path]) -> dict:
     ),
     "commit": sorted({d.get("commit", "") for d in loaded}),
   }
+  if any(platforms):
+    out["platform"] = [p for p in platforms if p]
   if len(seeds) >= 2:
     out["ceiling"] = ranking.seed_ceiling(valid)
   # Has the ranking settled? τ of each earlier evaluation with the final one.

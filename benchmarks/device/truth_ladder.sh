@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The 32-cell ground truth's pilot ladder on an accelerator (issue 26, part
 # 1): the published DARTS-style cell, 3 seeds side by side in one program
-# (96 models), every cell's validation perplexity at every epoch end, at
-# H = 32 (10 epochs), 256 (6 epochs) and 128 (10 epochs), TF32. One command
-# (about 540 s at most; each rung under its own limit, so a slow rung
-# shortens the run instead of killing it). From the project root:
-#   bash benchmarks/device/truth_ladder.sh   (device: carry .device, timeout_s 570)
+# (96 models), every cell's validation perplexity at every epoch end, TF32.
+# Each argument is a rung "NAME LIMIT_S FLAGS...", NAME in h32, h128, h256;
+# the default is the three rungs that finished on the H200 of 2026-12-04
+# (WORKSPACE §7.9; about 370 s, each rung under its own limit so that a slow
+# one shortens the run instead of killing it). From the project root:
+#   bash benchmarks/device/truth_ladder.sh   (device: carry .device, timeout_s 480)
+#   bash benchmarks/device/truth_ladder.sh "h256 175 --config.truth.epochs=4"
 #   SMALL=1 PY=.venv312/bin/python OUT=/tmp/dry \
 #     bash benchmarks/device/truth_ladder.sh  (the CPU dry run)
 # What comes back under $OUT: ladder.tgz (each rung's metrics.jsonl,
@@ -28,10 +30,14 @@ if [ "$SMALL" = 1 ]; then
     "h256 40 --config.model.hidden=16 --config.truth.epochs=2"
     "h128 40 --config.model.hidden=12 --config.truth.epochs=2")
 else
-  rungs=("h32 90 --config.truth.epochs=10"
-    "h256 270 --config.truth.epochs=6"
-    "h128 150 --config.truth.epochs=10")
+  # Measured (96 models, TF32, evaluations and epoch-end saves included):
+  # H = 32 7 epochs in 76 s, H = 128 5 in 84 s, H = 256 4 in 115 s; at
+  # H = 256 lr 20 diverged.
+  rungs=("h32 130 --config.truth.epochs=10"
+    "h128 110 --config.truth.epochs=5"
+    "h256 175 --config.truth.epochs=4 --config.truth.lr=10")
 fi
+[ $# -gt 0 ] && rungs=("$@")
 for rung in "${rungs[@]}"; do
   read -r name limit extra <<<"$rung"
   variant=truth,published,ladder
