@@ -1,11 +1,11 @@
 """ENAS RNN-cell search on Penn Treebank, with and without WPL.
 
 Variants (the `:arg` string; join several with commas, e.g. `cpu,wpl`):
-  paper   REFERENCE.md §4 sizes (H = 1000, 12 nodes, 150 epochs): accelerators.
+  paper   docs/method.md §4 sizes (H = 1000, 12 nodes, 150 epochs): for GPUs.
   cpu     a faithful scaled-down search + retrain for a 2-core CPU (about
           half an hour; more when the machine is shared).
   smoke   seconds: tiny sizes, 2 epochs, WPL off (add `wpl` or `clean`).
-  wpl     WPL on, reference mode (REFERENCE.md §2 constants, scaled epochs).
+  wpl     WPL on, reference mode (docs/method.md §2 constants, scaled epochs).
   clean   WPL on, clean mode (EMA Fisher, α only in the loss).
   bnbatch search evaluations normalise with each child's batch statistics.
 

@@ -141,6 +141,10 @@ def summarize(groups) -> list[dict]:
     row["tau_last"] = _ms(
       [float(np.mean([r["rank_tau"] for r in recs[-LAST_K:]])) for recs in runs]
     )
+    # The policy's exact entropy over the space at the last epoch (runs
+    # recorded before it was logged show "-"); uniform sampling: log S.
+    ent = [r["policy_entropy"] for r in last if "policy_entropy" in r]
+    row["policy_entropy"] = _ms(ent) if len(ent) == len(last) else "-"
     for k in FORGETTING:
       per_run = []
       for recs in runs:
@@ -167,6 +171,7 @@ COLUMNS = [
   ("rank_rho", "Spearman ρ"),
   ("rank_top3_hit", "top-3 hit"),
   ("rank_regret", "regret (ppl)"),
+  ("policy_entropy", "policy entropy (nats)"),
   ("diff_mean", "forget mean"),
   ("diff_best5", "forget best-5"),
   ("diff_max", "forget max"),

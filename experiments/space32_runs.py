@@ -2,13 +2,16 @@
 
   python experiments/space32_runs.py --root=runs/s32 --seeds=0,1,2 \
       [--groups=enas:off,random:reference] [--data_dir=../shared/data/ptb]
+  python experiments/space32_runs.py --variants=published,concentrate \
+      --root=runs/s32pub --seeds=0,...,11 --groups=enas:off,enas:reference,...
 
 For every policy (enas, random) × WPL (off, reference, clean) × seed not
 yet stored, runs `main.py --config=experiments/space32.py:POLICY,WPL
 --config.seed=S --workdir=ROOT/POLICY_WPL_sS` (a killed run resumes from
 its checkpoint when this is rerun), then copies its per-epoch records into
 `experiments/results/space32_runs/POLICY_WPL_sS.json` (small: one record
-per epoch) with the command and the commit, so that each finished run can
+per epoch; with --variants, `space32_runs_VARIANTS/`, the variants joined
+by "_") with the command and the commit, so that each finished run can
 be committed as it lands. `space32_report.py --runs=` reads these files
 as well as workdirs.
 """
@@ -36,6 +39,16 @@ _GROUPS = flags.DEFINE_list(
   "groups", None, "POLICY:WPL pairs (default: all 6)."
 )
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/ptb", "PTB folder.")
+_VARIANTS = flags.DEFINE_list(
+  "variants", [], "More space32.py variants for every run (e.g. published)."
+)
+
+
+def results_dir(variants: list[str]) -> pathlib.Path:
+  """Where the runs of these extra variants are stored."""
+  if not variants:
+    return RESULTS
+  return RESULTS.with_name(f"{RESULTS.name}_{'_'.join(variants)}")
 
 
 def _commit() -> str:
@@ -58,11 +71,18 @@ def main(argv):
   for g in groups:
     if len(g) != 2 or g[0] not in POLICIES or g[1] not in WPL:
       sys.exit(f"error: bad group {':'.join(g)!r}; use POLICY:WPL")
-  RESULTS.mkdir(parents=True, exist_ok=True)
+  from experiments import space32  # noqa: PLC0415
+
+  extra = list(_VARIANTS.value)
+  for v in extra:
+    if v not in space32._VARIANTS or v in POLICIES or v in WPL:  # noqa: SLF001
+      sys.exit(f"error: bad variant {v!r}; use a non-policy, non-WPL variant")
+  results = results_dir(extra)
+  results.mkdir(parents=True, exist_ok=True)
   todo = [(p, w, int(s)) for s in _SEEDS.value for p, w in groups]
   for i, (policy, wpl, seed) in enumerate(todo):
     name = f"{policy}_{wpl}_s{seed}"
-    out = RESULTS / f"{name}.json"
+    out = results / f"{name}.json"
     if out.exists():
       print(f"[{i + 1}/{len(todo)}] {name}: stored, skipped", flush=True)
       continue
@@ -70,7 +90,7 @@ def main(argv):
     cmd = [
       "python",
       "main.py",
-      f"--config=experiments/space32.py:{policy},{wpl}",
+      f"--config=experiments/space32.py:{','.join([policy, wpl, *extra])}",
       f"--data_dir={_DATA.value}",
       f"--workdir={workdir}",
       f"--config.seed={seed}",

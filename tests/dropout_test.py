@@ -1,4 +1,4 @@
-"""Dropout semantics of the shared RNN (REFERENCE.md §4), tested by effect.
+"""Dropout semantics of the shared RNN (docs/method.md §4), tested by effect.
 
 Locked masks (one per batch, the same at every time step), word-level
 embedding dropout (one keep flag per vocabulary row), inverted scaling

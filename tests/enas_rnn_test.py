@@ -65,7 +65,7 @@ def _setup(seed=0):
 
 
 def _np_forward(variables, tokens, hidden, cell, *, train, source="last"):
-  """Independent float64 NumPy ENAS cell, node by node (REFERENCE.md §4)."""
+  """Independent float64 NumPy ENAS cell, node by node (docs/method.md §4)."""
   p = jax.tree.map(lambda x: np.asarray(x, np.float64), variables["params"])
   st = jax.tree.map(
     lambda x: np.asarray(x, np.float64), variables["batch_stats"]

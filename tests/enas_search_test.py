@@ -273,7 +273,7 @@ class ReferenceModeTest(parameterized.TestCase):
       fisher=fisher, anchor=anchor
     )
 
-    # --- loss term and SGD step: NumPy transcription of REFERENCE.md §2/§4.
+    # --- loss term and SGD step: NumPy transcription of docs/method.md §2/§4.
     lr, wd, clip_g = 0.5, config.shared.weight_decay, config.shared.grad_clip
     pen_np = 0.5 * sum(
       np.sum(fisher[k][ids] * (params["cell"][k][ids] - anchor[k][ids]) ** 2)

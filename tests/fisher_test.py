@@ -242,7 +242,7 @@ class StateTest(parameterized.TestCase):
       state = fisher.update_fisher(
         state, g2, mode="reference", clip=clip, alpha=alpha
       )
-      mixed = 0.1 * f + 0.9 * 1e-3  # NumPy transcription of REFERENCE.md §2
+      mixed = 0.1 * f + 0.9 * 1e-3  # NumPy transcription of docs/method.md §2
       n = np.linalg.norm(mixed)
       f = alpha * (mixed * min(1.0, clip / n))
       np.testing.assert_allclose(state.fisher["w"], f, rtol=1e-5)

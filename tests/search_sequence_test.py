@@ -1,6 +1,6 @@
 """The search loop's order of operations, step by step on a tiny model.
 
-REFERENCE.md §2 fixes the sequence of one architecture's turn: train its
+docs/method.md §2 fixes the sequence of one architecture's turn: train its
 batches (loss = CE + α-weighted WPL), score it on the forgetting batch
 (err1), then estimate its Fisher, update the running F and re-anchor every
 edge before the next architecture; F is zeroed every `reset_every` epochs.

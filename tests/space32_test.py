@@ -163,6 +163,41 @@ class SpaceTest(absltest.TestCase):
     )(archs)
     np.testing.assert_allclose(jnp.sum(jnp.exp(logp)), 1.0, rtol=1e-5)
 
+  def test_policy_entropy(self):
+    c, archs = _space()
+    c.model.vocab_size = 20
+    model = enas_steps.make_model(c)
+    # Sharpened logits: the policy is far from uniform.
+    params = controller.init_params(key=jax.random.key(4), num_nodes=3)
+    params = jax.tree.map(lambda x: 30.0 * x, params)
+    steps = enas_steps.Steps(model=model, config=c)
+    got = float(steps.policy_entropy(params, archs))
+    # Independently: one teacher-forced score per cell, in a Python loop.
+    first = enas_steps.fixed_first_activation(c)
+    p = np.exp(
+      [
+        float(
+          controller.log_prob(
+            params,
+            a,
+            temperature=c.controller.temperature,
+            tanh_constant=c.controller.tanh_constant,
+            fixed_first_activation=first,
+          )[0]
+        )
+        for a in search_space.unstack(archs)
+      ]
+    )
+    self.assertAlmostEqual(p.sum(), 1.0, places=4)
+    want = -np.sum(p * np.log(p))
+    self.assertAlmostEqual(got, want, places=4)
+    self.assertLess(got, np.log(32) - 0.1)
+    c.search.policy = "random"
+    steps = enas_steps.Steps(model=model, config=c)
+    self.assertAlmostEqual(
+      float(steps.policy_entropy(params, archs)), np.log(32), places=5
+    )
+
   def test_unknown_first_activation(self):
     c = space32.get_config("enas,smoke")
     c.search.fixed_first_activation = "gelu"
@@ -529,6 +564,8 @@ class SmokeTest(absltest.TestCase):
       self.assertGreaterEqual(rec["rank_regret"], 0.0)
       # A random search trains no controller.
       self.assertIsNone(rec["reward"])
+      self.assertAlmostEqual(rec["policy_entropy"], np.log(32), places=5)
+      self.assertAlmostEqual(rec["uniform_entropy"], np.log(32), places=5)
     r = subprocess.run(
       [
         sys.executable,

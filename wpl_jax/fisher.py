@@ -5,7 +5,7 @@ Three estimators, by name, all returning a pytree shaped like `params`:
 * ``per_example``: the empirical Fisher, mean over examples of the squared
   per-example gradient, `F = 1/B Σ_b (∇ℓ_b)²`.
 * ``batch_grad_squared``: the square of the batch-mean gradient,
-  `F = (1/B Σ_b ∇ℓ_b)²`. This is what the reference code uses (REFERENCE.md
+  `F = (1/B Σ_b ∇ℓ_b)²`. This is what the reference code uses (docs/method.md
   §2); it is cheaper and biased (cross-example terms do not vanish).
 * ``sampled``: the true Fisher,
   `F = 1/B Σ_b E_{y~p_θ(·|x_b)} (∇ log p_θ(y|x_b))²`, with one
@@ -310,7 +310,7 @@ class FisherState(NamedTuple):
 
   Attributes:
     fisher: the stored diagonal Fisher F (in ``reference`` mode it already
-      includes α, REFERENCE.md §2).
+      includes α, docs/method.md §2).
     anchor: θ̂, the weights as the earlier model(s) left them.
   """
 
@@ -382,7 +382,7 @@ def update_fisher(
   Two accumulation rules for a sequence of models 1..k (F_j: the Fisher of
   model j at its final weights θ_j, d = `decay`):
 
-  `rule="ema"` (the reference code's, REFERENCE.md §2):
+  `rule="ema"` (the reference code's, docs/method.md §2):
     `clean`:      F ← clip((1 − decay)·F + decay·F_new)
     `reference`:  F ← α · clip_fro((1 − decay)·F + decay·F_new, clip)
     so from F = 0, after k models F = Σ_j d·(1 − d)^(k−j)·F_j: old models
@@ -399,7 +399,7 @@ def update_fisher(
       state = consolidate(state, theta_j, f_j, rule="sum")
     penalty = wpl_penalty(params, state.anchor, state.fisher, alpha=a)
 
-  In ``reference`` mode α multiplies the stored state (REFERENCE.md §2), so
+  In ``reference`` mode α multiplies the stored state (docs/method.md §2), so
   it compounds: under repeated updates every touched matrix saturates at
   ‖F‖_F = α·clip exactly. In ``clean`` mode `alpha` must be left at 1 and α
   belongs in the loss (`wpl_penalty(..., alpha=α)`).

@@ -1,6 +1,6 @@
 """The weight plasticity loss (WPL): a pure penalty and its optax transform.
 
-Paper §3 (REFERENCE.md §1): a Laplace approximation of the earlier model's
+Paper §3 (docs/method.md §1): a Laplace approximation of the earlier model's
 posterior with a diagonal Fisher gives, on the shared parameters θs only,
 
     L_WPL = L(θ) + α/2 Σ_i F_i (θs_i − θ̂s_i)²

@@ -1,6 +1,6 @@
 """Which leaves are shared: boolean mask pytrees from path regexes or callables.
 
-Shared vs private is data, not class structure (DESIGN.md): one params tree
+Shared vs private is data, not class structure: one params tree
 holds every leaf once, and a mask tree of the same structure says which leaves
 the weight plasticity loss touches.
 

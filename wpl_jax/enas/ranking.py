@@ -1,4 +1,4 @@
-"""Rankings of a small ENAS space against its ground truth (REFERENCE.md §5).
+"""Rankings of a small ENAS space against its ground truth (docs/method.md §5).
 
 Pure NumPy/SciPy on per-architecture values (lower perplexity = better):
 Kendall τ and Spearman ρ between two rankings, whether the true best cell
@@ -31,7 +31,7 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
   `a`, `b`: [K] values (perplexities), entry k for architecture k.
 
   `scipy.stats.kendalltau` on the values themselves (a true rank
-  correlation, REFERENCE.md §5); 1 = same order, -1 = reversed, ~0 = unrelated.
+  correlation, docs/method.md §5); 1 = same order, -1 = reversed, 0 = unrelated.
   NaN if either input is constant.
   """
   a, b = _pair(a, b)

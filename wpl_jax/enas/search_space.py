@@ -10,7 +10,7 @@ import numpy as np
 
 from wpl_jax.types import Array, ArrayLike, PRNGKey
 
-# Fixed order: an activation id indexes this tuple (REFERENCE.md §4).
+# Fixed order: an activation id indexes this tuple (docs/method.md §4).
 ACTIVATIONS = ("tanh", "relu", "identity", "sigmoid")
 NUM_ACTIVATIONS = len(ACTIVATIONS)
 # Value of `parents[0]`: node 0 reads x_t and h_{t-1}, not an earlier node.
@@ -26,7 +26,7 @@ class Arch:
   Node j >= 1 reads node `parents[j]` (an earlier node) through edge
   `edge_index(parents[j], j)` and applies activation
   `ACTIVATIONS[activations[j]]`; node 0 reads the input and the previous
-  hidden state and applies `ACTIVATIONS[activations[0]]` (REFERENCE.md §4).
+  hidden state and applies `ACTIVATIONS[activations[0]]` (docs/method.md §4).
 
   Attributes:
     activations: int32[..., N], activation id of every node, node 0 included.
@@ -94,7 +94,7 @@ def edge_mask(arch: Arch, num_nodes: int | None = None) -> Array:
 def leaf_mask(arch: Arch) -> Array:
   """Returns bool[..., N]: nodes that no other node uses as its parent.
 
-  The cell output is the mean of these nodes (REFERENCE.md §4). Node N-1 is
+  The cell output is the mean of these nodes (docs/method.md §4). Node N-1 is
   always a leaf; node 0 never is when N >= 2 (node 1 reads it).
   """
   used = jax.nn.one_hot(
@@ -127,7 +127,7 @@ def sample_uniform(
     key: a JAX PRNG key (consumed).
     num_nodes: N >= 1.
     fixed_first_activation: None, an activation name or an id; when set,
-      node 0 always uses it (the reduced space of REFERENCE.md §5).
+      node 0 always uses it (the reduced space of docs/method.md §5).
 
   Returns:
     An `Arch` with int32[N] fields.
@@ -183,7 +183,7 @@ def enumerate_space(num_nodes: int, *, fixed_first_activation=None) -> Arch:
   Order is lexicographic in the controller's decision order (activation of
   node 0, then (parent, activation) of nodes 1..N-1). With `num_nodes=3`
   and node 0's activation fixed this is the 32-cell space of
-  REFERENCE.md §5.
+  docs/method.md §5.
 
   Args:
     num_nodes: N >= 1.

@@ -1,6 +1,6 @@
 """WPL on the ENAS supernet: penalty, Fisher and anchor on an arch's edges.
 
-REFERENCE.md §2: only the per-edge matrices W^h[i→j], W^c[i→j] of the edges
+docs/method.md §2: only the per-edge matrices W^h[i→j], W^c[i→j] of the edges
 the *currently sampled* architecture uses are penalised; the embedding,
 node-0 weights and batch-norm never are. The architecture is data, so the
 set of edges is computed from the `Arch` arrays inside the jitted step:
@@ -145,7 +145,7 @@ def update_after_arch(
   decay: float,
   clip: float | None,
 ) -> fisher_lib.FisherState:
-  """End of one architecture's turn (REFERENCE.md §2).
+  """End of one architecture's turn (docs/method.md §2).
 
   The running Fisher is updated on the arch's edges only (per-matrix
   Frobenius clip; in ``reference`` mode α is folded in and the other

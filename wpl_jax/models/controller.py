@@ -66,7 +66,7 @@ def _lstm_step(kernel, bias, carry, x):
 
 
 class Controller(nn.Module):
-  """LSTM policy over ENAS cells (REFERENCE.md §4, "Controller").
+  """LSTM policy over ENAS cells (docs/method.md §4, "Controller").
 
   Decisions come in the reference's order: node 0's activation, then for
   j = 1..N-1 node j's parent and activation. Each is read off the LSTM
@@ -91,7 +91,7 @@ class Controller(nn.Module):
     tanh_constant: exploration squash c·tanh(·) (2.5); None disables it.
     init_range: parameters ~ U(±init_range), decoder biases 0.
     fixed_first_activation: None, or the activation id that node 0 always
-      uses (the reduced space of REFERENCE.md §5): node 0's decision is
+      uses (the reduced space of docs/method.md §5): node 0's decision is
       then not a choice (log-prob 0, entropy 0, the given decision's first
       token is ignored when scoring) and its token still feeds the LSTM.
   """
@@ -119,7 +119,7 @@ class Controller(nn.Module):
     return self.embedding.shape
 
   def _squash(self, logits: Array) -> Array:
-    """tanh_constant · tanh(logits / temperature) (REFERENCE.md §4)."""
+    """tanh_constant · tanh(logits / temperature) (docs/method.md §4)."""
     logits = logits / self.temperature
     if self.tanh_constant is not None:
       logits = self.tanh_constant * jnp.tanh(logits)

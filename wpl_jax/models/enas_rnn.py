@@ -164,7 +164,7 @@ class SharedRNN(nn.Module):
 
   `apply(variables, inputs, hidden, arch, train=..., rngs=..., mutable=...)`
   runs the child network `arch` over a time-major batch. The architecture
-  is data: one compiled forward serves every `Arch` (REFERENCE.md §4).
+  is data: one compiled forward serves every `Arch` (docs/method.md §4).
 
   Variables:
     params:
@@ -178,7 +178,7 @@ class SharedRNN(nn.Module):
       batch_norm/{mean, var} [H]
   With V = 10000, H = 1000, N = 12 this is 146,014,000 parameters.
 
-  Reference behaviours kept (REFERENCE.md §4), named here once:
+  Reference behaviours kept (docs/method.md §4), named here once:
   * Batch-norm runs per time step on the [B, H] cell output (the reference
     calls BatchNorm1d inside the time loop): training normalises with the
     biased batch variance and moves the running stats once per step with
@@ -391,7 +391,7 @@ class SharedRNN(nn.Module):
 
     def step(carry, xz_Bx2H):
       h_prev, mean, var = carry
-      # Node 0 reads x_t and h_{t-1} (REFERENCE.md §4).
+      # Node 0 reads x_t and h_{t-1} (docs/method.md §4).
       z = xz_Bx2H + tap.dense("node0_h", h_prev, w_h0)
       nodes = jnp.zeros((n, batch, h), h_prev.dtype)
       nodes = nodes.at[0].set(_highway(z, h_prev, acts[0]))
@@ -693,7 +693,7 @@ def validation_perplexity(
 
   The hidden state is carried from batch to batch (`lax.scan`), and every
   token counts once: exp of the mean cross-entropy over all N·T·B tokens
-  (unlike the reference's `evaluate()`, REFERENCE.md §4 "known faults").
+  (unlike the reference's `evaluate()`, docs/method.md §4 "known faults").
 
   Args:
     model, variables: the shared model and its variables.

@@ -1,9 +1,9 @@
 """ENAS RNN-cell search on PTB, with or without WPL; then derive and retrain.
 
-Per epoch (REFERENCE.md §4): shared training (S sampled architectures × B
+Per epoch (docs/method.md §4): shared training (S sampled architectures × B
 batches each; with WPL, after each architecture a Fisher estimate on one
 validation batch, the running update on its edges and re-anchoring of all
-edges, REFERENCE.md §2), the forgetting metric (each architecture's
+edges, docs/method.md §2), the forgetting metric (each architecture's
 validation perplexity on a fixed batch right after its training, err1,
 and again at the end of the epoch in one vmapped call, err2), then C
 controller steps; every D epochs, derive the best of M sampled cells.
@@ -427,7 +427,7 @@ def search(
       if ranker is not None and (
         (epoch + 1) % s.rank_every == 0 or epoch + 1 == s.epochs
       ):
-        record.update(ranker(state["shared"]))
+        record.update(ranker(state["shared"], state["controller"].params))
       if (epoch + 1) % s.derive_every == 0 or epoch + 1 == s.epochs:
         best, best_ppl = _derive(
           config,

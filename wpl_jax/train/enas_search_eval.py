@@ -29,7 +29,9 @@ class _Ranker:
   """Scores every cell of the space with the shared weights (held-out split).
 
   Logs the shared-weight perplexity of each cell, the shared ranking's best
-  cell and, with a stored ground truth (`search.truth_path`), Kendall τ,
+  cell, the search policy's exact entropy over the space
+  (`policy_entropy`, nats; `uniform_entropy` = log S beside it) and, with a
+  stored ground truth (`search.truth_path`), Kendall τ,
   Spearman ρ, top-3 hit and regret against it (`wpl_jax.enas.ranking`).
   With a `mesh` of D devices and D | S the S cells are split S / D per
   device (as `enas_truth` does), else every device scores all of them.
@@ -45,6 +47,7 @@ class _Ranker:
     self.x, self.y, self.mask = heldout
     self.count = float(self.mask.sum())
     self.fn = jax.jit(steps.eval_archs_windows)
+    self.entropy = jax.jit(steps.policy_entropy)
     if mesh is not None:
       self.fn = _split_cells(steps.eval_archs_windows, mesh, len(self.names))
     self.truth = None
@@ -52,13 +55,17 @@ class _Ranker:
     if path:
       self.truth = ranking.truth_for(path, self.names)
 
-  def __call__(self, shared) -> dict:
+  def __call__(self, shared, ctrl_params=None) -> dict:
+    """The record's ranking fields; `ctrl_params` for the policy entropy."""
     nll = np.asarray(self.fn(shared, self.archs, self.x, self.y, self.mask))
     ppl = np.exp(nll / self.count)
     out = {
       "rank_shared_ppl": ppl.tolist(),
       "rank_best": self.names[int(np.argmin(ppl))],
     }
+    if ctrl_params is not None:
+      out["policy_entropy"] = float(self.entropy(ctrl_params, self.archs))
+      out["uniform_entropy"] = float(np.log(len(self.names)))
     if self.truth is not None:
       stats = ranking.ranking_stats(ppl, self.truth, k=3)
       out.update({f"rank_{k}": v for k, v in stats.items()})

@@ -1,8 +1,8 @@
 """Pure, jit-once step functions of the ENAS search (shared, WPL, controller).
 
 Every function takes the architecture as data, so each is compiled once per
-search whatever architectures are sampled (DESIGN.md "Architecture is
-data"). The caller (`train.enas_search`) owns `jax.jit`.
+search whatever architectures are sampled (the architecture is data,
+docs/method.md §4). The caller (`train.enas_search`) owns `jax.jit`.
 """
 
 import dataclasses
@@ -75,7 +75,7 @@ def fixed_first_activation(config: ml_collections.ConfigDict) -> int | None:
   """Node 0's fixed activation id of the space, or None (a free choice).
 
   `config.search.fixed_first_activation` is "" (none) or an activation
-  name; "tanh" with `num_nodes=3` is the 32-cell space of REFERENCE.md §5.
+  name; "tanh" with `num_nodes=3` is the 32-cell space of docs/method.md §5.
   """
   name = config.search.get("fixed_first_activation", "")
   if not name:
@@ -583,7 +583,7 @@ class Steps:
   ) -> tuple[ControllerState, Array, dict[str, Array]]:
     """One REINFORCE step on K sampled archs (K = 1 in the reference).
 
-    R = reward_c / perplexity of the validation batch (REFERENCE.md §4).
+    R = reward_c / perplexity of the validation batch (docs/method.md §4).
     `controller.reward_form` "per_decision" (ENAS-pytorch's form): decision
     t of a cell gets reward R + entropy_coef · H_t and its own moving-average
     baseline b_t (a [2N-1] vector); "sequence": every decision gets the
@@ -657,6 +657,22 @@ class Steps:
       "tanh_constant": c.tanh_constant,
       "fixed_first_activation": fixed_first_activation(self.config),
     }
+
+  def policy_entropy(self, ctrl_params: Params, archs: Arch) -> Array:
+    """Exact entropy (nats) of the search policy over the cells `archs`.
+
+    `archs` must be the whole space (int32[S, N] fields): the controller's
+    probability of every cell (teacher-forced, `controller.log_prob`) gives
+    -Σ p log p; the uniform policy's is log S. Uniform sampling over the
+    32-cell space has 3.466 nats; a controller that concentrates has less.
+    """
+    s = jax.tree.leaves(archs)[0].shape[0]
+    if search_policy(self.config) == "random":
+      return jnp.log(jnp.float32(s))
+    logp = jax.vmap(
+      lambda a: controller_lib.log_prob(ctrl_params, a, **self._policy_kw())[0]
+    )(archs)
+    return -jnp.sum(jnp.exp(logp) * logp)
 
   def sample(self, ctrl_params: Params, *, key: PRNGKey, k: int) -> Arch:
     """K architectures from the search policy (one vmapped call).

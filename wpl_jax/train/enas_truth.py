@@ -1,6 +1,6 @@
 """Ground truth of a small ENAS space: every cell trained on its own.
 
-All S cells of the space (32 for the reduced space of REFERENCE.md §5) are
+All S cells of the space (32 for the reduced space of docs/method.md §5) are
 trained from scratch as standalone language models, in one compiled
 program over the stacked architectures: the cell is data, so one compile
 trains all of them (`lax.map` over the architecture axis, vmapped in

@@ -56,7 +56,7 @@ def perplexity(
   `batch_size` = 1 every token is scored; otherwise the last
   len(ids) mod batch_size tokens are dropped) and walked in BPTT windows
   with the hidden state carried, dividing by the number of tokens scored
-  (not the reference's partial evaluation, REFERENCE.md §4). With a
+  (not the reference's partial evaluation, docs/method.md §4). With a
   `mesh` the windows and hidden state are split on B over its devices.
   """
   src = ptb.batchify(ids, batch_size)

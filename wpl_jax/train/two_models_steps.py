@@ -176,7 +176,7 @@ def fisher_of_a(
   minibatches of `batch_size`; the estimator runs on each and the results are
   averaged. For ``batch_grad_squared`` this is the mean over minibatches of
   the squared minibatch-mean gradient (the reference code's kind of estimate,
-  REFERENCE.md §2); for the other two it equals the estimate on all examples.
+  docs/method.md §2); for the other two it equals the estimate on all examples.
   Leaves outside `mask` are set to zero. With normalize="mean", F is divided
   by its mean over the masked entries, so that alpha has the same meaning for
   every estimator and for the uniform `l2` pull (F = 1).
