@@ -49,14 +49,9 @@ if __name__ == "__main__":
 from absl import app, flags  # noqa: E402 (after the restart)
 from ml_collections import config_flags  # noqa: E402
 
-from wpl_jax import workdir as workdir_lib  # noqa: E402
+from wpl_jax.runtime import experiments  # noqa: E402
+from wpl_jax.runtime import workdir as workdir_lib  # noqa: E402
 
-# config.experiment -> module exposing train_and_evaluate(config, workdir).
-_EXPERIMENTS = {
-  "two_models": "wpl_jax.train.two_models",
-  "enas_ptb": "wpl_jax.train.enas_search",
-  "enas_truth": "wpl_jax.train.enas_truth",
-}
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT = os.path.join(_HERE, "experiments", "two_models.py")
 
@@ -158,13 +153,13 @@ def main(argv: list[str]) -> None:
     experiment = config.experiment
   except (flags.Error, ValueError, OSError) as e:
     _fail(e)
-  if len(argv) > 1 or experiment not in _EXPERIMENTS:
+  if len(argv) > 1 or experiment not in experiments.STUDIES:
     _fail(
       f"unexpected arguments {argv[1:]} or unknown experiment "
-      f"{config.experiment!r} (known: {', '.join(_EXPERIMENTS)})"
+      f"{config.experiment!r} (known: {', '.join(experiments.STUDIES)})"
     )
   try:
-    module = importlib.import_module(_EXPERIMENTS[config.experiment])
+    module = experiments.load(config.experiment)
     with config.unlocked():
       config.data_dir = _DATA_DIR.value or config.get("data_dir", "")
     workdir = _WORKDIR.value or os.path.join(
@@ -183,7 +178,7 @@ def main(argv: list[str]) -> None:
     module.train_and_evaluate(config, workdir)
     workdir_lib.finish(workdir)
   except (ValueError, OSError) as e:  # DataError, NonFiniteError included
-    if type(e).__name__ == "SaveError":  # wpl_jax.checkpoint.SaveError
+    if type(e).__name__ == "SaveError":  # wpl_jax.runtime.checkpoint.SaveError
       # A save that failed inside orbax can leave a thread that blocks the
       # interpreter's exit: say so and leave at once.
       print(f"error: {_message(e)}", file=sys.stderr, flush=True)
@@ -200,7 +195,7 @@ def main(argv: list[str]) -> None:
   except Exception as e:
     # A stop at SIGTERM/SIGINT after a checkpoint (the module is loaded by
     # then; importing it here keeps orbax out of a bad flag's start-up).
-    from wpl_jax import checkpoint  # noqa: PLC0415
+    from wpl_jax.runtime import checkpoint  # noqa: PLC0415
 
     if not isinstance(e, checkpoint.Interrupted):  # a bug: keep the traceback
       raise

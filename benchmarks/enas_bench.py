@@ -7,11 +7,10 @@ import ml_collections
 from benchmarks import fisher_bench
 from benchmarks.common import Case, CompileCounter, measure
 from experiments import enas_ptb
-from wpl_jax.enas import sampler, search_space
+from wpl_jax.enas import controller as controller_lib
+from wpl_jax.enas import sampler, search_space, supernet
 from wpl_jax.enas import wpl as enas_wpl
-from wpl_jax.models import controller as controller_lib
-from wpl_jax.models import enas_rnn
-from wpl_jax.train import enas_steps
+from wpl_jax.enas.train import steps as enas_steps
 
 EVAL_KS = (1, 8, 32)
 
@@ -33,7 +32,7 @@ def setup(config: ml_collections.ConfigDict, *, seed: int = 0) -> dict:
   model = enas_steps.make_model(config)
   steps = enas_steps.Steps(model, config)
   keys = jax.random.split(jax.random.key(seed), 5)
-  variables = enas_rnn.init_variables(model, key=keys[0])
+  variables = supernet.init_variables(model, key=keys[0])
   params = variables["params"]
   tx = enas_steps.shared_optimizer(
     config.shared.grad_clip, config.shared.weight_decay
@@ -151,7 +150,7 @@ def _eval_rows(s: dict, label: str, reps: int, ks) -> list:
     return sampler.evaluate_architectures(model, v, archs, x, y, h)
 
   single = jax.jit(
-    lambda v, arch, x, y, h: enas_rnn.eval_loss(model, v, arch, x, y, h)[0]
+    lambda v, arch, x, y, h: supernet.eval_loss(model, v, arch, x, y, h)[0]
   )
   compiled = single.lower(variables, _arch(s["archs"], 0), x, y, h).compile()
   rows = []

@@ -6,8 +6,8 @@ import optax
 
 from benchmarks.common import Case, measure
 from wpl_jax import fisher, fisher_fast
-from wpl_jax.enas import edge_fisher, search_space, wpl
-from wpl_jax.models import enas_rnn, two_models
+from wpl_jax.enas import edge_fisher, search_space, supernet, wpl
+from wpl_jax.two_models import model as two_models
 
 # (width, batch) of the two-model MLP 784-width×4-10.
 MLP_SIZES = {"small": (100, 32), "large": (400, 128)}
@@ -90,11 +90,11 @@ def mlp_cases(params, batch) -> list[Case]:
 
 def enas_setup(hidden: int, nodes: int, *, seed: int = 0):
   """A shared RNN, its variables, one architecture and one batch."""
-  model = enas_rnn.SharedRNN(
+  model = supernet.SharedRNN(
     vocab_size=VOCAB, hidden_size=hidden, num_nodes=nodes
   )
   k_init, k_tok, k_arch = jax.random.split(jax.random.key(seed), 3)
-  variables = enas_rnn.init_variables(model, key=k_init)
+  variables = supernet.init_variables(model, key=k_init)
   tokens = jax.random.randint(k_tok, (ENAS_BATCH, ENAS_BPTT + 1), 0, VOCAB)
   batch = {
     "inputs": tokens[:, :-1],
@@ -114,7 +114,7 @@ def enas_losses(model, variables):
     return jnp.swapaxes(logits, 0, 1)
 
   def loss_fn(params, b, arch):
-    return enas_rnn.cross_entropy(logits_fn(params, b, arch), b["targets"])
+    return supernet.cross_entropy(logits_fn(params, b, arch), b["targets"])
 
   return loss_fn, logits_fn
 

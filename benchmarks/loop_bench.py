@@ -6,7 +6,7 @@ Usage (from the project root, on an otherwise idle machine):
   python -m benchmarks.loop_bench --hidden=200 --archs=6 --ctrl=50 \\
       --estimator=batch_grad_squared
 
-Builds the search's own state and jitted steps (`enas_search._init_state`,
+Builds the search's own state and jitted steps (`enas_search.init_state`,
 `place_state`, `jit_steps`: the same donation and shardings) for
 `enas_ptb:paper,wpl` at width H (N = 12, V = 10000, batch 64 × 35, random
 tokens), then runs the epoch's sequence for `--archs` architectures: sample,
@@ -51,7 +51,8 @@ def main() -> None:
 
   from experiments import enas_ptb  # noqa: PLC0415
   from wpl_jax.enas import search_space  # noqa: PLC0415
-  from wpl_jax.train import enas_search, enas_steps  # noqa: PLC0415
+  from wpl_jax.enas.train import search as enas_search
+  from wpl_jax.enas.train import steps as enas_steps
 
   c = enas_ptb.get_config("paper,wpl")
   c.model.hidden, c.model.vocab_size = args.hidden, 10000
@@ -61,7 +62,7 @@ def main() -> None:
   steps = enas_steps.Steps(model=model, config=c)
   mesh = enas_search.make_mesh(c)
   state = enas_search.place_state(
-    enas_search._init_state(c, model, jax.random.key(0)),  # noqa: SLF001
+    enas_search.init_state(c, model, jax.random.key(0)),
     mesh,
   )
   fns = enas_search.jit_steps(steps, state, mesh)

@@ -9,7 +9,7 @@ Usage (from the project root):
   python -m benchmarks.mem_probe save --gb=1
       RSS during a checkpoint save of a 1.58 GB state (three [66, 1000,
       2000] float32 arrays, the paper-size params / Fisher / anchor) with
-      `wpl_jax.checkpoint.Checkpointer`; --gb=0 uses orbax's default
+      `wpl_jax.runtime.checkpoint.Checkpointer`; --gb=0 uses orbax's default
       staging instead of the shipped limit
   python -m benchmarks.mem_probe rss -- python main.py ...
       runs the command and samples its VmRSS / VmHWM from /proc every
@@ -37,7 +37,7 @@ def compiled(hidden: int) -> None:
   import jax.numpy as jnp  # noqa: PLC0415
 
   from benchmarks import enas_bench  # noqa: PLC0415
-  from wpl_jax.models import enas_rnn  # noqa: PLC0415
+  from wpl_jax.enas import supernet
 
   c = enas_bench.config_at("large", wpl=True)
   c.model.hidden, c.model.num_nodes = hidden, 12
@@ -46,12 +46,12 @@ def compiled(hidden: int) -> None:
   arch = jax.tree.map(lambda x: x[0], s["archs"])
   st, key = s["steps"], s["key"]
   batch = (arch, s["inputs"], s["targets"], s["hidden"])
-  hand = enas_rnn._highway  # noqa: SLF001
+  hand = supernet.highway
   for name, highway in (
     ("hand-written VJP", hand),
-    ("autodiff", lambda z, h, a: enas_rnn._highway_parts(z, h, a)[0]),  # noqa: SLF001
+    ("autodiff", lambda z, h, a: supernet.highway_parts(z, h, a)[0]),
   ):
-    enas_rnn._highway = highway  # noqa: SLF001 (read when traced)
+    supernet.highway = highway
     step = jax.jit(st.shared_step, donate_argnums=(0,)).lower(
       s["shared"], s["wpl"], *batch, jnp.float32(0.1), jnp.float32(1), key=key
     )
@@ -68,14 +68,14 @@ def compiled(hidden: int) -> None:
         f"{m.alias_size_in_bytes / 1e6:.0f} MB)",
         flush=True,
       )
-  enas_rnn._highway = hand  # noqa: SLF001
+  supernet.highway = hand
 
 
 def save(gb: float) -> None:
   import jax  # noqa: PLC0415
   import orbax.checkpoint as ocp  # noqa: PLC0415
 
-  from wpl_jax import checkpoint  # noqa: PLC0415
+  from wpl_jax.runtime import checkpoint  # noqa: PLC0415
 
   state = {
     f"x{i}": jax.random.normal(jax.random.key(i), (66, 1000, 2000))
@@ -85,9 +85,9 @@ def save(gb: float) -> None:
   with tempfile.TemporaryDirectory() as d:
     ckpt = checkpoint.Checkpointer(pathlib.Path(d) / "ckpt")
     if not gb:  # orbax's default staging (all of the state at once)
-      ckpt._manager = ocp.CheckpointManager(  # noqa: SLF001
+      ckpt._manager = ocp.CheckpointManager(
         ckpt.directory,
-        options=ckpt._options,  # noqa: SLF001
+        options=ckpt._options,
       )
     time.sleep(1.0)  # let the allocator settle after the draws
     before = _status_kb("self", "VmRSS")

@@ -6,7 +6,7 @@
   python -m benchmarks.sharding_bench --paper    # paper-size memory table
 
 The loops' own jitted steps (`enas_search.jit_steps`, the two-model
-`_data_parallel` step) time one ENAS shared step (WPL on) and one two-model
+`data_parallel` step) time one ENAS shared step (WPL on) and one two-model
 optimiser step with the batch split over 1 and over 4 devices of one
 process. XLA's host-device count is fixed when JAX starts, so the rows
 are measured in a subprocess started with
@@ -55,11 +55,13 @@ from benchmarks.common import (
   measure,
 )
 from experiments import two_models
-from wpl_jax import sharding
 from wpl_jax.enas import search_space
-from wpl_jax.models import two_models as model_lib
-from wpl_jax.train import enas_search, enas_steps, two_models_train
-from wpl_jax.train import two_models_steps as tm
+from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.runtime import sharding
+from wpl_jax.two_models import model as model_lib
+from wpl_jax.two_models import steps as tm
+from wpl_jax.two_models import train as two_models_train
 
 DEVICES = 4
 
@@ -87,7 +89,7 @@ def _enas_step(config, model, mesh, tokens, arch):
   """(jitted shared step, its args) as `enas_search.jit_steps` builds it,
   but not donated: every call reuses the same state."""
   steps = enas_steps.Steps(model=model, config=config)
-  init = jax.jit(lambda k: enas_search._init_state(config, model, k))
+  init = jax.jit(lambda k: enas_search.init_state(config, model, k))
   state = enas_search.place_state(init(jax.random.key(0)), mesh)
   xs, ys = sharding.shard_batch((tokens[:-1], tokens[1:]), mesh, axis=1)
   args = (
@@ -124,7 +126,7 @@ def _mlp_step(width, mesh, x, y):
   )
   batch = sharding.shard_batch((x, y), mesh, axis=0)
   step = jax.jit(
-    two_models_train._data_parallel(
+    two_models_train.data_parallel(
       functools.partial(
         tm.train_step, loss_fn=lambda q, bb: (tm.loss_a(q, bb), {}), tx=tx
       ),
@@ -221,7 +223,7 @@ def _paper_child() -> list[dict]:
     model = enas_steps.make_model(c)
     steps = enas_steps.Steps(model=model, config=c)
     shapes = jax.eval_shape(
-      lambda k, c=c, m=model: enas_search._init_state(c, m, k),
+      lambda k, c=c, m=model: enas_search.init_state(c, m, k),
       jax.random.key(0),
     )
     placed = sharding.tree_shardings(shapes, mesh, sharding.edge_rules(mesh))

@@ -4,7 +4,7 @@
 
 Times, at the space32 sizes (H = 32, 3 nodes, V = 10k, 64 × 35 tokens):
 (1) one cell's training step with the full [T, B, V] logits and with the
-chunked decoder (`enas_rnn.chunked_cross_entropy`), and (2) one step of
+chunked decoder (`supernet.chunked_cross_entropy`), and (2) one step of
 all 32 cells in one jitted program: a full `vmap` over the cells, and
 `lax.map` over them in vmapped groups of 1, 4 and 8 (`truth.arch_batch`),
 against 32 calls of the single-cell step. Prints a Markdown table with
@@ -39,7 +39,7 @@ def main(argv=None):
   p.add_argument("--reps", type=int, default=3)
   args = p.parse_args(argv)
   from experiments import space32  # noqa: PLC0415
-  from wpl_jax.train import enas_truth  # noqa: PLC0415
+  from wpl_jax.enas.train import truth as enas_truth  # noqa: PLC0415
 
   rows = []
   x = jnp.asarray(np.random.default_rng(0).integers(0, 10000, (35, 64)))

@@ -143,7 +143,7 @@ def main() -> None:
         if held:
           cell = jax.tree.map(jax.lax.stop_gradient, params["cell"])
           params = {**params, "cell": cell}
-        ce, _, _ = s["steps"]._train_ce(  # noqa: SLF001
+        ce, _, _ = s["steps"].train_ce(
           params,
           sh.batch_stats,
           s["inputs"],
@@ -178,22 +178,22 @@ def main() -> None:
   elif args.what == "eval_vmap":
     cases = _eval_vmap_cases(jax, jnp, enas_bench, args.hidden)
   elif args.what == "highway":
-    from wpl_jax.models import enas_rnn  # noqa: PLC0415
+    from wpl_jax.enas import supernet
 
-    hand = enas_rnn._highway  # noqa: SLF001
+    hand = supernet.highway
     cases = {}
     for name, highway in (
-      ("autodiff", lambda z, h, a: enas_rnn._highway_parts(z, h, a)[0]),  # noqa: SLF001
+      ("autodiff", lambda z, h, a: supernet.highway_parts(z, h, a)[0]),
       ("custom_vjp", hand),
     ):
-      enas_rnn._highway = highway  # noqa: SLF001 (read when traced)
+      supernet.highway = highway
       fns = build()
       for k in ("step", "fisher"):
         jax.block_until_ready(fns[k]())  # traced with this node update
       print(f"{name}: XLA temporary memory (MB) {fns['temp_mb']()}")
       cases[f"shared_step {name}"] = fns["step"]
       cases[f"fisher_step {name}"] = fns["fisher"]
-    enas_rnn._highway = hand  # noqa: SLF001
+    supernet.highway = hand
   elif args.what == "precision":
     # Each case is traced (and compiled) under its own matmul precision:
     # the platform's default and config.precision's "float32" (highest).
@@ -241,7 +241,7 @@ def main() -> None:
 def _pieces(jax, jnp, enas_bench, hidden: int, reps: int) -> None:
   """GFLOP/s of the step's halves, a bare matmul chain and the ceiling."""
   from benchmarks.ceiling import matmul_flops  # noqa: PLC0415
-  from wpl_jax.models import enas_rnn  # noqa: PLC0415
+  from wpl_jax.enas import supernet
 
   c = enas_bench.config_at("large", wpl=True)
   c.model.hidden, c.model.num_nodes = hidden, 12
@@ -253,13 +253,13 @@ def _pieces(jax, jnp, enas_bench, hidden: int, reps: int) -> None:
   probe = jax.random.normal(jax.random.key(1), (t, b, hidden))
 
   def recurrence(p):  # cell forward + backward, no decoder
-    out, _, _ = st._train_forward(  # noqa: SLF001
+    out, _, _ = st.train_forward(
       p, sh.batch_stats, x, h, arch, key, decode=False
     )
     return jnp.sum(out * probe)
 
   def decoder(p, o):
-    return enas_rnn.chunked_nll_sum(p, o, y, chunk=c.model.ce_chunk)
+    return supernet.chunked_nll_sum(p, o, y, chunk=c.model.ce_chunk)
 
   n_mm = t * c.model.num_nodes  # node 0's recurrent matmul + 11 edges
   w = 0.01 * jax.random.normal(jax.random.key(2), (n_mm, hidden, 2 * hidden))
@@ -299,12 +299,12 @@ def _pieces(jax, jnp, enas_bench, hidden: int, reps: int) -> None:
 
 def _eval_vmap_cases(jax, jnp, enas_bench, hidden: int) -> dict:
   """controller_step / eval_archs at K = 1: as shipped, and vmapped."""
-  from wpl_jax.train import enas_steps  # noqa: PLC0415
+  from wpl_jax.enas.train import steps as enas_steps  # noqa: PLC0415
 
   class VmapSteps(enas_steps.Steps):
-    """`_eval_many` as before: a vmap even over one arch."""
+    """`eval_many` as before: a vmap even over one arch."""
 
-    def _eval_many(self, shared, archs, inputs_TxB, targets_TxB, hidden_BxH):
+    def eval_many(self, shared, archs, inputs_TxB, targets_TxB, hidden_BxH):
       variables = {"params": shared.params, "batch_stats": shared.batch_stats}
 
       def one(arch):

@@ -11,8 +11,8 @@ from benchmarks.common import Case, measure
 from wpl_jax import loss as loss_lib
 from wpl_jax import partition
 from wpl_jax.enas import wpl as enas_wpl
-from wpl_jax.models import two_models
-from wpl_jax.train import two_models as train_two
+from wpl_jax.two_models import model as two_models
+from wpl_jax.two_models import study as train_two
 
 PLAIN = "step without WPL"
 NUM_SHARED = 3  # B shares A's first 3 of 4 hidden layers (the study's max).

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from wpl_jax import metrics as metrics_lib
+from wpl_jax.runtime import metrics as metrics_lib
 
 _RUNS = flags.DEFINE_multi_string("run", [], "LABEL:WORKDIR, repeatable.")
 _OUT = flags.DEFINE_string("out", "runs/compare", "Output folder.")

@@ -32,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   # Matmul precision: "float32" (exact, as the reference computes), "tf32",
   # "bf16" or "default" (the platform's: TF32 on recent NVIDIA GPUs);
-  # wpl_jax/platform_defaults.py. Not resumable.
+  # wpl_jax/runtime/platform_defaults.py. Not resumable.
   c.precision = "float32"
   c.data_dir = ""  # Folder with ptb.{train,valid,test}.txt; set --data_dir.
   c.num_devices = 0  # Local devices the batch is split over (0 = all).
@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.cell_output = "leaves"
   m.batch_norm = True
   # Tokens per decoder chunk: the fused decoder + cross-entropy never holds
-  # the [T·B, V] logits (0 = whole logits; enas_rnn.chunked_nll_sum). 0.90×
+  # the [T·B, V] logits (0 = whole logits; supernet.chunked_nll_sum). 0.90×
   # the step at H = 200, 0.85× at H = 400 (WORKSPACE §6.2).
   m.ce_chunk = 256
   # `unroll` of the scan over a cell's nodes (0 = fully): 0.88× the shared
@@ -75,7 +75,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   s.grad_clip = 0.25  # Global gradient norm.
   s.weight_decay = 1e-7
 
-  # type_safe=False: "auto" fields (wpl_jax.platform_defaults) take ints too.
+  # type_safe=False: "auto" fields (wpl_jax.runtime.platform_defaults) take
+  # ints too.
   c.search = se = ml_collections.ConfigDict(type_safe=False)
   se.epochs = 150
   se.archs_per_epoch = 61  # S architectures per epoch ...

@@ -270,7 +270,7 @@ def _second_round(case, data: pathlib.Path, tmp: pathlib.Path) -> None:
     [
       sys.executable,
       "-c",
-      "import sys, time; from wpl_jax import workdir; "
+      "import sys, time; from wpl_jax.runtime import workdir; "
       "workdir.lock(sys.argv[1]); print('locked', flush=True); time.sleep(600)",
       str(held),
     ],

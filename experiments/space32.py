@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = enas_ptb.get_config("paper")
   c.experiment = "enas_ptb"
   c.model.num_nodes = 3
-  c.model.ce_chunk = 140  # tokens per decoder chunk (enas_rnn.chunked_...)
+  c.model.ce_chunk = 140  # tokens per decoder chunk (supernet.chunked_...)
   # A 32-unit model trained for a few epochs underfits: the paper's heavy
   # dropout (0.4/0.65/0.1/0.5) only slows it down.
   c.model.dropout_output = 0.1
@@ -110,7 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   t.lr = 20.0  # SGD, cosine decay to lr · lr_final over the whole run.
   t.lr_final = 0.05
   # Cells vmapped together inside the map over cells ("auto": 1 on CPU,
-  # 32 on GPU/TPU; wpl_jax/platform_defaults.py).
+  # 32 on GPU/TPU; wpl_jax/runtime/platform_defaults.py).
   t.arch_batch = "auto"
   t.eval_arch_batch = 32
   t.eval_batch_size = 1  # 1 column: every validation token is scored.
@@ -169,8 +169,8 @@ def _off(c):
 
 
 # WPL modes exactly as in the main ENAS search's variants.
-_reference = enas_ptb._VARIANTS["wpl"]  # noqa: SLF001
-_clean = enas_ptb._VARIANTS["clean"]  # noqa: SLF001
+_reference = enas_ptb._VARIANTS["wpl"]
+_clean = enas_ptb._VARIANTS["clean"]
 
 
 def _smoke(c):

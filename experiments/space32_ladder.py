@@ -33,22 +33,28 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from wpl_jax import metrics as metrics_lib  # noqa: E402
 from wpl_jax.enas import ranking  # noqa: E402
+from wpl_jax.runtime import metrics as metrics_lib  # noqa: E402
 
 _RESULTS = _ROOT / "experiments" / "results"
-_RUNS = flags.DEFINE_list("runs", None, "Multi-seed ground-truth workdirs.")
-_OUT = flags.DEFINE_string("out", None, "Output folder.")
-_TRUTH = flags.DEFINE_string(
-  "truth",
-  str(_RESULTS / "space32_truth.json"),
-  "A stored ground truth to compare the seed mean with ('' = none).",
-)
-_PUBLISHED = flags.DEFINE_string(
-  "published",
-  str(_RESULTS / "space32_published.json"),
-  "The published order of the 32 cells.",
-)
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line (only when run as a script: tests import this file
+  beside others that define --runs)."""
+  flags.DEFINE_list("runs", None, "Multi-seed ground-truth workdirs.")
+  flags.DEFINE_string("out", None, "Output folder.")
+  flags.DEFINE_string(
+    "truth",
+    str(_RESULTS / "space32_truth.json"),
+    "A stored ground truth to compare the seed mean with ('' = none).",
+  )
+  flags.DEFINE_string(
+    "published",
+    str(_RESULTS / "space32_published.json"),
+    "The published order of the 32 cells.",
+  )
 
 
 def family(name: str) -> str:
@@ -137,7 +143,7 @@ def _space_names(config: dict) -> list[str]:
   import ml_collections  # noqa: PLC0415
 
   from wpl_jax.enas import search_space  # noqa: PLC0415
-  from wpl_jax.train import enas_steps  # noqa: PLC0415
+  from wpl_jax.enas.train import steps as enas_steps  # noqa: PLC0415
 
   archs = enas_steps.space_archs(ml_collections.ConfigDict(config))
   return [search_space.to_string(a) for a in search_space.unstack(archs)]
@@ -208,18 +214,18 @@ def figure(ladders: list[dict], path: pathlib.Path) -> None:
 
 def main(argv):
   del argv
-  if not _RUNS.value or not _OUT.value:
+  if not FLAGS.runs or not FLAGS.out:
     print("error: give --runs=DIR[,DIR...] and --out=DIR", file=sys.stderr)
     sys.exit(1)
   try:
-    published = ranking.load_published(_PUBLISHED.value)
+    published = ranking.load_published(FLAGS.published)
     ladders = [
-      ladder(pathlib.Path(r), published, _TRUTH.value) for r in _RUNS.value
+      ladder(pathlib.Path(r), published, FLAGS.truth) for r in FLAGS.runs
     ]
   except (OSError, ValueError, KeyError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
   metrics_lib.write_json(out / "ladder.json", ladders)
   md = table(ladders)
@@ -229,4 +235,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

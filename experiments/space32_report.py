@@ -32,8 +32,8 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from wpl_jax import metrics as metrics_lib  # noqa: E402
 from wpl_jax.enas import ranking  # noqa: E402
+from wpl_jax.runtime import metrics as metrics_lib  # noqa: E402
 
 _RUNS = flags.DEFINE_list("runs", None, "Run workdirs or glob patterns.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (figure, table).")
@@ -90,7 +90,7 @@ def space_names() -> list[str]:
   """The 32 cells in the order the searches log `rank_shared_ppl`."""
   from experiments import space32  # noqa: PLC0415
   from wpl_jax.enas import search_space  # noqa: PLC0415
-  from wpl_jax.train import enas_truth  # noqa: PLC0415
+  from wpl_jax.enas.train import truth as enas_truth  # noqa: PLC0415
 
   archs = enas_truth.space_archs(space32.get_config("enas"))
   return [search_space.to_string(a) for a in search_space.unstack(archs)]

@@ -27,7 +27,7 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from wpl_jax import metrics as metrics_lib  # noqa: E402
+from wpl_jax.runtime import metrics as metrics_lib  # noqa: E402
 
 RESULTS = _ROOT / "experiments" / "results" / "space32_runs"
 POLICIES = ("enas", "random")
@@ -75,7 +75,7 @@ def main(argv):
 
   extra = list(_VARIANTS.value)
   for v in extra:
-    if v not in space32._VARIANTS or v in POLICIES or v in WPL:  # noqa: SLF001
+    if v not in space32._VARIANTS or v in POLICIES or v in WPL:
       sys.exit(f"error: bad variant {v!r}; use a non-policy, non-WPL variant")
   results = results_dir(extra)
   results.mkdir(parents=True, exist_ok=True)

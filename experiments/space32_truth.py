@@ -26,8 +26,8 @@ _ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
   sys.path.insert(0, str(_ROOT))
 
-from wpl_jax import metrics as metrics_lib  # noqa: E402
 from wpl_jax.enas import ranking  # noqa: E402
+from wpl_jax.runtime import metrics as metrics_lib  # noqa: E402
 
 _RUNS = flags.DEFINE_list("runs", None, "Ground-truth workdirs, one per seed.")
 _OUT = flags.DEFINE_string("out", None, "Output JSON path.")

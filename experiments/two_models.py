@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.experiment = "two_models"  # Dispatch key of main.py.
   c.seed = 0  # Seeds seed .. seed + num_seeds - 1; A, B, data each fold it.
   # Matmul precision: "float32" (exact), "tf32", "bf16" or "default" (the
-  # platform's); wpl_jax/platform_defaults.py. Not resumable.
+  # platform's); wpl_jax/runtime/platform_defaults.py. Not resumable.
   c.precision = "float32"
   c.num_seeds = 3  # Every number is mean ± std over this many seeds.
   c.data_dir = ""  # Folder with the 4 MNIST IDX .gz files (--data_dir sets it).

@@ -219,7 +219,7 @@ class LayeringTest(absltest.TestCase):
       cwd=str(pathlib.Path(__file__).resolve().parents[1]),
     )
     loaded = out.stdout.strip()
-    for forbidden in ("wpl_jax.enas", "wpl_jax.models", "wpl_jax.train"):
+    for forbidden in ("wpl_jax.enas", "wpl_jax.two_models", "wpl_jax.runtime"):
       self.assertNotIn(forbidden, loaded)
 
 

@@ -1,4 +1,4 @@
-"""Tests for wpl_jax.models.controller: sampling and teacher-forced scores."""
+"""Tests for wpl_jax.enas.controller: sampling and teacher-forced scores."""
 
 import functools
 import math
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
+from wpl_jax.enas import controller as ctl
 from wpl_jax.enas import search_space as ss
-from wpl_jax.models import controller as ctl
 
 N, HIDDEN, K = 4, 16, 8
 

@@ -28,8 +28,10 @@ from absl.testing import absltest, parameterized
 from jax.experimental import io_callback
 
 from experiments import enas_ptb, space32
-from wpl_jax import sharding
-from wpl_jax.train import enas_search, enas_steps, enas_truth
+from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.enas.train import truth as enas_truth
+from wpl_jax.runtime import sharding
 
 S = jax.ShapeDtypeStruct
 # A typed PRNG key's shape and dtype, without allocating one.
@@ -72,7 +74,7 @@ def _shapes(tree, sharding_tree=None):
 def _search(estimator="batch_grad_squared", fisher_method="fast", vmap=None):
   """The paper-size search's jitted steps and shape-only arguments.
 
-  The state is `enas_search._init_state` as shapes, placed as `place_state`
+  The state is `enas_search.init_state` as shapes, placed as `place_state`
   places it (on this machine's mesh); the steps are `jit_steps`' own
   jitted programs (donation and output shardings included).
   """
@@ -83,7 +85,7 @@ def _search(estimator="batch_grad_squared", fisher_method="fast", vmap=None):
   model = enas_steps.make_model(c)
   steps = enas_steps.Steps(model=model, config=c, eval_vmap=vmap)
   mesh = enas_search.make_mesh(c)
-  state = jax.eval_shape(lambda k: enas_search._init_state(c, model, k), KEY)
+  state = jax.eval_shape(lambda k: enas_search.init_state(c, model, k), KEY)
   placed = sharding.tree_shardings(state, mesh, sharding.edge_rules(mesh))
   for name in ("train_hidden", "fisher_hidden", "ctrl_hidden"):
     placed[name] = sharding.batch_sharding(mesh, 0)

@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-from wpl_jax.enas import search_space
-from wpl_jax.models import enas_rnn
+from wpl_jax.enas import search_space, supernet
 
 _V, _H, _N, _T, _B = 30, 64, 3, 5, 4
 _ARCH = search_space.from_string("tanh|0:relu|1:sigmoid")
@@ -21,7 +20,7 @@ def _model(**rates):
   kw = dict(dropout_output=0.0, dropout_input=0.0, dropout_embed=0.0)
   kw["dropconnect"] = 0.0
   kw.update(rates)
-  return enas_rnn.SharedRNN(vocab_size=_V, hidden_size=_H, num_nodes=_N, **kw)
+  return supernet.SharedRNN(vocab_size=_V, hidden_size=_H, num_nodes=_N, **kw)
 
 
 def _inputs():
@@ -32,7 +31,7 @@ def _inputs():
 
 
 def _variables():
-  return enas_rnn.init_variables(_model(), key=jax.random.key(0))
+  return supernet.init_variables(_model(), key=jax.random.key(0))
 
 
 def _masks(model, key):
@@ -40,7 +39,7 @@ def _masks(model, key):
     _variables(),
     True,
     _B,
-    method=enas_rnn.SharedRNN._dropout_masks,  # noqa: SLF001
+    method=supernet.SharedRNN.dropout_masks,
     rngs={"dropout": key},
   )
 
@@ -94,7 +93,7 @@ class DropoutTest(absltest.TestCase):
       _variables(),
       False,
       _B,
-      method=enas_rnn.SharedRNN._dropout_masks,  # noqa: SLF001
+      method=supernet.SharedRNN.dropout_masks,
     )
     self.assertTrue(all(v is None for v in off.values()))
 

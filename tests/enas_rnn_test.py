@@ -1,4 +1,4 @@
-"""Tests for wpl_jax.models.enas_rnn: the shared ENAS RNN child forward."""
+"""Tests for wpl_jax.enas.supernet: the shared ENAS RNN child forward."""
 
 import functools
 
@@ -11,7 +11,7 @@ from flax import errors as flax_errors
 
 from benchmarks.ceiling import matmul_flops
 from wpl_jax.enas import search_space as ss
-from wpl_jax.models import enas_rnn
+from wpl_jax.enas import supernet
 
 V, H, N, T, B = 50, 8, 4, 5, 4
 _CELLS = (
@@ -37,7 +37,7 @@ def _model(**kwargs):
     dropconnect=0.0,
   )
   base.update(kwargs)
-  return enas_rnn.SharedRNN(**base)
+  return supernet.SharedRNN(**base)
 
 
 @functools.cache
@@ -47,7 +47,7 @@ def _setup(seed=0):
   @jax.jit
   def make(key):
     k_init, k_tok, k_h, k_mu, k_var = jax.random.split(key, 5)
-    variables = enas_rnn.init_variables(_model(), key=k_init)
+    variables = supernet.init_variables(_model(), key=k_init)
     # Non-trivial running statistics, so eval mode really uses them.
     variables["batch_stats"] = {
       "batch_norm": {
@@ -129,7 +129,7 @@ def _apply(model, variables, inputs, hidden, arch, rngs=None, **kwargs):
 
 class HighwayVjpTest(parameterized.TestCase):
   """The node update's hand-written VJP against autodiff of its formula
-  (`_highway_parts`, the four activations behind a select), per activation,
+  (`highway_parts`, the four activations behind a select), per activation,
   with exact zeros in z (relu'(0)), under jit with a traced activation id,
   and through the whole model's gradient."""
 
@@ -146,11 +146,11 @@ class HighwayVjpTest(parameterized.TestCase):
     z, h_in, g = self._data()
 
     def autodiff(z, h, a):
-      return enas_rnn._highway_parts(z, h, a)[0]
+      return supernet.highway_parts(z, h, a)[0]
 
     @jax.jit
     def both(z, h_in, g, a):
-      out, vjp = jax.vjp(lambda z, h: enas_rnn._highway(z, h, a), z, h_in)
+      out, vjp = jax.vjp(lambda z, h: supernet.highway(z, h, a), z, h_in)
       out_w, vjp_w = jax.vjp(lambda z, h: autodiff(z, h, a), z, h_in)
       return out, vjp(g), out_w, vjp_w(g)
 
@@ -170,15 +170,15 @@ class HighwayVjpTest(parameterized.TestCase):
       logits, _ = model.apply(
         {**variables, "params": params}, inputs, hidden, arch, train=False
       )
-      return enas_rnn.cross_entropy(logits, targets)
+      return supernet.cross_entropy(logits, targets)
 
     got = jax.jit(jax.grad(loss))(variables["params"])
-    hand = enas_rnn._highway
+    hand = supernet.highway
     try:
-      enas_rnn._highway = lambda z, h, a: enas_rnn._highway_parts(z, h, a)[0]
+      supernet.highway = lambda z, h, a: supernet.highway_parts(z, h, a)[0]
       want = jax.jit(jax.grad(loss))(variables["params"])
     finally:
-      enas_rnn._highway = hand
+      supernet.highway = hand
     chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
     self.assertGreater(float(jnp.abs(got["cell"]["edge_h"]).max()), 0.0)
 
@@ -208,7 +208,7 @@ class FusedDecoderLossTest(parameterized.TestCase):
   @parameterized.parameters(1, 3, 7, T * B, 2 * T * B)  # 7: padded chunks
   def test_value_and_gradients(self, chunk):
     params, out, y, w = self._data()
-    fused = functools.partial(enas_rnn.chunked_nll_sum, chunk=chunk)
+    fused = functools.partial(supernet.chunked_nll_sum, chunk=chunk)
     got = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 3)))(
       params, out, y, w
     )
@@ -217,7 +217,7 @@ class FusedDecoderLossTest(parameterized.TestCase):
 
   def test_under_vmap_and_scaled_cotangent(self):
     params, out, y, w = self._data()
-    fused = functools.partial(enas_rnn.chunked_nll_sum, chunk=3)
+    fused = functools.partial(supernet.chunked_nll_sum, chunk=3)
     outs = jnp.stack([out, 2.0 * out])
     got = jax.vmap(jax.grad(lambda o: 0.5 * fused(params, o, y, w)))(outs)
     want = jax.vmap(jax.grad(lambda o: 0.5 * self._full(params, o, y, w)))(outs)
@@ -228,14 +228,14 @@ class FusedDecoderLossTest(parameterized.TestCase):
     # Only the perturbed input's gradient is formed (symbolic zeros); it
     # must still be the right one.
     params, out, y, w = self._data()
-    fused = functools.partial(enas_rnn.chunked_nll_sum, chunk=7)
+    fused = functools.partial(supernet.chunked_nll_sum, chunk=7)
     got = jax.grad(fused, argnums=argnum)(params, out, y, w)
     want = jax.grad(self._full, argnums=argnum)(params, out, y, w)
     chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-5)
 
   def test_skips_the_embedding_gradient_when_not_needed(self):
     params, out, y, w = self._data()
-    fused = functools.partial(enas_rnn.chunked_nll_sum, chunk=5)
+    fused = functools.partial(supernet.chunked_nll_sum, chunk=5)
 
     def flops(argnums):
       jaxpr = jax.make_jaxpr(jax.grad(fused, argnums=argnums))(
@@ -252,8 +252,8 @@ class FusedDecoderLossTest(parameterized.TestCase):
     params, out, y, _ = self._data()
     logits = out @ params["embedding"].T + params["decoder_bias"][None, None]
     np.testing.assert_allclose(
-      enas_rnn.chunked_cross_entropy(params, out, y, chunk=6),
-      enas_rnn.cross_entropy(logits, y),
+      supernet.chunked_cross_entropy(params, out, y, chunk=6),
+      supernet.cross_entropy(logits, y),
       rtol=1e-6,
     )
 
@@ -305,7 +305,7 @@ class PublishedCellTest(parameterized.TestCase):
     train=(False, True),
   )
   def test_matches_numpy(self, cell, train):
-    model = enas_rnn.SharedRNN(
+    model = supernet.SharedRNN(
       vocab_size=V,
       hidden_size=H,
       num_nodes=3,
@@ -320,7 +320,7 @@ class PublishedCellTest(parameterized.TestCase):
       dropconnect=0.0,
     )
     k_init, k_tok, k_h = jax.random.split(jax.random.key(11), 3)
-    variables = enas_rnn.init_variables(model, key=k_init)
+    variables = supernet.init_variables(model, key=k_init)
     self.assertNotIn("batch_norm", variables["params"])
     tokens = jax.random.randint(k_tok, (T, B), 0, V)
     hidden = 2.0 * jax.random.normal(k_h, (B, H))
@@ -339,9 +339,9 @@ class PublishedCellTest(parameterized.TestCase):
     # On a chain the ENAS cell outputs node 2 alone; the published cell
     # the mean of nodes 1 and 2: the two options are different networks.
     kw = dict(vocab_size=V, hidden_size=H, num_nodes=3, init_range=0.5)
-    enas = enas_rnn.SharedRNN(**kw, use_batch_norm=False)
-    pub = enas_rnn.SharedRNN(**kw, use_batch_norm=False, cell_output="all")
-    variables = enas_rnn.init_variables(enas, key=jax.random.key(0))
+    enas = supernet.SharedRNN(**kw, use_batch_norm=False)
+    pub = supernet.SharedRNN(**kw, use_batch_norm=False, cell_output="all")
+    variables = supernet.init_variables(enas, key=jax.random.key(0))
     tokens = jnp.zeros((T, B), jnp.int32)
     hidden = jnp.zeros((B, H))
     arch = ss.from_string("tanh|0:relu|1:sigmoid")
@@ -358,22 +358,22 @@ class PublishedCellTest(parameterized.TestCase):
 
 class SharedRNNTest(parameterized.TestCase):
   def test_paper_size_parameter_count(self):
-    self.assertEqual(enas_rnn.paper_size_count(), 146_014_000)
+    self.assertEqual(supernet.paper_size_count(), 146_014_000)
 
   def test_tiny_param_layout(self):
     model = _model()
     shapes = jax.eval_shape(
-      lambda k: enas_rnn.init_variables(model, key=k), jax.random.key(0)
+      lambda k: supernet.init_variables(model, key=k), jax.random.key(0)
     )
     p = shapes["params"]
     e = ss.num_edges(N)
     self.assertEqual(p["cell"]["edge_h"].shape, (e, H, H))
     self.assertEqual(p["cell"]["edge_c"].shape, (e, H, H))
     want = V * H + V + 4 * H * H + 2 * H + 2 * e * H * H + 2 * H
-    self.assertEqual(enas_rnn.count_params(p), want)
+    self.assertEqual(supernet.count_params(p), want)
     self.assertEqual(shapes["batch_stats"]["batch_norm"]["var"].shape, (H,))
 
-  @parameterized.product(cell=_CELLS[:3], source=enas_rnn.HIDDEN_SOURCES)
+  @parameterized.product(cell=_CELLS[:3], source=supernet.HIDDEN_SOURCES)
   def test_eval_forward_matches_numpy(self, cell, source):
     variables, inputs, _, hidden = _setup()
     logits, new_h = _apply(
@@ -418,7 +418,7 @@ class SharedRNNTest(parameterized.TestCase):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def loss_fn(variables, arch):
-      return enas_rnn.eval_loss(model, variables, arch, inputs, targets, hidden)
+      return supernet.eval_loss(model, variables, arch, inputs, targets, hidden)
 
     losses = [float(loss_fn(variables, ss.from_string(c))[0]) for c in _CELLS]
     self.assertLen(set(losses), len(_CELLS))  # really different children
@@ -453,7 +453,7 @@ class SharedRNNTest(parameterized.TestCase):
         train=True,
         mutable=["batch_stats"],
       )
-      return enas_rnn.cross_entropy(logits, targets)
+      return supernet.cross_entropy(logits, targets)
 
     grads = jax.jit(jax.grad(loss))(variables["params"])
     for g in jax.tree.leaves(grads):
@@ -471,7 +471,7 @@ class SharedRNNTest(parameterized.TestCase):
     toks = np.random.default_rng(0).integers(0, V, (3, T + 1, B), np.int32)
     inputs, targets = toks[:, :-1], toks[:, 1:]
     ppl = jax.jit(
-      lambda v: enas_rnn.validation_perplexity(
+      lambda v: supernet.validation_perplexity(
         model, v, arch, inputs, targets, hidden
       )
     )(variables)
@@ -489,10 +489,10 @@ class SharedRNNTest(parameterized.TestCase):
     z = logits - logits.max(-1, keepdims=True)
     lp = z - np.log(np.exp(z).sum(-1, keepdims=True))
     want = -np.mean(np.take_along_axis(lp, targets[..., None], -1))
-    got = jax.jit(enas_rnn.cross_entropy)(logits, targets)
+    got = jax.jit(supernet.cross_entropy)(logits, targets)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     with self.assertRaisesRegex(ValueError, "do not match"):
-      enas_rnn.cross_entropy(logits, targets[:, :2])
+      supernet.cross_entropy(logits, targets[:, :2])
 
   def test_shape_errors(self):
     model = _model()

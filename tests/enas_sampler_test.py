@@ -8,14 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from wpl_jax.enas import sampler
+from wpl_jax.enas import controller as ctl
+from wpl_jax.enas import sampler, supernet
 from wpl_jax.enas import search_space as ss
-from wpl_jax.models import controller as ctl
-from wpl_jax.models import enas_rnn
 
 V, H, N, T, B, K = 50, 8, 4, 5, 4, 5
 # A wide init, so that different children really give different losses.
-_MODEL = enas_rnn.SharedRNN(
+_MODEL = supernet.SharedRNN(
   vocab_size=V, hidden_size=H, num_nodes=N, init_range=0.5
 )
 
@@ -27,7 +26,7 @@ def _setup():
   @jax.jit
   def make(key):
     k_init, k_tok, k_h, k_arch = jax.random.split(key, 4)
-    variables = enas_rnn.init_variables(_MODEL, key=k_init)
+    variables = supernet.init_variables(_MODEL, key=k_init)
     tokens = jax.random.randint(k_tok, (T + 1, B), 0, V)
     hidden = jax.random.normal(k_h, (B, H))
     archs = jax.vmap(lambda k: ss.sample_uniform(k, N))(
@@ -73,7 +72,7 @@ class SamplerTest(parameterized.TestCase):
     losses, hiddens = _evaluate(variables, archs, inputs, targets, hidden)
     self.assertEqual(losses.shape, (K,))
     self.assertEqual(hiddens.shape, (K, B, H))
-    one = jax.jit(functools.partial(enas_rnn.eval_loss, _MODEL))
+    one = jax.jit(functools.partial(supernet.eval_loss, _MODEL))
     for i, arch in enumerate(ss.unstack(archs)):
       loss, h = one(variables, arch, inputs, targets, hidden)
       np.testing.assert_allclose(losses[i], loss, rtol=1e-5, atol=1e-5)

@@ -15,13 +15,13 @@ from absl.testing import absltest, parameterized
 from conftest import DATA_DIR
 
 from experiments import enas_ptb
-from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import loss
-from wpl_jax.enas import search_space
+from wpl_jax.enas import search_space, supernet
 from wpl_jax.enas import wpl as enas_wpl
-from wpl_jax.models import enas_rnn
-from wpl_jax.train import enas_search, enas_steps
+from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.runtime import checkpoint as checkpoint_lib
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def _tiny_config(**wpl):
 def _setup(config, seed=0):
   model = enas_steps.make_model(config)
   steps = enas_steps.Steps(model=model, config=config)
-  state = enas_search._init_state(config, model, jax.random.key(seed))
+  state = enas_search.init_state(config, model, jax.random.key(seed))
   rng = np.random.default_rng(seed)
   t, b = config.data.bptt, config.data.batch_size
   x = rng.integers(0, 20, size=(t, b)).astype(np.int32)
@@ -64,7 +64,7 @@ def _ce_grad(model, params, stats, x, y, h, arch):
       train=True,
       mutable=["batch_stats"],
     )
-    return enas_rnn.cross_entropy(logits, y)
+    return supernet.cross_entropy(logits, y)
 
   return jax.device_get(jax.grad(ce)(params))
 
@@ -218,7 +218,7 @@ class TrainingModeFisherTest(absltest.TestCase):
         rngs={"dropout": k_drop},
         mutable=["batch_stats"],
       )
-      return hidden if with_hidden else enas_rnn.cross_entropy(logits, y)
+      return hidden if with_hidden else supernet.cross_entropy(logits, y)
 
     grads = jax.device_get(jax.grad(ce)(shared.params))["cell"]
     ids = np.asarray(search_space.edge_ids(arch))
@@ -509,7 +509,7 @@ class EvalBatchNormTest(parameterized.TestCase):
         (logits, _), _ = model.apply(
           variables, x, h, arch, train=True, mutable=["batch_stats"]
         )
-      want = np.exp(float(enas_rnn.cross_entropy(logits, y)))
+      want = np.exp(float(supernet.cross_entropy(logits, y)))
       np.testing.assert_allclose(g, want, rtol=1e-5)
 
 
@@ -559,17 +559,17 @@ class ScheduleTest(parameterized.TestCase):
     self.assertEqual(enas_search.wpl_alpha_at(config, epoch), want)
 
   def test_resume_refuses_another_config(self):
-    saved = enas_search._comparable(enas_ptb.get_config("cpu,wpl"))
+    saved = enas_search.comparable(enas_ptb.get_config("cpu,wpl"))
     longer = enas_ptb.get_config("cpu,wpl")
     longer.search.epochs = 20  # Extending a run is allowed.
-    enas_search._check_same_config(longer, json.loads(json.dumps(saved)))
+    enas_search.check_same_config(longer, json.loads(json.dumps(saved)))
     with self.assertRaisesRegex(ValueError, "wpl.enabled"):
-      enas_search._check_same_config(enas_ptb.get_config("cpu"), saved)
+      enas_search.check_same_config(enas_ptb.get_config("cpu"), saved)
 
   def test_truncate_jsonl_drops_epochs_after_checkpoint(self):
     path = pathlib.Path(tempfile.mkdtemp()) / "m.jsonl"
     path.write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(4)))
-    enas_search._truncate_jsonl(path, 1)
+    enas_search.truncate_jsonl(path, 1)
     self.assertEqual(
       [json.loads(x)["epoch"] for x in path.read_text().splitlines()], [0, 1]
     )
@@ -696,8 +696,8 @@ class ReinforceFormTest(parameterized.TestCase):
 
   @parameterized.parameters("per_decision", "sequence")
   def test_step_is_the_hand_written_update(self, form):
+    from wpl_jax.enas import controller as controller_lib
     from wpl_jax.enas import sampler
-    from wpl_jax.models import controller as controller_lib
 
     config = _tiny_config()
     config.controller.reward_form = form
@@ -712,7 +712,7 @@ class ReinforceFormTest(parameterized.TestCase):
     key = jax.random.key(5)
     new, _, m = steps.controller_step(ctrl, state["shared"], x, y, h, key=key)
 
-    kw = steps._policy_kw()  # noqa: SLF001
+    kw = steps.policy_kw()
     archs, _, _ = sampler.sample_architectures(
       ctrl.params, key=key, k=1, num_nodes=n, **kw
     )

@@ -7,10 +7,9 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from wpl_jax import _tap_discovery, fisher, fisher_fast, partition
-from wpl_jax.enas import edge_fisher, wpl
+from wpl_jax.enas import edge_fisher, supernet, wpl
 from wpl_jax.enas import search_space as ss
-from wpl_jax.models import enas_rnn
-from wpl_jax.models import two_models as two_models_lib
+from wpl_jax.two_models import model as two_models_lib
 
 # Models -----------------------------------------------------------------------
 
@@ -105,9 +104,9 @@ def _enas_setup(seed=0, **kwargs):
   base = dict(
     vocab_size=V, hidden_size=H, num_nodes=N, init_range=0.5, clip_norm=1.5
   )
-  model = enas_rnn.SharedRNN(**{**base, **kwargs})
+  model = supernet.SharedRNN(**{**base, **kwargs})
   k = jax.random.split(jax.random.key(seed), 5)
-  variables = enas_rnn.init_variables(model, key=k[0])
+  variables = supernet.init_variables(model, key=k[0])
   variables["batch_stats"] = {
     "batch_norm": {
       "mean": 0.1 * jax.random.normal(k[1], (H,)),
@@ -233,7 +232,7 @@ class EnasTest(parameterized.TestCase):
     cell = variables["params"]["cell"]
     apply = jax.jit(model.apply)
     want = apply(variables, *args)
-    got = apply(variables, *args, edges=enas_rnn.arch_edges(cell, arch))
+    got = apply(variables, *args, edges=supernet.arch_edges(cell, arch))
     chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
     # Other edges: the same as a model whose params hold them.
     ids = ss.edge_ids(arch)
@@ -243,7 +242,7 @@ class EnasTest(parameterized.TestCase):
       "params": wpl.with_edges(variables["params"], new_cell),
     }
     want = apply(moved, *args)
-    got = apply(variables, *args, edges=enas_rnn.arch_edges(new_cell, arch))
+    got = apply(variables, *args, edges=supernet.arch_edges(new_cell, arch))
     chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-7)
     self.assertGreater(
       float(jnp.max(jnp.abs(got[0] - apply(variables, *args)[0]))), 1e-4
@@ -275,7 +274,7 @@ class EnasTest(parameterized.TestCase):
 
     def loss_fn(params, b, arch):
       v = {"params": params, "batch_stats": variables["batch_stats"]}
-      return enas_rnn.eval_loss(
+      return supernet.eval_loss(
         model, v, arch, b["inputs"].T, b["targets"].T, b["hidden"]
       )[0]
 
@@ -295,13 +294,13 @@ class EnasTest(parameterized.TestCase):
       return edge_fisher.enas_edge_fisher(model, v, arch, b, chunk_size=2)[0]
 
     arch = ss.from_string("relu|0:sigmoid|1:tanh")
-    fused = enas_rnn.arch_edges(variables["params"]["cell"], arch)
+    fused = supernet.arch_edges(variables["params"]["cell"], arch)
 
     def sub_loss(edges, b, tap):
       logits, _ = model.apply(
         variables, b["inputs"].T, b["hidden"], arch, tap=tap, edges=edges
       )
-      return enas_rnn.cross_entropy(logits, b["targets"].T)
+      return supernet.cross_entropy(logits, b["targets"].T)
 
     # The model's own forward: the fused edges reach the loss only through
     # the "edge" tap; node 0, embedding and batch-norm are constants here.
@@ -374,7 +373,7 @@ class ValueAndGradTest(parameterized.TestCase):
     params = variables["params"]
     leaves = {
       "params": params,
-      "edges": enas_rnn.arch_edges(params["cell"], arch),
+      "edges": supernet.arch_edges(params["cell"], arch),
     }
 
     def loss_fn(q, b, tap):
@@ -390,7 +389,7 @@ class ValueAndGradTest(parameterized.TestCase):
         rngs={"dropout": jax.random.key(7)},
         mutable=["batch_stats"],
       )
-      return enas_rnn.cross_entropy(logits, b["targets"].T), hidden
+      return supernet.cross_entropy(logits, b["targets"].T), hidden
 
     # The edges take the tapped path (so do node 0's input weights, passed
     # to "node0_x" as params leaves); the stacked cell leaves are not read.

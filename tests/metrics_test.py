@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest, parameterized
 
-from wpl_jax import metrics
+from wpl_jax.runtime import metrics
 
 
 class MetricsTest(parameterized.TestCase):

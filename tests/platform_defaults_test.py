@@ -1,6 +1,7 @@
 """Platform defaults ("auto"), the precision setting, and resuming across them.
 
-Oracles: the table in `wpl_jax.platform_defaults` written out by hand, JAX's
+Oracles: the table in `wpl_jax.runtime.platform_defaults` written out by
+hand, JAX's
 own config after `resolve`, and workdir/checkpoint comparisons built from
 records as an earlier platform (or an earlier version) would have written
 them.
@@ -14,9 +15,10 @@ from absl.testing import absltest, parameterized
 
 from experiments import enas_ptb, space32
 from wpl_jax import _versions
-from wpl_jax import platform_defaults as pd
-from wpl_jax import workdir as workdir_lib
-from wpl_jax.train import enas_search, enas_truth
+from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import truth as enas_truth
+from wpl_jax.runtime import platform_defaults as pd
+from wpl_jax.runtime import workdir as workdir_lib
 
 CPU = {
   "search.eval_vmap": 1,
@@ -58,7 +60,7 @@ class ValuesTest(PrecisionRestored):
   def test_the_configs_default_to_auto(self):
     c = space32.get_config("truth")
     for field in CPU:
-      self.assertEqual(pd._lookup(c, field)[0][field.split(".")[-1]], "auto")
+      self.assertEqual(pd.lookup(c, field)[0][field.split(".")[-1]], "auto")
     self.assertEqual(c.precision, "float32")
 
   def test_get_resolves_on_this_backend(self):
@@ -149,7 +151,7 @@ class ResumeAcrossPlatformsTest(PrecisionRestored):
     wd = pathlib.Path(tmp) / "truth"
     cpu = space32.get_config("truth")
     for field, value in CPU.items():  # as a CPU run resolved them
-      node, leaf = pd._lookup(cpu, field)
+      node, leaf = pd.lookup(cpu, field)
       node[leaf] = value
     self._record(wd, cpu)
     now = space32.get_config("truth")  # "auto", as on a GPU
@@ -183,7 +185,7 @@ class ResumeAcrossPlatformsTest(PrecisionRestored):
       wd = pathlib.Path(self.create_tempdir().full_path) / "s32"
       old = space32.get_config(variant)  # as recorded before "auto"
       for field, value in CPU.items():
-        node, leaf = pd._lookup(old, field)
+        node, leaf = pd.lookup(old, field)
         node[leaf] = value
       del old["precision"]
       self._record(wd, old)
@@ -202,16 +204,16 @@ class ResumeAcrossPlatformsTest(PrecisionRestored):
 
   def test_truth_checkpoints_compare_without_batching_fields(self):
     cpu, _ = pd.resolve(space32.get_config("truth"))
-    saved = enas_search._comparable(cpu, enas_truth._CKPT_RESUMABLE)
+    saved = enas_search.comparable(cpu, enas_truth.CKPT_RESUMABLE)
     gpu = ml_collections.ConfigDict(cpu.to_dict())
     gpu.truth.arch_batch, gpu.truth.checkpoint_every = 32, 0
-    enas_search._check_same_config(gpu, saved, enas_truth._CKPT_RESUMABLE)
+    enas_search.check_same_config(gpu, saved, enas_truth.CKPT_RESUMABLE)
     # A checkpoint from before the fields were resumable still holds them.
-    older = enas_search._comparable(cpu, enas_search.RESUMABLE)
-    enas_search._check_same_config(gpu, older, enas_truth._CKPT_RESUMABLE)
+    older = enas_search.comparable(cpu, enas_search.RESUMABLE)
+    enas_search.check_same_config(gpu, older, enas_truth.CKPT_RESUMABLE)
     gpu.model.hidden += 1
     with self.assertRaisesRegex(ValueError, "model.hidden"):
-      enas_search._check_same_config(gpu, saved, enas_truth._CKPT_RESUMABLE)
+      enas_search.check_same_config(gpu, saved, enas_truth.CKPT_RESUMABLE)
 
 
 class VersionsTest(absltest.TestCase):

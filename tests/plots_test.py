@@ -1,4 +1,4 @@
-"""`python -m wpl_jax.plots WORKDIR` redraws each experiment's figure."""
+"""`python -m wpl_jax.runtime.plots WORKDIR` redraws each run's figure."""
 
 import json
 import os
@@ -11,9 +11,9 @@ from absl.testing import absltest
 
 from experiments import enas_ptb, space32
 from experiments import two_models as two_models_config
-from wpl_jax import plots
-from wpl_jax import workdir as workdir_lib
-from wpl_jax.train import two_models
+from wpl_jax.runtime import plots
+from wpl_jax.runtime import workdir as workdir_lib
+from wpl_jax.two_models import study as two_models
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ class PlotsTest(absltest.TestCase):
       [
         sys.executable,
         "-m",
-        "wpl_jax.plots",
+        "wpl_jax.runtime.plots",
         str(enas),
         str(truth),
         str(empty),

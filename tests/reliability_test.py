@@ -23,9 +23,9 @@ from conftest import DATA_DIR
 
 from experiments import enas_ptb
 from experiments import two_models as two_models_config
-from wpl_jax import checkpoint as checkpoint_lib
-from wpl_jax import workdir as workdir_lib
-from wpl_jax.train import enas_search
+from wpl_jax.enas.train import search as enas_search
+from wpl_jax.runtime import checkpoint as checkpoint_lib
+from wpl_jax.runtime import workdir as workdir_lib
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _TWO = "--config=" + str(_ROOT / "experiments/two_models.py") + ":smoke"
@@ -203,7 +203,7 @@ class MemoryBeforeClaimTest(absltest.TestCase):
     self.assertEqual(out.returncode, 0, msg=out.stderr[-2000:])
 
   def test_edges_split_over_devices_count_per_device(self):
-    from wpl_jax import platform_defaults  # noqa: PLC0415
+    from wpl_jax.runtime import platform_defaults  # noqa: PLC0415
 
     c = platform_defaults.resolved_config(enas_ptb.get_config("paper,wpl"))
     need = {}
@@ -252,12 +252,12 @@ class DivergenceTest(absltest.TestCase):
       r"step 4 of the epoch \(arch 2, batch 2\); stopped, checkpoint: epoch "
       r"1's is kept",
     ):
-      enas_search._check_finite(config, 2, losses, [1.0, 2.0], [])  # noqa: SLF001
+      enas_search.check_finite(config, 2, losses, [1.0, 2.0], [])
     with self.assertRaisesRegex(checkpoint_lib.NonFiniteError, "reward"):
-      enas_search._check_finite(  # noqa: SLF001
+      enas_search.check_finite(
         config, 0, losses[:2], [1.0], [jnp.float32(jnp.inf)]
       )
-    enas_search._check_finite(config, 0, losses[:2], [1.0], [0.5])  # noqa: SLF001
+    enas_search.check_finite(config, 0, losses[:2], [1.0], [0.5])
 
   @pytest.mark.slow
   def test_enas_diverging_shared_weights(self):
@@ -397,7 +397,7 @@ class CheckpointTest(absltest.TestCase):
     def denied(*args, **kwargs):
       raise PermissionError("Permission denied: 'ocdbt.process_0'")
 
-    ckpt._manager.restore = denied  # noqa: SLF001 (the failure under test)
+    ckpt._manager.restore = denied
     with self.assertRaisesRegex(PermissionError, "Permission denied"):
       ckpt.restore(_state(0.0))
     self.assertFalse(self.dir.with_name("ckpt.skipped").exists())
@@ -450,7 +450,7 @@ class CheckpointTest(absltest.TestCase):
     # now refused by validation); the process used to hang 300 s at exit.
     code = (
       "import sys, jax.numpy as jnp\n"
-      "from wpl_jax import checkpoint as c\n"
+      "from wpl_jax.runtime import checkpoint as c\n"
       f"ck = c.Checkpointer({str(self.dir.with_name('zero'))!r})\n"
       "try:\n"
       "  ck.save(0, {'w': jnp.zeros((0, 4))}, {})\n"
@@ -686,7 +686,7 @@ class TruthResumeTest(absltest.TestCase):
     import signal as signal_lib  # noqa: PLC0415
 
     from experiments import space32  # noqa: PLC0415
-    from wpl_jax.train import enas_truth  # noqa: PLC0415
+    from wpl_jax.enas.train import truth as enas_truth  # noqa: PLC0415
 
     def config():
       c = space32.get_config("truth,smoke")
@@ -733,8 +733,8 @@ class SmallerFaultsTest(absltest.TestCase):
 
   def test_negative_seed_is_refused_by_every_experiment(self):
     from experiments import space32  # noqa: PLC0415
-    from wpl_jax.train import enas_truth  # noqa: PLC0415
-    from wpl_jax.train import two_models_config as two_models_checks  # noqa: PLC0415
+    from wpl_jax.enas.train import truth as enas_truth  # noqa: PLC0415
+    from wpl_jax.two_models import config as two_models_checks  # noqa: PLC0415
 
     c = enas_ptb.get_config("smoke")
     c.seed = -1
@@ -770,7 +770,7 @@ class SmallerFaultsTest(absltest.TestCase):
     _one_line_error(self, out, "is not a stored run")
 
   def test_a_restarted_retrain_drops_its_earlier_records(self):
-    from wpl_jax.train import retrain  # noqa: PLC0415
+    from wpl_jax.enas.train import retrain  # noqa: PLC0415
 
     path = pathlib.Path(self.create_tempdir().full_path) / "retrain.jsonl"
     lines = [
@@ -799,7 +799,7 @@ def test_failed_save_keeps_orbax_noise_out_of_the_terminal(tmp_path, capfd):
     os.write(2, b"Traceback (most recent call last):\nRuntimeError: loop\n")
     raise ValueError("RESOURCE_EXHAUSTED: No space left on device")
 
-  ckpt._manager.save = noisy_save  # noqa: SLF001 (the failure under test)
+  ckpt._manager.save = noisy_save
   with pytest.raises(checkpoint_lib.SaveError) as e:
     ckpt.save(0, _state(0.0), {"epoch": 0})
   message = str(e.value)
@@ -812,13 +812,13 @@ def test_failed_save_keeps_orbax_noise_out_of_the_terminal(tmp_path, capfd):
 
 def test_a_good_save_replays_what_it_printed(tmp_path, capfd):
   ckpt = checkpoint_lib.Checkpointer(tmp_path / "ckpt")
-  real = ckpt._manager.save  # noqa: SLF001
+  real = ckpt._manager.save
 
   def chatty_save(*args, **kwargs):
     os.write(2, b"a warning worth seeing\n")
     return real(*args, **kwargs)
 
-  ckpt._manager.save = chatty_save  # noqa: SLF001
+  ckpt._manager.save = chatty_save
   ckpt.save(0, _state(0.0), {"epoch": 0})
   ckpt.close()
   assert "a warning worth seeing" in capfd.readouterr().err

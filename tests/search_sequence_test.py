@@ -20,7 +20,8 @@ from absl.testing import absltest, parameterized
 
 from experiments import enas_ptb
 from wpl_jax.data import ptb
-from wpl_jax.train import enas_search, enas_steps
+from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import steps as enas_steps
 
 _EVENTS: list[tuple] = []
 

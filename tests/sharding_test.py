@@ -25,7 +25,7 @@ from absl.testing import absltest, parameterized
 from conftest import DATA_DIR
 from jax.sharding import PartitionSpec
 
-from wpl_jax import sharding
+from wpl_jax.runtime import sharding
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-5, 1e-6
@@ -123,13 +123,14 @@ def _enas_steps(config, *, k_archs: int = 0) -> dict:
   import jax.numpy as jnp  # noqa: PLC0415
 
   from wpl_jax.enas import search_space  # noqa: PLC0415
-  from wpl_jax.train import enas_search, enas_steps  # noqa: PLC0415
+  from wpl_jax.enas.train import search as enas_search  # noqa: PLC0415
+  from wpl_jax.enas.train import steps as enas_steps
 
   mesh = enas_search.make_mesh(config)
   model = enas_steps.make_model(config)
   # As the search: archs split over devices share one vmap.
   steps = enas_steps.Steps(model=model, config=config, eval_vmap=0)
-  init = jax.jit(lambda k: enas_search._init_state(config, model, k))
+  init = jax.jit(lambda k: enas_search.init_state(config, model, k))
   state = enas_search.place_state(init(jax.random.key(0)), mesh)
   fns = enas_search.jit_steps(steps, state, mesh)
   rng = np.random.default_rng(0)
@@ -206,14 +207,14 @@ def _enas_steps(config, *, k_archs: int = 0) -> dict:
     "placed": {"x": x, "hidden": state["train_hidden"]},
   }
   if k_archs:
-    from wpl_jax.train import enas_search_eval  # noqa: PLC0415
+    from wpl_jax.enas.train import search_eval as enas_search_eval  # noqa: PLC0415
 
     archs = jax.device_get(
       fns["sample"](state["controller"].params, key=jax.random.key(5), k=8)
     )
     zero = np.zeros((b, config.model.hidden), np.float32)
     rep = sharding.put((host[0], host[1], zero), sharding.replicated(mesh))
-    out["ppl"] = enas_search_eval._eval_chunked(
+    out["ppl"] = enas_search_eval.eval_chunked(
       fns["eval_archs"],
       state["shared"],
       archs,
@@ -230,8 +231,8 @@ def _enas_steps(config, *, k_archs: int = 0) -> dict:
 
 def _cross_restore(state_4, mesh_1, state_1, mesh_4, workdir) -> dict:
   """Saves from one mesh, restores onto the other (both ways)."""
-  from wpl_jax import checkpoint  # noqa: PLC0415
-  from wpl_jax.train import enas_search  # noqa: PLC0415
+  from wpl_jax.enas.train import search as enas_search  # noqa: PLC0415
+  from wpl_jax.runtime import checkpoint  # noqa: PLC0415
 
   out = {}
   for name, saved, mesh in (
@@ -270,9 +271,9 @@ def _two_models_hlo() -> str:
   import jax.numpy as jnp  # noqa: PLC0415
 
   from experiments import two_models  # noqa: PLC0415
-  from wpl_jax.models import two_models as model_lib  # noqa: PLC0415
-  from wpl_jax.train import two_models_steps as tm  # noqa: PLC0415
-  from wpl_jax.train import two_models_train  # noqa: PLC0415
+  from wpl_jax.two_models import model as model_lib  # noqa: PLC0415
+  from wpl_jax.two_models import steps as tm  # noqa: PLC0415
+  from wpl_jax.two_models import train as two_models_train  # noqa: PLC0415
 
   c = two_models.get_config("smoke")
   mesh = two_models_train.make_mesh(c)
@@ -282,14 +283,14 @@ def _two_models_hlo() -> str:
   )
   state = tm.TrainState(params, tx.init(params), jnp.zeros([]))
   state = jax.tree.map(lambda a: jnp.stack([a, a]), state)
-  step = two_models_train._data_parallel(
+  step = two_models_train.data_parallel(
     functools.partial(
       tm.train_step, loss_fn=lambda q, b: (tm.loss_a(q, b), {}), tx=tx
     ),
     mesh,
   )
   chunk = functools.partial(
-    tm._train_chunk, step_fn=step, num_steps=1, batch_size=32
+    tm.train_chunk, step_fn=step, num_steps=1, batch_size=32
   )
   fn = jax.jit(jax.vmap(chunk, in_axes=(0, 0, None, None)))
   x, y = np.zeros((50, 64), np.float32), np.zeros(50, np.int32)
@@ -300,7 +301,7 @@ def _two_models_hlo() -> str:
 def _two_models(num_devices: int) -> dict:
   from experiments import two_models  # noqa: PLC0415
   from wpl_jax import data as data_lib  # noqa: PLC0415
-  from wpl_jax.train import two_models_train  # noqa: PLC0415
+  from wpl_jax.two_models import train as two_models_train  # noqa: PLC0415
 
   c = two_models.get_config("smoke")
   c.num_devices = num_devices
@@ -345,7 +346,7 @@ def _child_steps() -> dict:
     c = _enas_config(4)
     c.update_from_flattened_dict({field: value})
     try:
-      from wpl_jax.train import enas_search  # noqa: PLC0415
+      from wpl_jax.enas.train import search as enas_search  # noqa: PLC0415
 
       enas_search.make_mesh(c)
       out["refused"].append("")
@@ -373,7 +374,7 @@ def _child_edges() -> dict:
       four["state"], one["mesh"], one["state"], four["mesh"], tmp
     )
   try:  # E = 6 does not split over 4 devices
-    from wpl_jax.train import enas_search  # noqa: PLC0415
+    from wpl_jax.enas.train import search as enas_search  # noqa: PLC0415
 
     enas_search.make_mesh(_enas_config(4, nodes=4, shard_edges=4))
     out["refused"] = ""
@@ -393,7 +394,7 @@ def _global(tree):
 
 def _child_single(ckpt: str, ref: str) -> dict:
   """1 device: the steps' state saved to `ckpt`/single and `ref` (npz)."""
-  from wpl_jax import checkpoint  # noqa: PLC0415
+  from wpl_jax.runtime import checkpoint  # noqa: PLC0415
 
   run = _enas_steps(_enas_config(1))
   leaves = jax.tree.leaves(jax.device_get(run["state"]))
@@ -406,8 +407,8 @@ def _child_single(ckpt: str, ref: str) -> dict:
 
 def _child_restore_multi(ckpt: str, ref: str) -> dict:
   """1 device: restores the 2-process run's checkpoint."""
-  from wpl_jax import checkpoint  # noqa: PLC0415
-  from wpl_jax.train import enas_search  # noqa: PLC0415
+  from wpl_jax.enas.train import search as enas_search
+  from wpl_jax.runtime import checkpoint  # noqa: PLC0415
 
   mesh = enas_search.make_mesh(_enas_config(1))
   like = _zeros_like_state(mesh)
@@ -420,12 +421,13 @@ def _child_restore_multi(ckpt: str, ref: str) -> dict:
 
 
 def _zeros_like_state(mesh):
-  from wpl_jax.train import enas_search, enas_steps  # noqa: PLC0415
+  from wpl_jax.enas.train import search as enas_search
+  from wpl_jax.enas.train import steps as enas_steps
 
   config = _enas_config(0)
   model = enas_steps.make_model(config)
   shapes = jax.eval_shape(
-    lambda k: enas_search._init_state(config, model, k), jax.random.key(0)
+    lambda k: enas_search.init_state(config, model, k), jax.random.key(0)
   )
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   return enas_search.place_state(zeros, mesh)
@@ -433,7 +435,7 @@ def _zeros_like_state(mesh):
 
 def _child_multi(ckpt: str, ref: str, port: str, pid: str) -> dict | None:
   """One of 2 processes × 2 CPU devices (gloo): steps, save, restore."""
-  from wpl_jax import checkpoint  # noqa: PLC0415
+  from wpl_jax.runtime import checkpoint  # noqa: PLC0415
 
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(

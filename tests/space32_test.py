@@ -17,9 +17,11 @@ from conftest import DATA_DIR
 
 from experiments import space32, space32_truth
 from wpl_jax.data import ptb
-from wpl_jax.enas import ranking, sampler, search_space
-from wpl_jax.models import controller, enas_rnn
-from wpl_jax.train import enas_search, enas_steps, enas_truth
+from wpl_jax.enas import controller, ranking, sampler, search_space
+from wpl_jax.enas import supernet as supernet
+from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.enas.train import truth as enas_truth
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -219,10 +221,10 @@ class ChunkedCrossEntropyTest(parameterized.TestCase):
     def full(p, o):
       logits = jnp.einsum("tbh,vh->tbv", o, p["embedding"])
       logits = logits + p["decoder_bias"][None, None]
-      return enas_rnn.cross_entropy(logits, y)
+      return supernet.cross_entropy(logits, y)
 
     def chunked(p, o):
-      return enas_rnn.chunked_cross_entropy(p, o, y, chunk=chunk)
+      return supernet.chunked_cross_entropy(p, o, y, chunk=chunk)
 
     np.testing.assert_allclose(
       chunked(params, out), full(params, out), rtol=1e-6
@@ -249,7 +251,7 @@ class ChunkedEvaluationTest(parameterized.TestCase):
   def test_windows_and_batch_evaluations(self, eval_bn):
     c, model, full = self._steps(0, eval_bn)
     _, _, chunked = self._steps(5, eval_bn)
-    v = enas_rnn.init_variables(model, key=jax.random.key(0))
+    v = supernet.init_variables(model, key=jax.random.key(0))
     shared = enas_steps.SharedState(
       params=v["params"], batch_stats=v["batch_stats"], opt_state=()
     )
@@ -268,20 +270,20 @@ class ChunkedEvaluationTest(parameterized.TestCase):
       arch = jax.tree.map(lambda a, k=k: a[k], archs)
       hidden, total = jnp.zeros((3, 4)), 0.0
       for w in range(2):
-        logits, hidden = full._eval_logits(variables, arch, x[w], hidden)
+        logits, hidden = full.eval_logits(variables, arch, x[w], hidden)
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, y[w])
         total += float(jnp.sum(nll * m[w]))
       np.testing.assert_allclose(got[k], total, rtol=1e-5)
     h = jnp.zeros((3, 4))
-    p1, h1 = chunked._eval_many(shared, archs, x[0], y[0], h)
-    p2, h2 = full._eval_many(shared, archs, x[0], y[0], h)
+    p1, h1 = chunked.eval_many(shared, archs, x[0], y[0], h)
+    p2, h2 = full.eval_many(shared, archs, x[0], y[0], h)
     np.testing.assert_allclose(p1, p2, rtol=1e-5)
     np.testing.assert_allclose(h1, h2, rtol=1e-5, atol=1e-6)
 
   def test_fisher_step_chunked_equals_full(self):
     _, model, full = self._steps(0, "batch")
     _, _, chunked = self._steps(5, "batch")
-    v = enas_rnn.init_variables(model, key=jax.random.key(0))
+    v = supernet.init_variables(model, key=jax.random.key(0))
     shared = enas_steps.SharedState(
       params=v["params"], batch_stats=v["batch_stats"], opt_state=()
     )
@@ -336,7 +338,7 @@ class TruthTrainerTest(parameterized.TestCase):
     # Independently: one model per cell, its own steps, in a Python loop.
     for cell in range(2):
       arch = jax.tree.map(lambda a, cell=cell: a[cell], archs)
-      v = enas_rnn.init_variables(trainer.model, key=init_keys[cell])
+      v = supernet.init_variables(trainer.model, key=init_keys[cell])
       one = enas_steps.SharedState(
         params=v["params"],
         batch_stats=v["batch_stats"],
@@ -383,7 +385,7 @@ class TruthTrainerTest(parameterized.TestCase):
         jnp.zeros((1, 4)),
         arch,
       )
-      want = 22 * enas_rnn.cross_entropy(logits, ids[1:, None])
+      want = 22 * supernet.cross_entropy(logits, ids[1:, None])
       np.testing.assert_allclose(nll[cell], want, rtol=1e-5)
 
 
@@ -393,7 +395,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 sys.path.insert(0, sys.argv[1])
 import jax, jax.numpy as jnp, numpy as np
 from experiments import space32
-from wpl_jax.train import enas_truth
+from wpl_jax.enas.train import truth as enas_truth
 assert jax.local_device_count() == 4, jax.devices()
 c = space32.get_config("truth,smoke")
 c.model.vocab_size, c.model.hidden, c.model.ce_chunk = 20, 4, 5

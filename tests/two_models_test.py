@@ -10,8 +10,8 @@ from absl.testing import absltest, parameterized
 from experiments import two_models as two_models_config
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import partition
-from wpl_jax.models import two_models as model_lib
-from wpl_jax.train import two_models as train_lib
+from wpl_jax.two_models import model as model_lib
+from wpl_jax.two_models import study as train_lib
 
 
 def _joint(num_shared: int, width: int = 8, in_dim: int = 5):

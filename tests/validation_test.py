@@ -5,9 +5,10 @@ import math
 from absl.testing import absltest, parameterized
 
 from experiments import enas_ptb, space32, two_models
-from wpl_jax import validation
-from wpl_jax.train import enas_search, enas_truth
-from wpl_jax.train import two_models as two_models_train
+from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import truth as enas_truth
+from wpl_jax.runtime import validation
+from wpl_jax.two_models import study as two_models_train
 
 
 def _set(config, path, value):

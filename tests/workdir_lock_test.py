@@ -24,15 +24,15 @@ from conftest import DATA_DIR
 
 from experiments import enas_ptb
 from experiments import two_models as two_models_config
-from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import fingerprint
+from wpl_jax.runtime import workdir as workdir_lib
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 _HOST = socket.gethostname()
 # A second process that takes the lock, says so and waits to be killed.
 _HOLDER = (
   "import sys, time\n"
-  "from wpl_jax import workdir\n"
+  "from wpl_jax.runtime import workdir\n"
   "workdir.lock(sys.argv[1])\n"
   "print('locked', flush=True)\n"
   "time.sleep(600)\n"

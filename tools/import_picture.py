@@ -77,7 +77,9 @@ def scan(root: pathlib.Path) -> dict:
     if not path.exists():
       continue
     me = module_name(root, path)
-    mine = package_of(me, packages) if me.startswith("wpl_jax") else None
+    mine = None
+    if me.startswith("wpl_jax"):  # a package's __init__ belongs to it
+      mine = me if me in packages else package_of(me, packages)
     tree = ast.parse(path.read_text(), str(path))
     aliases = {}  # local name -> wpl_jax module
     for node in ast.walk(tree):
@@ -95,9 +97,10 @@ def scan(root: pathlib.Path) -> dict:
             aliases[a.asname or a.name] = sub
           elif a.name.startswith("_") and node.module.startswith("wpl_jax"):
             private.append((str(path.relative_to(root)), node.module, a.name))
-      if mine is not None:
-        for t in targets:
-          theirs = package_of(t, packages) if t not in packages else t
+      if mine is not None:  # one count per statement and package
+        for theirs in {
+          t if t in packages else package_of(t, packages) for t in targets
+        }:
           if theirs != mine:
             edges[(mine, theirs)] += 1
     for node in ast.walk(tree):

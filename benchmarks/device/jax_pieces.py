@@ -5,7 +5,7 @@ Usage (from the project root; the device run calls it, SMALL=1 shrinks it):
   python -m benchmarks.device.jax_pieces --precision=highest \\
       --hidden=1000 --reps=5 --time_limit=120 --jsonl=$OUT/results.jsonl
 
-Builds the search's own state and jitted steps (`enas_search._init_state`,
+Builds the search's own state and jitted steps (`enas_search.init_state`,
 `place_state`, `jit_steps`: the same donation and shardings) for
 `enas_ptb:paper,wpl` at width H (N = 12, V = 10000, batch 64 × 35, random
 tokens) under `jax.default_matmul_precision(--precision)` ("highest":
@@ -93,7 +93,8 @@ def main() -> None:
   jax.config.update("jax_default_matmul_precision", args.precision)
   from experiments import enas_ptb  # noqa: PLC0415
   from wpl_jax.enas import search_space  # noqa: PLC0415
-  from wpl_jax.train import enas_search, enas_steps  # noqa: PLC0415
+  from wpl_jax.enas.train import search as enas_search
+  from wpl_jax.enas.train import steps as enas_steps
 
   dev = jax.devices()[0]
   rec = Recorder(
@@ -189,7 +190,7 @@ def main() -> None:
   steps = enas_steps.Steps(model=model, config=c)
   mesh = enas_search.make_mesh(c)
   state = enas_search.place_state(
-    enas_search._init_state(c, model, jax.random.key(0)),  # noqa: SLF001
+    enas_search.init_state(c, model, jax.random.key(0)),
     mesh,
   )
   fns = enas_search.jit_steps(steps, state, mesh)

@@ -1,6 +1,6 @@
 """What data a run read: size and SHA-256 of each file, for run.json.
 
-`wpl_jax.workdir.claim` stores it (`extra={"data": ...}`) and refuses a
+`wpl_jax.runtime.workdir.claim` stores it (`extra={"data": ...}`) and refuses a
 resume on other data, naming the file. Keys are file names, not paths, so
 the data may move (`--data_dir` may change on resume) but not change.
 

@@ -1,7 +1,7 @@
 """The exact per-example Fisher of an ENAS child's edge matrices (taps).
 
 The ENAS-specific glue of `wpl_jax.fisher_fast`, which itself knows no
-model. `enas_rnn.SharedRNN` is written against the tap protocol, so the
+model. `supernet.SharedRNN` is written against the tap protocol, so the
 Fisher runs the model's own forward (there is one ENAS forward) with the
 architecture's fused edge matrices `[N-1, H, 2H]` as the only tapped
 leaf: their per-example gradients come from one probed backward pass.
@@ -9,15 +9,14 @@ leaf: their per-example gradients come from one probed backward pass.
 
 import jax.numpy as jnp
 
-from wpl_jax.enas import search_space
+from wpl_jax.enas import search_space, supernet
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.fisher_fast import per_example_fisher
-from wpl_jax.models import enas_rnn
 from wpl_jax.types import Array, PyTree
 
 
 def enas_edge_fisher(
-  model: enas_rnn.SharedRNN,
+  model: supernet.SharedRNN,
   variables: PyTree,
   arch: Arch,
   batch: dict[str, Array],
@@ -65,11 +64,11 @@ def enas_edge_fisher(
       tap=tap,
       edges=edges,
     )
-    return enas_rnn.cross_entropy(logits, b["targets"].T), new_hidden
+    return supernet.cross_entropy(logits, b["targets"].T), new_hidden
 
   f, new_hidden = per_example_fisher(
     loss,
-    enas_rnn.arch_edges(cell, arch),
+    supernet.arch_edges(cell, arch),
     batch,
     chunk_size=chunk_size,
     has_aux=True,

@@ -1,16 +1,15 @@
 """Vmapped ENAS sampling and evaluation of K architectures in one call."""
 
-# Lazy annotations: `models.enas_rnn` imports `wpl_jax.enas`, whose
+# Lazy annotations: `models.supernet` imports `wpl_jax.enas`, whose
 # `__init__` imports this module, so its names are not ready at import time.
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from wpl_jax.enas import search_space
+from wpl_jax.enas import controller as controller_lib
+from wpl_jax.enas import search_space, supernet
 from wpl_jax.enas.search_space import Arch
-from wpl_jax.models import controller as controller_lib
-from wpl_jax.models import enas_rnn
 from wpl_jax.types import Array, Params, PRNGKey, PyTree
 
 METRICS = ("loss", "perplexity")
@@ -73,7 +72,7 @@ def sample_uniform_architectures(
 
 
 def evaluate_architectures(
-  model: enas_rnn.SharedRNN,
+  model: supernet.SharedRNN,
   variables: PyTree,
   archs: Arch,
   inputs_TxB: Array,
@@ -111,7 +110,7 @@ def evaluate_architectures(
   hidden_axis = None if hidden.ndim == 2 else 0
 
   def one(arch, hidden_BxH):
-    return enas_rnn.eval_loss(
+    return supernet.eval_loss(
       model, variables, arch, inputs_TxB, targets_TxB, hidden_BxH
     )
 

@@ -2,19 +2,19 @@
 
 TensorBoard scalars of each epoch's record (if tensorboardX is installed),
 the text of results.md, and the figure of the forgetting and reward curves
-(also drawn by `wpl_jax.plots` from metrics.jsonl).
+(also drawn by `wpl_jax.runtime.plots` from metrics.jsonl).
 """
 
 from absl import logging
 
-from wpl_jax import metrics as metrics_lib
+from wpl_jax.runtime import metrics as metrics_lib
 
 
-def _fmt(v):
+def fmt(v):
   return "-" if v is None else f"{v:.3f}"
 
 
-def _tensorboard(path):
+def tensorboard(path):
   if not metrics_lib.is_primary():  # multi-host: process 0 logs
     return None
   try:
@@ -25,7 +25,7 @@ def _tensorboard(path):
   return SummaryWriter(str(path))
 
 
-def _tb_write(tb, record, epoch):
+def tb_write(tb, record, epoch):
   if tb is None:
     return
   for k, v in record.items():
@@ -34,12 +34,12 @@ def _tb_write(tb, record, epoch):
   tb.flush()
 
 
-def _results_md(out, history) -> str:
+def results_md(out, history) -> str:
   lines = [f"search: {out['search_seconds']:.0f} s; derived: {out['derived']}"]
   if history:
     last = history[-1]
     lines.append(
-      f"last epoch {last['epoch']}: reward {_fmt(last['reward'])}, "
+      f"last epoch {last['epoch']}: reward {fmt(last['reward'])}, "
       f"forgetting mean/best5/max {last['diff_mean']:.1f}/"
       f"{last['diff_best5']:.1f}/{last['diff_max']:.1f}"
     )
@@ -67,7 +67,7 @@ def _results_md(out, history) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _plot(history, path):
+def plot(history, path):
   if not history:
     return
   x = [h["epoch"] for h in history]

@@ -15,7 +15,7 @@ Sharded states: `save` writes each array's global value whatever its
 sharding, and `restore` places every array with the sharding of the
 matching `like` leaf, so a state saved on 4 devices restores on 1 and
 vice versa (place `like` on the current mesh first, e.g. with
-`wpl_jax.sharding.put`). Several processes (`jax.distributed`): all of
+`wpl_jax.runtime.sharding.put`). Several processes (`jax.distributed`): all of
 them call `save`/`restore` on one shared directory; process 0 alone writes
 the checksums and sets damaged steps aside.
 """

@@ -15,10 +15,10 @@ import optax
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import fisher_fast
 from wpl_jax import loss as loss_lib
-from wpl_jax.models import two_models as model_lib
+from wpl_jax.two_models import model as model_lib
 from wpl_jax.types import Array, Params, PRNGKey
 
-_OPTIMIZERS = {
+OPTIMIZERS = {
   "sgd": optax.sgd,
   "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
   "adam": optax.adam,
@@ -47,7 +47,7 @@ def make_optimizer(
   opt: ml_collections.ConfigDict,
 ) -> optax.GradientTransformation:
   """optax optimiser named by `opt.name` ("sgd", "momentum", "adam")."""
-  return _OPTIMIZERS[opt.name](opt.lr)
+  return OPTIMIZERS[opt.name](opt.lr)
 
 
 def cross_entropy(logits: Array, labels: Array) -> Array:
@@ -118,7 +118,7 @@ def train_step(
   return new_state, {"loss": loss, **aux}
 
 
-def _train_chunk(
+def train_chunk(
   state: TrainState,
   key: PRNGKey,
   x: Array,
@@ -140,18 +140,20 @@ def _train_chunk(
   return state, jax.tree.map(jnp.mean, metrics)
 
 
-def _accuracy(forward, params: Params, x: Array, y: Array) -> Array:
+def accuracy_of(forward, params: Params, x: Array, y: Array) -> Array:
   """Top-1 accuracy of `forward(params, x)` against labels y."""
   return jnp.mean(jnp.argmax(forward(params, x), -1) == y)
 
 
-def _evaluate(params_r: Params, x: Array, y: Array) -> tuple[Array, Array]:
+def evaluate_params(
+  params_r: Params, x: Array, y: Array
+) -> tuple[Array, Array]:
   """Test accuracies of A and B for each run of a stack: ([R], [R])."""
 
   def one(params):
     return (
-      _accuracy(model_lib.forward_a, params, x, y),
-      _accuracy(model_lib.forward_b, params, x, y),
+      accuracy_of(model_lib.forward_a, params, x, y),
+      accuracy_of(model_lib.forward_b, params, x, y),
     )
 
   # lax.map, not vmap: one run's activations at a time bounds memory.

@@ -5,7 +5,8 @@ converged A; `train_b` attaches B to A's first k layers, estimates the Fisher
 of A per estimator and trains every B run (variant, strength, seed) vmapped,
 appending its evaluations to metrics.jsonl. Both checkpoint and resume.
 
-Data parallel over `config.num_devices` devices (0 = all, `wpl_jax.sharding`):
+Data parallel over `config.num_devices` devices (0 = all,
+`wpl_jax.runtime.sharding`):
 each step's minibatch [B, D] is split on B over the devices while the
 states, penalties and the (small) data sets are replicated; the compiler
 reduces the gradients. Multi-host: every process loads the whole data set
@@ -24,21 +25,22 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from wpl_jax import checkpoint as checkpoint_lib
-from wpl_jax import metrics as metrics_lib
-from wpl_jax import partition, sharding
-from wpl_jax.models import two_models as model_lib
-from wpl_jax.train.two_models_config import _headline, make_runs
-from wpl_jax.train.two_models_steps import (
+from wpl_jax import partition
+from wpl_jax.runtime import checkpoint as checkpoint_lib
+from wpl_jax.runtime import metrics as metrics_lib
+from wpl_jax.runtime import sharding
+from wpl_jax.two_models import model as model_lib
+from wpl_jax.two_models.config import headline_runs, make_runs
+from wpl_jax.two_models.steps import (
   Penalty,
   TrainState,
-  _accuracy,
-  _evaluate,
-  _train_chunk,
+  accuracy_of,
+  evaluate_params,
   fisher_of_a,
   loss_a,
   loss_b,
   make_optimizer,
+  train_chunk,
   train_step,
 )
 from wpl_jax.types import Params, PRNGKey
@@ -68,7 +70,7 @@ def make_mesh(config) -> jax.sharding.Mesh:
   return mesh
 
 
-def _data_parallel(step_fn, mesh):
+def data_parallel(step_fn, mesh):
   """`step_fn(state, batch, key)` with the batch split on its example axis.
 
   The minibatch (x [B, D], y [B]) is drawn on the device inside the scan;
@@ -122,7 +124,7 @@ def train_a(
   params = jax.vmap(init)(_seed_keys(seeds, _A_INIT))
   state = TrainState(params, jax.vmap(tx.init)(params), jnp.zeros([len(seeds)]))
   state, keys = sharding.put((state, _seed_keys(seeds, _A_DATA)), rep)
-  step_fn = _data_parallel(
+  step_fn = data_parallel(
     functools.partial(
       train_step, loss_fn=lambda q, b: (loss_a(q, b), {}), tx=tx
     ),
@@ -130,7 +132,8 @@ def train_a(
   )
   accuracy = jax.jit(
     jax.vmap(
-      functools.partial(_accuracy, model_lib.forward_a), in_axes=(0, None, None)
+      functools.partial(accuracy_of, model_lib.forward_a),
+      in_axes=(0, None, None),
     )
   )
   segments = [p.a_steps_weak]
@@ -154,7 +157,7 @@ def train_a(
       chunks[n] = jax.jit(
         jax.vmap(
           functools.partial(
-            _train_chunk, step_fn=step_fn, num_steps=n, batch_size=p.batch_size
+            train_chunk, step_fn=step_fn, num_steps=n, batch_size=p.batch_size
           ),
           in_axes=(0, 0, None, None),
         ),
@@ -319,7 +322,7 @@ def train_b(
   state, penalty, keys = sharding.put((state, penalty, keys), rep)
 
   def chunk_fn(state, penalty, key, x, y):
-    step_fn = _data_parallel(
+    step_fn = data_parallel(
       functools.partial(
         train_step,
         loss_fn=functools.partial(loss_b, penalty=penalty, mask=mask),
@@ -327,7 +330,7 @@ def train_b(
       ),
       mesh,
     )
-    return _train_chunk(
+    return train_chunk(
       state,
       key,
       x,
@@ -347,8 +350,8 @@ def train_b(
   x_test, y_test = data.x_test, data.y_test
   if p.eval_examples:
     x_test, y_test = x_test[: p.eval_examples], y_test[: p.eval_examples]
-  evaluate = cache.setdefault("evaluate", jax.jit(_evaluate))
-  heads = {v: n for v, n in _headline(config).items()}
+  evaluate = cache.setdefault("evaluate", jax.jit(evaluate_params))
+  heads = {v: n for v, n in headline_runs(config).items()}
   steps, acc_a, acc_b = [], [], []
 
   def record(step, a, b, rate):

@@ -57,8 +57,8 @@ from typing import Any, Literal
 
 import ml_collections
 
-from wpl_jax import metrics as metrics_lib
-from wpl_jax import platform_defaults
+from wpl_jax.runtime import metrics as metrics_lib
+from wpl_jax.runtime import platform_defaults
 
 RECORD = "run.json"
 LOCK = "run.lock"

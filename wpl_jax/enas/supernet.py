@@ -46,7 +46,7 @@ def _activate(act_id: Array, z: Array) -> Array:
   )
 
 
-def _highway_parts(z_Bx2H: Array, h_in_BxH: Array, act_id: Array):
+def highway_parts(z_Bx2H: Array, h_in_BxH: Array, act_id: Array):
   """(h, c, f): the node's output, its gate σ(z_c) and f(z_h)."""
   hidden = h_in_BxH.shape[-1]
   c = jax.nn.sigmoid(z_Bx2H[:, :hidden])
@@ -55,7 +55,7 @@ def _highway_parts(z_Bx2H: Array, h_in_BxH: Array, act_id: Array):
 
 
 @jax.custom_vjp
-def _highway(z_Bx2H: Array, h_in_BxH: Array, act_id: Array) -> Array:
+def highway(z_Bx2H: Array, h_in_BxH: Array, act_id: Array) -> Array:
   """ENAS node update: c = σ(z_c), h = c·f(z_h) + (1 − c)·h_in (REF §4).
 
   Differentiated by hand: the backward pass keeps c, f and h_in ([B, H]
@@ -66,11 +66,11 @@ def _highway(z_Bx2H: Array, h_in_BxH: Array, act_id: Array) -> Array:
   Fisher update (WORKSPACE §6.3); the gradients are equal to rounding
   (tests/enas_rnn_test.py).
   """
-  return _highway_parts(z_Bx2H, h_in_BxH, act_id)[0]
+  return highway_parts(z_Bx2H, h_in_BxH, act_id)[0]
 
 
 def _highway_fwd(z_Bx2H, h_in_BxH, act_id):
-  h, c, f = _highway_parts(z_Bx2H, h_in_BxH, act_id)
+  h, c, f = highway_parts(z_Bx2H, h_in_BxH, act_id)
   return h, (c, f, h_in_BxH, act_id)
 
 
@@ -92,7 +92,7 @@ def _highway_bwd(res, g_BxH):
   return d_z, g_BxH * (1.0 - c), None
 
 
-_highway.defvjp(_highway_fwd, _highway_bwd)
+highway.defvjp(_highway_fwd, _highway_bwd)
 
 
 class _Node0(nn.Module):
@@ -236,7 +236,7 @@ class SharedRNN(nn.Module):
   bn_epsilon: float = 1e-5
   node_unroll: int | bool = 1
 
-  def _dropout_masks(self, train: bool, batch: int) -> dict:
+  def dropout_masks(self, train: bool, batch: int) -> dict:
     """Scaled keep-masks (None when off) from one draw of the dropout rng."""
     h, v = self.hidden_size, self.vocab_size
     specs = {
@@ -342,7 +342,7 @@ class SharedRNN(nn.Module):
     else:  # Placeholders threaded through the scan unchanged.
       bn_scale = bn_bias = run_mean = run_var = jnp.zeros((h,), jnp.float32)
 
-    masks = self._dropout_masks(train, batch)
+    masks = self.dropout_masks(train, batch)
     # Embedding dropout drops whole words: one keep flag per vocabulary row.
     x_TxBxH = embedding[inputs_TxB]
     row_mask = masks["embed"]
@@ -386,7 +386,7 @@ class SharedRNN(nn.Module):
       # Node j reads node parents[j] through edge (parents[j] -> j).
       j, w_Hx2H, act, parent = xs
       h_in = jax.lax.dynamic_index_in_dim(nodes_NxBxH, parent, keepdims=False)
-      h_j = _highway(tap.dense("edge", h_in, w_Hx2H), h_in, act)
+      h_j = highway(tap.dense("edge", h_in, w_Hx2H), h_in, act)
       return jax.lax.dynamic_update_index_in_dim(nodes_NxBxH, h_j, j, 0), None
 
     def step(carry, xz_Bx2H):
@@ -394,7 +394,7 @@ class SharedRNN(nn.Module):
       # Node 0 reads x_t and h_{t-1} (docs/method.md §4).
       z = xz_Bx2H + tap.dense("node0_h", h_prev, w_h0)
       nodes = jnp.zeros((n, batch, h), h_prev.dtype)
-      nodes = nodes.at[0].set(_highway(z, h_prev, acts[0]))
+      nodes = nodes.at[0].set(highway(z, h_prev, acts[0]))
       nodes, _ = tap.scan(
         "nodes",
         node_step,
@@ -449,7 +449,7 @@ def arch_edges(cell: dict[str, Array], arch: Arch) -> Array:
 
   Returns:
     Row j-1 is `[W^c | W^h]` of edge (parents[j] -> j), the matrix node j
-    reads; the gate columns come first, as in `_highway`.
+    reads; the gate columns come first, as in `highway`.
   """
   ids = search_space.edge_ids(arch)
   return jnp.concatenate([cell["edge_c"][ids], cell["edge_h"][ids]], axis=2)

@@ -3,15 +3,16 @@
 `summarize` reduces B's evaluations to mean ± std over seeds per run;
 `write_outputs` writes results.md, results.json and figure.png;
 `plot_figure` draws the accuracy curves, which `results_from_metrics`
-rebuilds from metrics.jsonl (for `wpl_jax.plots`, also of a running job).
+rebuilds from metrics.jsonl (for `wpl_jax.runtime.plots`, also of a running
+job).
 """
 
 import pathlib
 
 import numpy as np
 
-from wpl_jax import metrics as metrics_lib
-from wpl_jax.train.two_models_config import _headline, make_runs
+from wpl_jax.runtime import metrics as metrics_lib
+from wpl_jax.two_models.config import headline_runs, make_runs
 
 
 def summarize(results: dict[tuple[int, str], dict], early_step: int) -> list:
@@ -57,7 +58,7 @@ def summarize(results: dict[tuple[int, str], dict], early_step: int) -> list:
   return rows
 
 
-_COLUMNS = [
+COLUMNS = [
   ("k", "k"),
   ("a_setting", "A"),
   ("run", "B variant"),
@@ -72,8 +73,8 @@ _COLUMNS = [
 def write_outputs(config, workdir: pathlib.Path, results, rows) -> None:
   """results.md, results.json and figure.png in `workdir`."""
   early = rows[0]["early_step"] if rows else 0
-  columns = [(c, h.replace("@early", f"@{early}")) for c, h in _COLUMNS]
-  heads = set(_headline(config).values())
+  columns = [(c, h.replace("@early", f"@{early}")) for c, h in COLUMNS]
+  heads = set(headline_runs(config).values())
   n_seeds = config.num_seeds
   text = [
     f"# Two-model study ({config.data.name})",
@@ -117,7 +118,7 @@ def plot_figure(config, results, path) -> None:
   panels = []
   for (k, setting), res in results.items():
     curves = []
-    for variant, name in _headline(config).items():
+    for variant, name in headline_runs(config).items():
       idx = [i for i, r in enumerate(res["runs"]) if r.name == name]
       ls, label = style[variant]
       for model, color in (("a", "tab:blue"), ("b", "tab:red")):

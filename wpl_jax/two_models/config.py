@@ -1,7 +1,7 @@
 """Two-model study: what a config asks for, checked before any work.
 
 The variants and A settings; the B runs a config expands to (`Run`,
-`make_runs`) and the headline ones that are drawn and logged (`_headline`);
+`make_runs`) and the headline ones that are drawn and logged (`headline_runs`);
 `validate` (the config) and `check_data` (the data against the config), which
 raise one-line ValueErrors. The configs are in experiments/two_models.py.
 """
@@ -11,8 +11,8 @@ import dataclasses
 import ml_collections
 
 from wpl_jax import fisher as fisher_lib
-from wpl_jax import validation
-from wpl_jax.train.two_models_steps import _OPTIMIZERS
+from wpl_jax.runtime import validation
+from wpl_jax.two_models.steps import OPTIMIZERS
 
 VARIANTS = ("plain", "l2", "wpl")
 
@@ -61,7 +61,7 @@ def _grid(headline: float, sweep) -> list[float]:
   return sorted({float(headline), *(float(a) for a in sweep)})
 
 
-def _headline(config) -> dict[str, str]:
+def headline_runs(config) -> dict[str, str]:
   """Run names drawn in the figure and logged on the terminal."""
   names = {}
   if "plain" in config.variants:
@@ -122,8 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"fisher.normalize={config.fisher.normalize!r} must be 'mean' or 'none'",
     ),
     (
-      config.opt_a.name in _OPTIMIZERS and config.opt_b.name in _OPTIMIZERS,
-      f"optimiser names must be in {tuple(_OPTIMIZERS)}",
+      config.opt_a.name in OPTIMIZERS and config.opt_b.name in OPTIMIZERS,
+      f"optimiser names must be in {tuple(OPTIMIZERS)}",
     ),
     (
       all(

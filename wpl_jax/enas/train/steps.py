@@ -14,12 +14,12 @@ import ml_collections
 import optax
 
 from wpl_jax import fisher as fisher_lib
-from wpl_jax import fisher_fast, platform_defaults
-from wpl_jax.enas import edge_fisher, sampler, search_space
+from wpl_jax import fisher_fast
+from wpl_jax.enas import controller as controller_lib
+from wpl_jax.enas import edge_fisher, sampler, search_space, supernet
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.enas.search_space import Arch
-from wpl_jax.models import controller as controller_lib
-from wpl_jax.models import enas_rnn
+from wpl_jax.runtime import platform_defaults
 from wpl_jax.types import Array, Params, PRNGKey, PyTree
 
 
@@ -42,10 +42,10 @@ class ControllerState:
   step: Array  # int32 scalar
 
 
-def make_model(config: ml_collections.ConfigDict) -> enas_rnn.SharedRNN:
+def make_model(config: ml_collections.ConfigDict) -> supernet.SharedRNN:
   """The shared RNN of `config.model` (vocabulary set by the data)."""
   m = config.model
-  return enas_rnn.SharedRNN(
+  return supernet.SharedRNN(
     vocab_size=m.vocab_size,
     hidden_size=m.hidden,
     num_nodes=m.num_nodes,
@@ -147,7 +147,7 @@ class Steps:
     config: the experiment config (read at trace time only).
   """
 
-  model: enas_rnn.SharedRNN
+  model: supernet.SharedRNN
   config: ml_collections.ConfigDict
   # Overrides `config.search.eval_vmap` when not None (the search sets 0
   # when its devices split the K archs of an evaluation between them).
@@ -155,7 +155,7 @@ class Steps:
 
   # -- forward helpers -------------------------------------------------------
 
-  def _train_forward(
+  def train_forward(
     self,
     params,
     batch_stats,
@@ -182,7 +182,7 @@ class Steps:
     )
     return logits, new_hidden, mutated.get("batch_stats", batch_stats)
 
-  def _train_ce(
+  def train_ce(
     self,
     params,
     batch_stats,
@@ -197,10 +197,10 @@ class Steps:
     """Training-mode mean token cross-entropy, new hidden and batch stats.
 
     With `config.model.ce_chunk` > 0 the decoder runs in chunks of that
-    many tokens (`enas_rnn.chunked_cross_entropy`, same value).
+    many tokens (`supernet.chunked_cross_entropy`, same value).
     """
     chunk = self.config.model.get("ce_chunk", 0)
-    out, new_hidden, new_stats = self._train_forward(
+    out, new_hidden, new_stats = self.train_forward(
       params,
       batch_stats,
       inputs,
@@ -212,9 +212,9 @@ class Steps:
       edges=edges,
     )
     if chunk:
-      ce = enas_rnn.chunked_cross_entropy(params, out, targets, chunk=chunk)
+      ce = supernet.chunked_cross_entropy(params, out, targets, chunk=chunk)
     else:
-      ce = enas_rnn.cross_entropy(out, targets)
+      ce = supernet.cross_entropy(out, targets)
     return ce, new_hidden, new_stats
 
   def _eval_forward(self, params, batch_stats, inputs, hidden, arch):
@@ -249,7 +249,7 @@ class Steps:
     use_wpl = self.config.wpl.enabled
 
     def loss_fn(params, edges=None, tap=fisher_fast.PLAIN):
-      ce, new_hidden, new_stats = self._train_ce(
+      ce, new_hidden, new_stats = self.train_ce(
         params,
         shared.batch_stats,
         inputs_TxB,
@@ -277,7 +277,7 @@ class Steps:
       # at H = 200 and 400 and 0.87–0.97× at H = 1000 (WORKSPACE §6.1).
       leaves = {
         "params": shared.params,
-        "edges": enas_rnn.arch_edges(shared.params["cell"], arch),
+        "edges": supernet.arch_edges(shared.params["cell"], arch),
       }
       (_, aux), g = fisher_fast.value_and_grad(
         lambda q, _, tap: loss_fn(q["params"], q["edges"], tap),
@@ -351,7 +351,7 @@ class Steps:
       return jnp.swapaxes(logits, 0, 1)
 
     def loss_of(p, b):
-      return enas_rnn.cross_entropy(logits_of(p, b), b["targets"])
+      return supernet.cross_entropy(logits_of(p, b), b["targets"])
 
     if estimator == "batch_grad_squared":
       # The reference's estimate: the square of the batch-mean gradient of
@@ -360,7 +360,7 @@ class Steps:
       # is formed and F comes back as the arch's N-1 rows. The carried
       # hidden state is this forward's own, as in the reference.
       def edge_loss(edges):
-        ce, new_hidden, _ = self._train_ce(
+        ce, new_hidden, _ = self.train_ce(
           params,
           stats,
           inputs_TxB,
@@ -372,7 +372,7 @@ class Steps:
         )
         return ce, new_hidden
 
-      fused = enas_rnn.arch_edges(params["cell"], arch)
+      fused = supernet.arch_edges(params["cell"], arch)
       g, new_hidden = jax.grad(edge_loss, has_aux=True)(fused)
       hid = self.config.model.hidden
       new_fisher = {
@@ -436,7 +436,7 @@ class Steps:
     hidden_BxH: Array,
   ) -> Array:
     """Validation perplexities float32[K] of K archs on one batch (vmapped)."""
-    ppl, _ = self._eval_many(shared, archs, inputs_TxB, targets_TxB, hidden_BxH)
+    ppl, _ = self.eval_many(shared, archs, inputs_TxB, targets_TxB, hidden_BxH)
     return ppl
 
   def _eval_nll_sum(
@@ -444,15 +444,15 @@ class Steps:
   ):
     """(Σ weights·token NLL, new hidden) of one arch in search evaluation.
 
-    Batch-norm as `_eval_logits`; with `config.model.ce_chunk` > 0 the
-    decoder runs in chunks (`enas_rnn.chunked_nll_sum`, same value).
+    Batch-norm as `eval_logits`; with `config.model.ce_chunk` > 0 the
+    decoder runs in chunks (`supernet.chunked_nll_sum`, same value).
     """
     chunk = self.config.model.get("ce_chunk", 0)
-    out, new_hidden = self._eval_logits(
+    out, new_hidden = self.eval_logits(
       variables, arch, inputs_TxB, hidden_BxH, decode=not chunk
     )
     if chunk:
-      total = enas_rnn.chunked_nll_sum(
+      total = supernet.chunked_nll_sum(
         variables["params"], out, targets_TxB, weights, chunk=chunk
       )
     else:
@@ -460,7 +460,7 @@ class Steps:
       total = jnp.sum(nll if weights is None else nll * weights)
     return total, new_hidden
 
-  def _eval_logits(self, variables, arch, inputs_TxB, hidden_BxH, decode=True):
+  def eval_logits(self, variables, arch, inputs_TxB, hidden_BxH, decode=True):
     """Search-evaluation logits [T, B, V] and new hidden of one arch.
 
     `config.search.eval_bn` = "running" (reference): eval mode with the
@@ -490,10 +490,10 @@ class Steps:
     )
     return out
 
-  def _eval_many(self, shared, archs, inputs_TxB, targets_TxB, hidden_BxH):
+  def eval_many(self, shared, archs, inputs_TxB, targets_TxB, hidden_BxH):
     """(perplexity [K], final hidden [K, B, H]) of K archs in one call.
 
-    Batch-norm as `config.search.eval_bn` says (see `_eval_logits`); the K
+    Batch-norm as `config.search.eval_bn` says (see `eval_logits`); the K
     archs are vmapped in groups as `_map_archs` says.
     """
     variables = {"params": shared.params, "batch_stats": shared.batch_stats}
@@ -598,16 +598,16 @@ class Steps:
     c = self.config.controller
     n = self.config.model.num_nodes
     archs, _, entropies = sampler.sample_architectures(
-      ctrl.params, key=key, k=c.batch_size, num_nodes=n, **self._policy_kw()
+      ctrl.params, key=key, k=c.batch_size, num_nodes=n, **self.policy_kw()
     )
-    ppl, hiddens = self._eval_many(
+    ppl, hiddens = self.eval_many(
       shared, archs, inputs_TxB, targets_TxB, hidden_BxH
     )
     per_decision = reward_form(self.config) == "per_decision"
 
     def loss_fn(cp):
       logp, ent = jax.vmap(
-        lambda a: controller_lib.decision_log_probs(cp, a, **self._policy_kw())
+        lambda a: controller_lib.decision_log_probs(cp, a, **self.policy_kw())
       )(archs)  # [K, 2N-1] each, from one teacher-forced pass
       if per_decision:
         # ENAS-pytorch: decision t's reward is R + coef · H_t, its baseline
@@ -649,7 +649,7 @@ class Steps:
     }
     return new_ctrl, hiddens[0], metrics
 
-  def _policy_kw(self) -> dict:
+  def policy_kw(self) -> dict:
     """The controller's logit shaping and the space's fixed node-0 act."""
     c = self.config.controller
     return {
@@ -670,7 +670,7 @@ class Steps:
     if search_policy(self.config) == "random":
       return jnp.log(jnp.float32(s))
     logp = jax.vmap(
-      lambda a: controller_lib.log_prob(ctrl_params, a, **self._policy_kw())[0]
+      lambda a: controller_lib.log_prob(ctrl_params, a, **self.policy_kw())[0]
     )(archs)
     return -jnp.sum(jnp.exp(logp) * logp)
 
@@ -689,6 +689,6 @@ class Steps:
         fixed_first_activation=fixed_first_activation(self.config),
       )
     archs, _, _ = sampler.sample_architectures(
-      ctrl_params, key=key, k=k, num_nodes=n, **self._policy_kw()
+      ctrl_params, key=key, k=k, num_nodes=n, **self.policy_kw()
     )
     return archs

@@ -25,51 +25,50 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import fisher as fisher_lib
-from wpl_jax import metrics as metrics_lib
-from wpl_jax import platform_defaults, sharding
-from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import fingerprint, ptb
-from wpl_jax.enas import search_space
+from wpl_jax.enas import controller as controller_lib
+from wpl_jax.enas import search_space, supernet
 from wpl_jax.enas import wpl as enas_wpl
-from wpl_jax.models import controller as controller_lib
-from wpl_jax.models import enas_rnn
-from wpl_jax.train import enas_steps, retrain
-from wpl_jax.train.enas_search_config import (
-  _RESUMABLE,
-  _check_same_config,
-  _comparable,
+from wpl_jax.enas.train import retrain
+from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.enas.train.search_config import (
+  RESUMABLE,
   check_data,
   check_memory,
+  check_same_config,
   check_sizes,
+  comparable,
   machine_bytes,
   memory_need,
   valid_splits,
   validate,
 )
-from wpl_jax.train.enas_search_config import (
+from wpl_jax.enas.train.search_config import (
   validate_model as validate_model,  # re-exported (enas_truth)
 )
-from wpl_jax.train.enas_search_eval import (
-  _derive,
-  _eval_chunked,
-  _one,
-  _Ranker,
+from wpl_jax.enas.train.search_eval import (
+  Ranker,
+  derive,
+  eval_chunked,
   forgetting_stats,
+  one_arch,
 )
-from wpl_jax.train.enas_search_report import (
-  _fmt,
-  _plot,
-  _results_md,
-  _tb_write,
-  _tensorboard,
+from wpl_jax.enas.train.search_report import (
+  fmt,
+  plot,
+  results_md,
+  tb_write,
+  tensorboard,
 )
-from wpl_jax.train.enas_steps import ControllerState, SharedState
+from wpl_jax.enas.train.steps import ControllerState, SharedState
+from wpl_jax.runtime import checkpoint as checkpoint_lib
+from wpl_jax.runtime import metrics as metrics_lib
+from wpl_jax.runtime import platform_defaults, sharding
+from wpl_jax.runtime import workdir as workdir_lib
 
 # Independent random streams, folded into the run's base key.
 _INIT, _SHARED, _CONTROLLER, _DERIVE, _FISHER, _EPOCHS = range(6)
-RESUMABLE = _RESUMABLE  # fields a rerun in the same workdir may change
 
 
 def lr_at(config: ml_collections.ConfigDict, epoch: int) -> float:
@@ -106,7 +105,7 @@ class _Windows:
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """The search's device mesh (`wpl_jax.sharding`); checks the sizes.
+  """The search's device mesh (`wpl_jax.runtime.sharding`); checks the sizes.
 
   `config.num_devices` (0 = all) devices; the batch [T, B] is split on B
   over all of them, the K archs of a vmapped evaluation on K; with
@@ -171,9 +170,9 @@ def jit_steps(steps: enas_steps.Steps, state: dict, mesh) -> dict:
   }
 
 
-def _init_state(config, model, key):
+def init_state(config, model, key):
   k_model, k_ctrl = jax.random.split(jax.random.fold_in(key, _INIT))
-  variables = enas_rnn.init_variables(model, key=k_model)
+  variables = supernet.init_variables(model, key=k_model)
   params = variables["params"]
   tx = enas_steps.shared_optimizer(
     config.shared.grad_clip, config.shared.weight_decay
@@ -265,9 +264,9 @@ def search(
   policy = enas_steps.search_policy(config)
   ranker = None
   if s.rank_every:
-    ranker = _Ranker(config, steps, splits["heldout"], mesh=mesh)
+    ranker = Ranker(config, steps, splits["heldout"], mesh=mesh)
 
-  state = place_state(_init_state(config, model, key), mesh)
+  state = place_state(init_state(config, model, key), mesh)
   fns = jit_steps(steps, state, mesh)
   shared_step, fisher_step, eval_one, eval_archs, ctrl_step, sample = (
     fns[k]
@@ -278,16 +277,16 @@ def search(
   start_epoch, history = 0, []
   if ckpt.latest_step() is not None:
     state, meta = restore(ckpt, state)
-    _check_same_config(config, meta.get("config"))
+    check_same_config(config, meta.get("config"))
     start_epoch, history = meta["epoch"] + 1, meta["history"]
     logging.info("resumed from epoch %d in %s", meta["epoch"], ckpt.directory)
     # Lines of epochs after the checkpoint (a kill between the metrics line
     # and the checkpoint) are dropped: those epochs run again.
-    _truncate_jsonl(workdir / "metrics.jsonl", meta["epoch"])
+    truncate_jsonl(workdir / "metrics.jsonl", meta["epoch"])
   else:  # a kill during the first save left epoch 0's line: it runs again
-    _truncate_jsonl(workdir / "metrics.jsonl", -1)
+    truncate_jsonl(workdir / "metrics.jsonl", -1)
   log = metrics_lib.JsonlWriter(workdir / "metrics.jsonl")
-  tb = _tensorboard(workdir / "tb")
+  tb = tensorboard(workdir / "tb")
 
   # SIGTERM/SIGINT: the epoch in progress ends and is saved, then the run
   # stops (exit 128 + signal); a second signal kills at once.
@@ -341,7 +340,9 @@ def search(
         t_train += time.time() - t0
         err1.append(
           float(
-            eval_one(state["shared"], _one(arch), fixed_x, fixed_y, zero_h)[0]
+            eval_one(state["shared"], one_arch(arch), fixed_x, fixed_y, zero_h)[
+              0
+            ]
           )
         )
         if use_fisher:
@@ -373,7 +374,7 @@ def search(
             tokens / max(t_train, 1e-9),
           )
       stacked = search_space.stack(archs)
-      err2 = _eval_chunked(
+      err2 = eval_chunked(
         eval_archs,
         state["shared"],
         stacked,
@@ -403,7 +404,7 @@ def search(
         rewards.append(cm["reward"])
         ppls.append(cm["ppl"])
       state["pos"] = sharding.put(np.asarray(pos, np.int32), rep)
-      _check_finite(config, epoch, losses, err1, rewards)
+      check_finite(config, epoch, losses, err1, rewards)
 
       record = {
         "epoch": epoch,
@@ -429,7 +430,7 @@ def search(
       ):
         record.update(ranker(state["shared"], state["controller"].params))
       if (epoch + 1) % s.derive_every == 0 or epoch + 1 == s.epochs:
-        best, best_ppl = _derive(
+        best, best_ppl = derive(
           config,
           state,
           sample,
@@ -456,16 +457,16 @@ def search(
       ckpt.save(
         epoch,
         state,
-        {"epoch": epoch, "history": history, "config": _comparable(config)},
+        {"epoch": epoch, "history": history, "config": comparable(config)},
       )
-      _tb_write(tb, record, epoch)
+      tb_write(tb, record, epoch)
       logging.info(
         "epoch %d: loss %.3f  reward %s  ppl(ctrl) %s  forget mean %.1f best5 "
         "%.1f max %.1f  %.0f tok/s  %.0fs",
         epoch,
         record["train_loss"],
-        _fmt(record["reward"]),
-        _fmt(record["controller_ppl"]),
+        fmt(record["reward"]),
+        fmt(record["controller_ppl"]),
         forget["diff_mean"],
         forget["diff_best5"],
         forget["diff_max"],
@@ -484,7 +485,7 @@ def search(
   return {"derived": derived, "history": history}
 
 
-def _check_finite(config, epoch, losses, err1, rewards) -> None:
+def check_finite(config, epoch, losses, err1, rewards) -> None:
   """Raises NonFiniteError naming the epoch and step of the first NaN/inf.
 
   One host transfer per epoch (the losses stay on the device until here),
@@ -511,7 +512,7 @@ def _check_finite(config, epoch, losses, err1, rewards) -> None:
     )
 
 
-def _truncate_jsonl(path: pathlib.Path, last_epoch: int) -> None:
+def truncate_jsonl(path: pathlib.Path, last_epoch: int) -> None:
   """Keeps the lines of `path` whose epoch is <= `last_epoch`."""
   if not path.exists() or not metrics_lib.is_primary():
     return
@@ -588,12 +589,19 @@ def state_shapes(config: ml_collections.ConfigDict, vocab: int):
   sized.model.vocab_size = vocab
   model = enas_steps.make_model(sized)
   shapes = jax.eval_shape(
-    lambda k: _init_state(sized, model, k), jax.random.key(0)
+    lambda k: init_state(sized, model, k), jax.random.key(0)
   )
   return sized, shapes
 
 
 @platform_defaults.with_precision
+def redraw(config, records: list[dict], out: pathlib.Path) -> None:
+  """Forgetting and the controller's reward per epoch (from metrics.jsonl;
+  `wpl_jax.runtime.plots`)."""
+  del config
+  plot(records, out)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Search (unless `search.epochs == 0`), then retrain; writes results.
 
@@ -667,7 +675,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   out["total_seconds"] = time.time() - t0
   metrics_lib.write_json(workdir / "results.json", out)
   if metrics_lib.is_primary():
-    (workdir / "results.md").write_text(_results_md(out, result["history"]))
-  _plot(result["history"], workdir / "figure.png")
-  print(_results_md(out, result["history"]))
+    (workdir / "results.md").write_text(results_md(out, result["history"]))
+  plot(result["history"], workdir / "figure.png")
+  print(results_md(out, result["history"]))
   return out

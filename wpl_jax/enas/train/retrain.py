@@ -1,7 +1,7 @@
 """Retrains one ENAS cell from scratch; scores every token.
 
 Data parallel over `config.num_devices` devices (0 = all,
-`wpl_jax.sharding`): each [T, B] training batch is split on B, the model
+`wpl_jax.runtime.sharding`): each [T, B] training batch is split on B, the model
 replicated (its edge stacks split along E with `model.shard_edges`); the
 evaluation is split the same way when `retrain.eval_batch_size` divides
 over the devices, and runs replicated otherwise (e.g. the default 1).
@@ -19,14 +19,13 @@ import numpy as np
 import optax
 from absl import logging
 
-from wpl_jax import metrics as metrics_lib
-from wpl_jax import sharding
 from wpl_jax.data import ptb
-from wpl_jax.enas import search_space
+from wpl_jax.enas import search_space, supernet
 from wpl_jax.enas.search_space import Arch
-from wpl_jax.models import enas_rnn
-from wpl_jax.train import enas_steps
-from wpl_jax.train.enas_steps import SharedState
+from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.enas.train.steps import SharedState
+from wpl_jax.runtime import metrics as metrics_lib
+from wpl_jax.runtime import sharding
 
 
 def _nll_sum(model, params, stats, x, y, hidden, arch):
@@ -127,7 +126,7 @@ class Retrainer:
 
   def _init(self, key) -> SharedState:
     """Fresh variables and optimizer state of the standalone model."""
-    variables = enas_rnn.init_variables(self.model, key=key)
+    variables = supernet.init_variables(self.model, key=key)
     return SharedState(
       params=variables["params"],
       batch_stats=variables.get("batch_stats", {}),

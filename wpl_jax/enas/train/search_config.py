@@ -4,8 +4,8 @@
 `enas_truth`) and `validate` raise one-line ValueErrors on an inconsistent
 config. `valid_splits` cuts the validation stream into the forgetting, stream
 and held-out parts, and `check_data` checks that every split is long enough
-for the config. `_comparable` and `_check_same_config` compare a checkpoint's
-config with a rerun's, except for the fields in `_RESUMABLE`.
+for the config. `comparable` and `check_same_config` compare a checkpoint's
+config with a rerun's, except for the fields in `RESUMABLE`.
 """
 
 import json
@@ -16,15 +16,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from wpl_jax import platform_defaults, validation
-from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import ptb
-from wpl_jax.enas import ranking, search_space
-from wpl_jax.models import enas_rnn
-from wpl_jax.train import enas_steps
+from wpl_jax.enas import ranking, search_space, supernet
+from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.runtime import platform_defaults, validation
+from wpl_jax.runtime import workdir as workdir_lib
 
 # Config fields that may change when a run is resumed (e.g. to extend it).
-_RESUMABLE = (
+RESUMABLE = (
   "search.epochs",
   "retrain",
   "data_dir",
@@ -61,8 +60,8 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
   ):
     v.number(config, f"model.{name}", min=0, max=1, open_max=True)
   v.number(config, "model.clip_norm", min=0)  # 0 = no clip
-  v.choice(config, "model.hidden_source", enas_rnn.HIDDEN_SOURCES)
-  v.choice(config, "model.cell_output", enas_rnn.CELL_OUTPUTS)
+  v.choice(config, "model.hidden_source", supernet.HIDDEN_SOURCES)
+  v.choice(config, "model.cell_output", supernet.CELL_OUTPUTS)
   v.number(config, "model.init_range", min=0, open_min=True)
   if "ce_chunk" in config.model:
     v.integer(config, "model.ce_chunk", min=0)
@@ -230,8 +229,8 @@ def check_data(config: ml_collections.ConfigDict, data: ptb.PTBData) -> None:
       ranking.truth_for(path, [search_space.to_string(a) for a in archs])
 
 
-def _comparable(
-  config: ml_collections.ConfigDict, resumable: tuple[str, ...] = _RESUMABLE
+def comparable(
+  config: ml_collections.ConfigDict, resumable: tuple[str, ...] = RESUMABLE
 ) -> dict:
   """The config as a dict, without the fields a resume may change."""
   d = config.to_dict()
@@ -244,14 +243,14 @@ def _comparable(
   return d
 
 
-def _check_same_config(
-  config, saved: dict | None, resumable: tuple[str, ...] = _RESUMABLE
+def check_same_config(
+  config, saved: dict | None, resumable: tuple[str, ...] = RESUMABLE
 ) -> None:
   """Raises ValueError if a checkpoint was written under another config."""
   if saved is None:
     return
   now = workdir_lib.flatten(
-    json.loads(json.dumps(_comparable(config, resumable)))
+    json.loads(json.dumps(comparable(config, resumable)))
   )
   now = {**workdir_lib.ADDED_DEFAULTS, **now}
   old = {**workdir_lib.ADDED_DEFAULTS, **workdir_lib.flatten(saved)}

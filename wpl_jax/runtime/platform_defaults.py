@@ -68,7 +68,7 @@ def value_for(field: str, platform: str) -> int:
   return cpu if platform == "cpu" else accelerator
 
 
-def _lookup(config: ml_collections.ConfigDict, field: str):
+def lookup(config: ml_collections.ConfigDict, field: str):
   node = config
   *parents, leaf = field.split(".")
   for p in parents:
@@ -121,7 +121,7 @@ def get(config: ml_collections.ConfigDict, field: str, default=None):
 
   `default` when the field (or a section above it) is absent.
   """
-  node, leaf = _lookup(config, field)
+  node, leaf = lookup(config, field)
   if node is None or leaf not in node:
     return default
   return _coerce(field, node[leaf])

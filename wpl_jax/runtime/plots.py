@@ -1,6 +1,6 @@
 """Redraws the figures of a finished or running job from its logs.
 
-  python -m wpl_jax.plots WORKDIR [WORKDIR ...]
+  python -m wpl_jax.runtime.plots WORKDIR [WORKDIR ...]
 
 Reads `WORKDIR/run.json` (which experiment, which config) and its JSONL
 metrics, and writes `figure.png` again, as the run itself does at its end:
@@ -21,7 +21,8 @@ import sys
 
 import ml_collections
 
-from wpl_jax import metrics as metrics_lib
+from wpl_jax.runtime import experiments
+from wpl_jax.runtime import metrics as metrics_lib
 
 
 def redraw(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -43,49 +44,19 @@ def redraw(workdir: str | pathlib.Path) -> pathlib.Path:
     raise ValueError(f"{workdir} has no metrics yet")
   config = ml_collections.ConfigDict(record["config"])
   out = workdir / "figure.png"
-  experiment = record["experiment"]
-  if experiment == "two_models":
-    from wpl_jax.train import two_models  # noqa: PLC0415 (JAX: only here)
-
-    two_models.plot_figure(
-      config, two_models.results_from_metrics(config, records), out
-    )
-  elif experiment == "enas_ptb":
-    from wpl_jax.train import enas_search  # noqa: PLC0415
-
-    enas_search._plot(records, out)  # noqa: SLF001
-  elif experiment == "enas_truth":
-    steps = [r["step"] for r in records]
-    ppl = [r["valid_ppl"] for r in records]
-    cells = list(zip(*ppl, strict=True))
-    curves = [
-      {"label": None, "x": steps, "mean": c, "color": "0.8"} for c in cells
-    ]
-    curves += [
-      {"label": "best", "x": steps, "mean": [r["best_ppl"] for r in records]},
-      {
-        "label": "median",
-        "x": steps,
-        "mean": [r["median_ppl"] for r in records],
-      },
-    ]
-    metrics_lib.plot_panels(
-      [{"title": f"{len(cells)} cells, seed {config.seed}", "curves": curves}],
-      out,
-      xlabel="training step (all cells)",
-      ylabel="validation perplexity",
-      ncols=1,
-      ylim=None,
-    )
-  else:
-    raise ValueError(f"{workdir}: unknown experiment {experiment!r}")
+  try:
+    study = experiments.load(record["experiment"])
+  except ValueError as e:
+    raise ValueError(f"{workdir}: {e}") from None
+  study.redraw(config, records, out)
   return out
 
 
 def main(argv: list[str]) -> int:
   if not argv:
     print(
-      "usage: python -m wpl_jax.plots WORKDIR [WORKDIR ...]", file=sys.stderr
+      "usage: python -m wpl_jax.runtime.plots WORKDIR [WORKDIR ...]",
+      file=sys.stderr,
     )
     return 2
   status = 0

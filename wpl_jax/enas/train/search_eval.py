@@ -3,15 +3,15 @@
 The forgetting statistics (err2 − err1), the perplexities of many cells in
 vmapped chunks of a fixed size, the derived cell (the best of M controller
 samples) and the ranking of the whole space on the held-out split
-(`_Ranker`).
+(`Ranker`).
 """
 
 import jax
 import numpy as np
 
-from wpl_jax import sharding
 from wpl_jax.enas import ranking, search_space
-from wpl_jax.train import enas_steps
+from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.runtime import sharding
 
 
 def forgetting_stats(err1: np.ndarray, err2: np.ndarray) -> dict[str, float]:
@@ -25,7 +25,7 @@ def forgetting_stats(err1: np.ndarray, err2: np.ndarray) -> dict[str, float]:
   }
 
 
-class _Ranker:
+class Ranker:
   """Scores every cell of the space with the shared weights (held-out split).
 
   Logs the shared-weight perplexity of each cell, the shared ranking's best
@@ -95,7 +95,7 @@ def _split_cells(fn, mesh, s):
   return jax.jit(split, out_shardings=rep)
 
 
-def _eval_chunked(
+def eval_chunked(
   eval_fn, shared, archs, x, y, hidden, chunk, *, arch_sharding=None
 ):
   """Perplexities of K archs in vmapped chunks of a fixed size (1 compile).
@@ -119,17 +119,17 @@ def _eval_chunked(
   return np.concatenate(out)[:k]
 
 
-def _one(arch):
+def one_arch(arch):
   return jax.tree.map(lambda x: x[None], arch)
 
 
-def _derive(
+def derive(
   config, state, sample, eval_archs, key, x, y, hidden, *, arch_sharding=None
 ):
   """Best of M controller samples by validation perplexity on one batch."""
   m = config.search.derive_samples
   archs = jax.device_get(sample(state["controller"].params, key=key, k=m))
-  ppl = _eval_chunked(
+  ppl = eval_chunked(
     eval_archs,
     state["shared"],
     archs,

@@ -15,29 +15,29 @@ import jax
 import ml_collections
 from absl import logging
 
-from wpl_jax import checkpoint as checkpoint_lib
 from wpl_jax import data as data_lib
-from wpl_jax import metrics as metrics_lib
-from wpl_jax import platform_defaults
-from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import fingerprint
-from wpl_jax.train.two_models_config import (
+from wpl_jax.runtime import checkpoint as checkpoint_lib
+from wpl_jax.runtime import metrics as metrics_lib
+from wpl_jax.runtime import platform_defaults
+from wpl_jax.runtime import workdir as workdir_lib
+from wpl_jax.two_models.config import (
   A_SETTINGS,
   VARIANTS,
   Run,
-  _headline,
   check_data,
+  headline_runs,
   make_runs,
   validate,
 )
-from wpl_jax.train.two_models_report import (
-  _COLUMNS,
+from wpl_jax.two_models.report import (
+  COLUMNS,
   plot_figure,
   results_from_metrics,
   summarize,
   write_outputs,
 )
-from wpl_jax.train.two_models_steps import (
+from wpl_jax.two_models.steps import (
   Penalty,
   TrainState,
   cross_entropy,
@@ -47,7 +47,7 @@ from wpl_jax.train.two_models_steps import (
   make_optimizer,
   train_step,
 )
-from wpl_jax.train.two_models_train import train_a, train_b
+from wpl_jax.two_models.train import train_a, train_b
 
 __all__ = [
   "A_SETTINGS",
@@ -64,6 +64,7 @@ __all__ = [
   "make_optimizer",
   "make_runs",
   "plot_figure",
+  "redraw",
   "results_from_metrics",
   "summarize",
   "train_a",
@@ -75,6 +76,12 @@ __all__ = [
 ]
 
 RESUMABLE = ()  # a rerun in the same workdir must match the config exactly
+
+
+def redraw(config, records: list[dict], out: pathlib.Path) -> None:
+  """A's and B's accuracy curves from metrics.jsonl (`wpl_jax.runtime.plots`;
+  a running job shows the evaluations written so far)."""
+  plot_figure(config, results_from_metrics(config, records), out)
 
 
 def _load_data(config: ml_collections.ConfigDict):
@@ -145,9 +152,9 @@ def train_and_evaluate(
   rows = summarize(results, config.protocol.early_step)
   write_outputs(config, workdir, results, rows)
   logging.info("Done in %.0f s; results in %s", time.time() - t0, workdir)
-  heads = set(_headline(config).values())
+  heads = set(headline_runs(config).values())
   table = metrics_lib.markdown_table(
-    [r for r in rows if r["run"] in heads], _COLUMNS
+    [r for r in rows if r["run"] in heads], COLUMNS
   )
   print(table, flush=True)
   return {"rows": rows, "workdir": str(workdir)}

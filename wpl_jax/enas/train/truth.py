@@ -37,15 +37,15 @@ import numpy as np
 import optax
 from absl import logging
 
-from wpl_jax import checkpoint as checkpoint_lib
-from wpl_jax import metrics as metrics_lib
-from wpl_jax import platform_defaults, validation
-from wpl_jax import workdir as workdir_lib
 from wpl_jax.data import fingerprint, ptb
-from wpl_jax.enas import ranking, search_space
-from wpl_jax.models import enas_rnn
-from wpl_jax.train import enas_search, enas_steps
-from wpl_jax.train.enas_steps import SharedState
+from wpl_jax.enas import ranking, search_space, supernet
+from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.enas.train.steps import SharedState
+from wpl_jax.runtime import checkpoint as checkpoint_lib
+from wpl_jax.runtime import metrics as metrics_lib
+from wpl_jax.runtime import platform_defaults, validation
+from wpl_jax.runtime import workdir as workdir_lib
 
 # Independent random streams, folded into the run's base key.
 _INIT, _TRAIN = range(2)
@@ -101,7 +101,7 @@ class TruthTrainer:
     """Fresh variables and optimizer state per cell: leading axis S."""
 
     def one(key):
-      variables = enas_rnn.init_variables(self.model, key=key)
+      variables = supernet.init_variables(self.model, key=key)
       return SharedState(
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
@@ -239,7 +239,7 @@ RESUMABLE = (
 )
 # What a checkpoint's stored config leaves out: the search's resumable
 # fields (as before) and these.
-_CKPT_RESUMABLE = enas_search.RESUMABLE + RESUMABLE
+CKPT_RESUMABLE = enas_search.RESUMABLE + RESUMABLE
 
 
 def memory_need(config: ml_collections.ConfigDict, vocab: int) -> tuple:
@@ -351,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   done, history, seconds, pending = 0, [], 0.0, []
   if ckpt.latest_step() is not None:
     state, meta = enas_search.restore(ckpt, state)
-    enas_search._check_same_config(config, meta.get("config"), _CKPT_RESUMABLE)
+    enas_search.check_same_config(config, meta.get("config"), CKPT_RESUMABLE)
     done, history, seconds = meta["step"], meta["history"], meta["seconds"]
     # Step losses since the last evaluation: its train_loss averages them
     # all, so a resumed log equals an uninterrupted one.
@@ -363,7 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:  # lines of a run killed before its first checkpoint
     _truncate(workdir / "metrics.jsonl", 0)
   log = metrics_lib.JsonlWriter(workdir / "metrics.jsonl")
-  tb = enas_search._tensorboard(workdir / "tb")
+  tb = enas_search.tensorboard(workdir / "tb")
   logging.info(
     "ground truth: %d cells, %d epochs x %d steps, %d eval tokens",
     s,
@@ -377,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "step": step,
       "history": history,
       "seconds": seconds,
-      "config": enas_search._comparable(config, _CKPT_RESUMABLE),
+      "config": enas_search.comparable(config, CKPT_RESUMABLE),
       "pending_losses": np.asarray(jax.device_get(losses), np.float32).tolist(),
     }
     try:
@@ -501,6 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     "config": config.to_dict(),
   }
   metrics_lib.write_json(workdir / "truth.json", out)
+  if history and metrics_lib.is_primary():
+    redraw(config, history, workdir / "figure.png")
   md = _results_md(names, final, seeds, seconds)
   if metrics_lib.is_primary():
     (workdir / "results.md").write_text(md)
@@ -537,11 +539,40 @@ def _per_seed(values_KxS: np.ndarray) -> list:
   return values_KxS.tolist()
 
 
+def redraw(config, records: list[dict], out: pathlib.Path) -> None:
+  """Every cell's validation perplexity at each evaluation (the seed mean
+  when several seeds trained), with the best and the median (from
+  metrics.jsonl; `wpl_jax.runtime.plots`)."""
+  steps = [r["step"] for r in records]
+  ppl = [np.atleast_2d(r["valid_ppl"]).mean(0) for r in records]
+  cells = list(zip(*ppl, strict=True))
+  seeds = records[-1].get("seeds", [config.seed])
+  curves = [
+    {"label": None, "x": steps, "mean": c, "color": "0.8"} for c in cells
+  ]
+  curves += [
+    {"label": "best", "x": steps, "mean": [r["best_ppl"] for r in records]},
+    {
+      "label": "median",
+      "x": steps,
+      "mean": [r["median_ppl"] for r in records],
+    },
+  ]
+  metrics_lib.plot_panels(
+    [{"title": f"{len(cells)} cells, seeds {seeds}", "curves": curves}],
+    out,
+    xlabel="training step (all cells)",
+    ylabel="validation perplexity",
+    ncols=1,
+    ylim=None,
+  )
+
+
 def _git_commit() -> str:
   """The checkout's commit (with "+dirty" if modified), or "" outside git."""
   import subprocess  # noqa: PLC0415
 
-  root = pathlib.Path(__file__).resolve().parents[2]
+  root = pathlib.Path(__file__).resolve().parents[3]
   try:
     rev = subprocess.run(
       ["git", "-C", str(root), "rev-parse", "HEAD"],

@@ -1,1 +1,0 @@
-"""wpl_jax.models."""

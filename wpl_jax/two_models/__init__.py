@@ -1,0 +1,3 @@
+"""wpl_jax.two_models: the two-model study (model, config, steps, train,
+report).
+"""
