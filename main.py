@@ -1,9 +1,7 @@
 """Entry point: python main.py --config=FILE.py[:arg] --workdir=DIR."""
 
-import importlib
 import os
 import sys
-import time
 
 # XLA:CPU takes its large buffers from glibc, which maps them fresh from the
 # kernel and unmaps them after every call, so each step of a wide model
@@ -49,48 +47,10 @@ if __name__ == "__main__":
 from absl import app, flags  # noqa: E402 (after the restart)
 from ml_collections import config_flags  # noqa: E402
 
-from wpl_jax.runtime import experiments  # noqa: E402
-from wpl_jax.runtime import workdir as workdir_lib  # noqa: E402
+from wpl_jax.runtime import launch  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT = os.path.join(_HERE, "experiments", "two_models.py")
-
-
-def _message(error: BaseException | str) -> str:
-  """The one line of a user error that says what is wrong.
-
-  absl and ml_collections wrap the cause: a config file's own error comes
-  after "Error whilst parsing config file:" and a traceback, a missing file
-  after the paths tried, so the last non-empty line is the useful one
-  (without its "SomeError: " prefix). A mistyped config field arrives as
-  ml_collections' KeyError/AttributeError "'field'\nDid you mean ...".
-  """
-  if isinstance(error, str):
-    return error
-  text = str(error)
-  if isinstance(error, KeyError | AttributeError):
-    text = text.strip("'\"").replace("\\'", "'").replace("\\n", "\n")
-    lines = [x.strip() for x in text.splitlines() if x.strip()]
-    field = lines[0].strip("'") if lines else "?"
-    hint = f" ({lines[-1]})" if len(lines) > 1 else ""
-    return f"unknown config field {field!r}{hint}"
-  lines = [x.strip() for x in text.splitlines() if x.strip()]
-  if not lines:
-    return type(error).__name__
-  last = lines[-1]
-  head, sep, rest = last.partition(": ")
-  if sep and head.endswith(("Error", "Exception")) and " " not in head:
-    last = rest
-  if len(lines) == 1:
-    return last
-  return f"{lines[0].split(': ')[0]}: {last}"
-
-
-def _fail(error: BaseException | str) -> None:
-  """Ends the program with one line on stderr and exit status 1."""
-  print(f"error: {_message(error)}", file=sys.stderr)
-  sys.exit(1)
-
 
 try:
   _CONFIG = config_flags.DEFINE_config_file(
@@ -99,7 +59,7 @@ try:
 except (AttributeError, KeyError) as _error:
   # With no --config, ml_collections applies --config.x overrides to the
   # default config while the flag is defined: a mistyped field fails here.
-  _fail(_error)
+  launch.fail(_error)
 _WORKDIR = flags.DEFINE_string("workdir", None, "New or empty output folder.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Overrides config.data_dir.")
 _DOWNLOAD = flags.DEFINE_bool("download", False, "Fetch MNIST into data_dir.")
@@ -118,89 +78,31 @@ _DISTRIBUTED = flags.DEFINE_bool(
 )
 
 
-def _report_finished(workdir: str) -> None:
-  """Prints a finished run's results.md; rewrites nothing."""
-  results = os.path.join(workdir, "results.md")
-  if os.path.exists(results):
-    with open(results, encoding="utf-8") as f:
-      print(f.read(), end="")
-  print(
-    f"the run in {workdir} has finished; nothing was rewritten (its "
-    "results are above; use a new --workdir to run again)",
-    file=sys.stderr,
-  )
-
-
 def _parse(argv: list[str]) -> list[str]:
   """Parses flags; a bad flag or config ends with one line, no traceback."""
   try:
     return flags.FLAGS(argv)
   except (flags.Error, ValueError, KeyError, AttributeError, OSError) as e:
-    _fail(e)
+    launch.fail(e)
 
 
 def main(argv: list[str]) -> None:
   if _DISTRIBUTED.value:
-    import jax  # noqa: PLC0415 (only here: a bad flag stays fast)
-
-    # Coordinator, process count and id: detected on TPU pods and SLURM,
-    # else from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.
-    env = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
-    kw = {k: int(os.environ[v]) for k, v in env.items() if v in os.environ}
-    jax.distributed.initialize(**kw)
+    launch.initialize_distributed()
   try:
     config = _CONFIG.value  # a proxy: a missing file shows up on first use
-    experiment = config.experiment
+    config.experiment  # noqa: B018
   except (flags.Error, ValueError, OSError) as e:
-    _fail(e)
-  if len(argv) > 1 or experiment not in experiments.STUDIES:
-    _fail(
-      f"unexpected arguments {argv[1:]} or unknown experiment "
-      f"{config.experiment!r} (known: {', '.join(experiments.STUDIES)})"
-    )
-  try:
-    module = experiments.load(config.experiment)
-    with config.unlocked():
-      config.data_dir = _DATA_DIR.value or config.get("data_dir", "")
-    workdir = _WORKDIR.value or os.path.join(
-      "workdir", f"{config.experiment}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    resumable = getattr(module, "RESUMABLE", ())
-    if _ALLOW_DATA_CHANGE.value:  # read by workdir_lib.claim
-      os.environ[workdir_lib.ALLOW_DATA_CHANGE_ENV] = "1"
-    workdir_lib.lock(workdir)  # one process per workdir; released at exit
-    state = workdir_lib.inspect(workdir, config, resumable=resumable)
-    if state == "finished":
-      _report_finished(workdir)
-      return
-    if _DOWNLOAD.value:
-      importlib.import_module("wpl_jax.data").download_mnist(config.data_dir)
-    module.train_and_evaluate(config, workdir)
-    workdir_lib.finish(workdir)
-  except (ValueError, OSError) as e:  # DataError, NonFiniteError included
-    if type(e).__name__ == "SaveError":  # wpl_jax.runtime.checkpoint.SaveError
-      # A save that failed inside orbax can leave a thread that blocks the
-      # interpreter's exit: say so and leave at once.
-      print(f"error: {_message(e)}", file=sys.stderr, flush=True)
-      sys.stdout.flush()
-      os._exit(1)
-    _fail(e)
-  except KeyboardInterrupt:
-    print(
-      "error: interrupted; rerun the same command to resume from the last "
-      "checkpoint",
-      file=sys.stderr,
-    )
-    sys.exit(130)
-  except Exception as e:
-    # A stop at SIGTERM/SIGINT after a checkpoint (the module is loaded by
-    # then; importing it here keeps orbax out of a bad flag's start-up).
-    from wpl_jax.runtime import checkpoint  # noqa: PLC0415
-
-    if not isinstance(e, checkpoint.Interrupted):  # a bug: keep the traceback
-      raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(128 + e.signum)
+    launch.fail(e)
+  if len(argv) > 1:
+    launch.fail(f"unexpected arguments {argv[1:]}")
+  launch.run(
+    config,
+    workdir=_WORKDIR.value,
+    data_dir=_DATA_DIR.value,
+    download=_DOWNLOAD.value,
+    allow_data_change=_ALLOW_DATA_CHANGE.value,
+  )
 
 
 if __name__ == "__main__":
