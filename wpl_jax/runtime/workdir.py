@@ -84,6 +84,10 @@ ADDED_DEFAULTS = {
   "precision": "float32",
   "model.cell_output": "leaves",
   "truth.num_seeds": 1,
+  "search.log_seconds": 10.0,
+  "model.tapped_grad": False,
+  # Runs recorded before the field existed used one reward per cell.
+  "controller.reward_form": "sequence",
 }
 
 State = Literal["new", "resume", "finished"]

@@ -92,7 +92,7 @@ class Retrainer:
     steps = enas_steps.Steps(model=self.model, config=rconfig)
     self.mesh = sharding.make_mesh(
       config.get("num_devices", 0),
-      edge_shards=config.model.get("shard_edges", 0),
+      edge_shards=config.model.shard_edges,
     )
     sharding.check_divisible(
       config.data.batch_size, self.mesh, "data.batch_size"

@@ -117,7 +117,7 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   """
   mesh = sharding.make_mesh(
     config.get("num_devices", 0),
-    edge_shards=config.model.get("shard_edges", 0),
+    edge_shards=config.model.shard_edges,
   )
   sharding.check_divisible(config.data.batch_size, mesh, "data.batch_size")
   n = config.model.num_nodes
@@ -361,7 +361,7 @@ def search(
             key=k_fisher,
           )
         archs.append(jax.device_get(arch))
-        if time.time() - t_log > s.get("log_seconds", 10.0):
+        if time.time() - t_log > s.log_seconds:
           t_log = time.time()
           logging.info(
             "epoch %d arch %d/%d %s: loss %.3f err1 %.1f  %.0f tok/s",

@@ -97,7 +97,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   v.number(config, "controller.reward_c", min=0, open_min=True)
   v.number(config, "controller.entropy_coef", min=0)
   v.number(config, "controller.baseline_decay", min=0, max=1)
-  form = c.get("reward_form", "sequence")
+  form = c.reward_form
   if form not in enas_steps.REWARD_FORMS:
     raise ValueError(
       f"config.controller.reward_form must be one of "
@@ -129,7 +129,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.wpl.mode must be reference or clean: {w.mode!r}")
   if w.estimator not in ("batch_grad_squared", "per_example", "sampled"):
     raise ValueError(f"unknown config.wpl.estimator {w.estimator!r}")
-  if w.get("fisher_method", "fast") not in ("fast", "vmap"):
+  if w.fisher_method not in ("fast", "vmap"):
     raise ValueError("config.wpl.fisher_method must be 'fast' or 'vmap'")
   if config.search.get("eval_bn", "running") not in ("running", "batch"):
     raise ValueError("config.search.eval_bn must be 'running' or 'batch'")
@@ -274,7 +274,7 @@ def check_sizes(config: ml_collections.ConfigDict) -> None:
   """
   s = config.search
   most = max(s.archs_per_epoch, s.derive_samples)
-  if s.get("rank_every", 0):
+  if s.rank_every:
     most = max(most, len(search_space.unstack(enas_steps.space_archs(config))))
   if s.eval_chunk > most:
     raise ValueError(
@@ -318,7 +318,7 @@ def memory_need(config: ml_collections.ConfigDict, state_shapes) -> dict:
 
   # `model.shard_edges = k` splits the cell's edge stacks (and their
   # Fisher, anchor and optimizer state) over k devices: per device, 1/k.
-  k_edges = max(1, config.model.get("shard_edges", 0) or 1)
+  k_edges = max(1, config.model.shard_edges or 1)
 
   def nbytes(tree):
     total = 0
@@ -331,7 +331,7 @@ def memory_need(config: ml_collections.ConfigDict, state_shapes) -> dict:
 
   m, d = config.model, config.data
   t, b, h, n, v = d.bptt, d.batch_size, m.hidden, m.num_nodes, m.vocab_size
-  chunk = min(m.get("ce_chunk", 0) or t * b, t * b)
+  chunk = min(m.ce_chunk or t * b, t * b)
   train = 4 * (t * b * h * (2 * n + 4) + 2 * chunk * v)
   group = platform_defaults.get(config, "search.eval_vmap", 0)
   k = (

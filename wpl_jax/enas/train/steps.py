@@ -59,7 +59,7 @@ def make_model(config: ml_collections.ConfigDict) -> supernet.SharedRNN:
     cell_output=m.cell_output,
     use_batch_norm=m.batch_norm,
     # config 0 = unroll the scan over nodes fully, k >= 1 = by k.
-    node_unroll=m.get("node_unroll", 1) or True,
+    node_unroll=m.node_unroll or True,
   )
 
 
@@ -122,7 +122,7 @@ REWARD_FORMS = ("per_decision", "sequence")
 
 def reward_form(config: ml_collections.ConfigDict) -> str:
   """REINFORCE's reward and baseline per decision or per cell (see Steps)."""
-  return config.controller.get("reward_form", "sequence")
+  return config.controller.reward_form
 
 
 def initial_baseline(config: ml_collections.ConfigDict) -> Array:
@@ -199,7 +199,7 @@ class Steps:
     With `config.model.ce_chunk` > 0 the decoder runs in chunks of that
     many tokens (`supernet.chunked_cross_entropy`, same value).
     """
-    chunk = self.config.model.get("ce_chunk", 0)
+    chunk = self.config.model.ce_chunk
     out, new_hidden, new_stats = self.train_forward(
       params,
       batch_stats,
@@ -267,7 +267,7 @@ class Steps:
       )
       return ce + pen, (ce, pen, new_hidden, new_stats)
 
-    if self.config.model.get("tapped_grad", False):
+    if self.config.model.tapped_grad:
       # The arch's fused edges [N-1, H, 2H] are a leaf of their own, read
       # only through the model's "edge" tap: their gradient is formed after
       # the time scan, one [H, T·B] × [T·B, 2H] GEMM per edge, instead of
@@ -380,7 +380,7 @@ class Steps:
         "edge_h": jnp.square(g[..., hid:]),
       }
     elif (
-      estimator == "per_example" and w.get("fisher_method", "fast") == "fast"
+      estimator == "per_example" and w.fisher_method == "fast"
     ):
       # Exact per-example Fisher from one probed backward pass (issue 6);
       # equal to the vmap(grad) path below (tests/fisher_fast_test.py).
@@ -447,7 +447,7 @@ class Steps:
     Batch-norm as `eval_logits`; with `config.model.ce_chunk` > 0 the
     decoder runs in chunks (`supernet.chunked_nll_sum`, same value).
     """
-    chunk = self.config.model.get("ce_chunk", 0)
+    chunk = self.config.model.ce_chunk
     out, new_hidden = self.eval_logits(
       variables, arch, inputs_TxB, hidden_BxH, decode=not chunk
     )

@@ -267,7 +267,7 @@ def memory_need(config: ml_collections.ConfigDict, vocab: int) -> tuple:
 
   m, d = sized.model, sized.data
   t, b, h, n = d.bptt, d.batch_size, m.hidden, m.num_nodes
-  chunk = min(m.get("ce_chunk", 0) or t * b, t * b)
+  chunk = min(m.ce_chunk or t * b, t * b)
   group = min(platform_defaults.get(sized, "truth.arch_batch"), s)
   # The cells are split over the devices when their number divides S.
   devices = len(jax.local_devices()[: config.get("num_devices", 0) or None])
