@@ -103,6 +103,31 @@ class WorkdirTest(absltest.TestCase):
     with self.assertRaisesRegex(ValueError, r"\(opt_b\.lr, wpl\.alpha\)"):
       workdir_lib.inspect(self.dir, other)
 
+  def test_a_field_added_later_reads_as_what_the_run_did(self):
+    # A run recorded before model.cell_output, model.tapped_grad,
+    # search.log_seconds and truth.num_seeds existed resumes under today's
+    # config; one recorded before controller.reward_form ran "sequence",
+    # so today's "per_decision" is another config.
+    config = enas_ptb.get_config("smoke")
+    workdir_lib.claim(self.dir, config)
+    path = self.dir / "run.json"
+    record = json.loads(path.read_text())
+    for section, field in (
+      ("model", "cell_output"),
+      ("model", "tapped_grad"),
+      ("search", "log_seconds"),
+    ):
+      del record["config"][section][field]
+    path.write_text(json.dumps(record))
+    self.assertEqual(workdir_lib.inspect(self.dir, config), "resume")
+    del record["config"]["controller"]["reward_form"]
+    path.write_text(json.dumps(record))
+    self.assertEqual(config.controller.reward_form, "per_decision")
+    with self.assertRaisesRegex(ValueError, r"controller\.reward_form"):
+      workdir_lib.inspect(self.dir, config)
+    config.controller.reward_form = "sequence"
+    self.assertEqual(workdir_lib.inspect(self.dir, config), "resume")
+
   def test_resumable_fields_may_change(self):
     config = enas_ptb.get_config("smoke")
     workdir_lib.claim(self.dir, config)
