@@ -8,7 +8,7 @@ from benchmarks import fisher_bench
 from benchmarks.common import Case, CompileCounter, measure
 from experiments import enas_ptb
 from wpl_jax.enas import controller as controller_lib
-from wpl_jax.enas import sampler, search_space, supernet
+from wpl_jax.enas import losses, sampler, search_space, supernet
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.enas.train import steps as enas_steps
 
@@ -150,7 +150,7 @@ def _eval_rows(s: dict, label: str, reps: int, ks) -> list:
     return sampler.evaluate_architectures(model, v, archs, x, y, h)
 
   single = jax.jit(
-    lambda v, arch, x, y, h: supernet.eval_loss(model, v, arch, x, y, h)[0]
+    lambda v, arch, x, y, h: losses.eval_loss(model, v, arch, x, y, h)[0]
   )
   compiled = single.lower(variables, _arch(s["archs"], 0), x, y, h).compile()
   rows = []

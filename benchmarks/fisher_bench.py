@@ -6,7 +6,7 @@ import optax
 
 from benchmarks.common import Case, measure
 from wpl_jax import fisher, fisher_fast
-from wpl_jax.enas import edge_fisher, search_space, supernet, wpl
+from wpl_jax.enas import edge_fisher, losses, search_space, supernet, wpl
 from wpl_jax.two_models import model as two_models
 
 # (width, batch) of the two-model MLP 784-width×4-10.
@@ -114,7 +114,7 @@ def enas_losses(model, variables):
     return jnp.swapaxes(logits, 0, 1)
 
   def loss_fn(params, b, arch):
-    return supernet.cross_entropy(logits_fn(params, b, arch), b["targets"])
+    return losses.cross_entropy(logits_fn(params, b, arch), b["targets"])
 
   return loss_fn, logits_fn
 

@@ -4,7 +4,7 @@
 
 Times, at the space32 sizes (H = 32, 3 nodes, V = 10k, 64 × 35 tokens):
 (1) one cell's training step with the full [T, B, V] logits and with the
-chunked decoder (`supernet.chunked_cross_entropy`), and (2) one step of
+chunked decoder (`losses.chunked_cross_entropy`), and (2) one step of
 all 32 cells in one jitted program: a full `vmap` over the cells, and
 `lax.map` over them in vmapped groups of 1, 4 and 8 (`truth.arch_batch`),
 against 32 calls of the single-cell step. Prints a Markdown table with

@@ -241,7 +241,7 @@ def main() -> None:
 def _pieces(jax, jnp, enas_bench, hidden: int, reps: int) -> None:
   """GFLOP/s of the step's halves, a bare matmul chain and the ceiling."""
   from benchmarks.ceiling import matmul_flops  # noqa: PLC0415
-  from wpl_jax.enas import supernet
+  from wpl_jax.enas import losses  # noqa: PLC0415
 
   c = enas_bench.config_at("large", wpl=True)
   c.model.hidden, c.model.num_nodes = hidden, 12
@@ -259,7 +259,7 @@ def _pieces(jax, jnp, enas_bench, hidden: int, reps: int) -> None:
     return jnp.sum(out * probe)
 
   def decoder(p, o):
-    return supernet.chunked_nll_sum(p, o, y, chunk=c.model.ce_chunk)
+    return losses.chunked_nll_sum(p, o, y, chunk=c.model.ce_chunk)
 
   n_mm = t * c.model.num_nodes  # node 0's recurrent matmul + 11 edges
   w = 0.01 * jax.random.normal(jax.random.key(2), (n_mm, hidden, 2 * hidden))

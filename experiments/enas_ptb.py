@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.cell_output = "leaves"
   m.batch_norm = True
   # Tokens per decoder chunk: the fused decoder + cross-entropy never holds
-  # the [T·B, V] logits (0 = whole logits; supernet.chunked_nll_sum). 0.90×
+  # the [T·B, V] logits (0 = whole logits; losses.chunked_nll_sum). 0.90×
   # the step at H = 200, 0.85× at H = 400 (WORKSPACE §6.2).
   m.ce_chunk = 256
   # `unroll` of the scan over a cell's nodes (0 = fully): 0.88× the shared

@@ -10,8 +10,8 @@ from absl.testing import absltest, parameterized
 from flax import errors as flax_errors
 
 from benchmarks.ceiling import matmul_flops
+from wpl_jax.enas import losses, supernet
 from wpl_jax.enas import search_space as ss
-from wpl_jax.enas import supernet
 
 V, H, N, T, B = 50, 8, 4, 5, 4
 _CELLS = (
@@ -170,7 +170,7 @@ class HighwayVjpTest(parameterized.TestCase):
       logits, _ = model.apply(
         {**variables, "params": params}, inputs, hidden, arch, train=False
       )
-      return supernet.cross_entropy(logits, targets)
+      return losses.cross_entropy(logits, targets)
 
     got = jax.jit(jax.grad(loss))(variables["params"])
     hand = supernet.highway
@@ -208,7 +208,7 @@ class FusedDecoderLossTest(parameterized.TestCase):
   @parameterized.parameters(1, 3, 7, T * B, 2 * T * B)  # 7: padded chunks
   def test_value_and_gradients(self, chunk):
     params, out, y, w = self._data()
-    fused = functools.partial(supernet.chunked_nll_sum, chunk=chunk)
+    fused = functools.partial(losses.chunked_nll_sum, chunk=chunk)
     got = jax.jit(jax.value_and_grad(fused, argnums=(0, 1, 3)))(
       params, out, y, w
     )
@@ -217,7 +217,7 @@ class FusedDecoderLossTest(parameterized.TestCase):
 
   def test_under_vmap_and_scaled_cotangent(self):
     params, out, y, w = self._data()
-    fused = functools.partial(supernet.chunked_nll_sum, chunk=3)
+    fused = functools.partial(losses.chunked_nll_sum, chunk=3)
     outs = jnp.stack([out, 2.0 * out])
     got = jax.vmap(jax.grad(lambda o: 0.5 * fused(params, o, y, w)))(outs)
     want = jax.vmap(jax.grad(lambda o: 0.5 * self._full(params, o, y, w)))(outs)
@@ -228,14 +228,14 @@ class FusedDecoderLossTest(parameterized.TestCase):
     # Only the perturbed input's gradient is formed (symbolic zeros); it
     # must still be the right one.
     params, out, y, w = self._data()
-    fused = functools.partial(supernet.chunked_nll_sum, chunk=7)
+    fused = functools.partial(losses.chunked_nll_sum, chunk=7)
     got = jax.grad(fused, argnums=argnum)(params, out, y, w)
     want = jax.grad(self._full, argnums=argnum)(params, out, y, w)
     chex.assert_trees_all_close(got, want, rtol=2e-5, atol=2e-5)
 
   def test_skips_the_embedding_gradient_when_not_needed(self):
     params, out, y, w = self._data()
-    fused = functools.partial(supernet.chunked_nll_sum, chunk=5)
+    fused = functools.partial(losses.chunked_nll_sum, chunk=5)
 
     def flops(argnums):
       jaxpr = jax.make_jaxpr(jax.grad(fused, argnums=argnums))(
@@ -252,8 +252,8 @@ class FusedDecoderLossTest(parameterized.TestCase):
     params, out, y, _ = self._data()
     logits = out @ params["embedding"].T + params["decoder_bias"][None, None]
     np.testing.assert_allclose(
-      supernet.chunked_cross_entropy(params, out, y, chunk=6),
-      supernet.cross_entropy(logits, y),
+      losses.chunked_cross_entropy(params, out, y, chunk=6),
+      losses.cross_entropy(logits, y),
       rtol=1e-6,
     )
 
@@ -418,10 +418,10 @@ class SharedRNNTest(parameterized.TestCase):
     @jax.jit
     @chex.assert_max_traces(n=1)
     def loss_fn(variables, arch):
-      return supernet.eval_loss(model, variables, arch, inputs, targets, hidden)
+      return losses.eval_loss(model, variables, arch, inputs, targets, hidden)
 
-    losses = [float(loss_fn(variables, ss.from_string(c))[0]) for c in _CELLS]
-    self.assertLen(set(losses), len(_CELLS))  # really different children
+    values = [float(loss_fn(variables, ss.from_string(c))[0]) for c in _CELLS]
+    self.assertLen(set(values), len(_CELLS))  # really different children
 
   def test_dropout(self):
     model = _model(
@@ -453,7 +453,7 @@ class SharedRNNTest(parameterized.TestCase):
         train=True,
         mutable=["batch_stats"],
       )
-      return supernet.cross_entropy(logits, targets)
+      return losses.cross_entropy(logits, targets)
 
     grads = jax.jit(jax.grad(loss))(variables["params"])
     for g in jax.tree.leaves(grads):
@@ -471,16 +471,16 @@ class SharedRNNTest(parameterized.TestCase):
     toks = np.random.default_rng(0).integers(0, V, (3, T + 1, B), np.int32)
     inputs, targets = toks[:, :-1], toks[:, 1:]
     ppl = jax.jit(
-      lambda v: supernet.validation_perplexity(
+      lambda v: losses.validation_perplexity(
         model, v, arch, inputs, targets, hidden
       )
     )(variables)
-    h, losses = hidden, []
+    h, values = hidden, []
     for i in range(3):
       logits, h = _apply(model, variables, inputs[i], h, arch)
       lp = jax.nn.log_softmax(np.asarray(logits, np.float64))
-      losses.append(-np.take_along_axis(lp, targets[i][..., None], -1).mean())
-    np.testing.assert_allclose(ppl, np.exp(np.mean(losses)), rtol=1e-5)
+      values.append(-np.take_along_axis(lp, targets[i][..., None], -1).mean())
+    np.testing.assert_allclose(ppl, np.exp(np.mean(values)), rtol=1e-5)
 
   def test_cross_entropy(self):
     rng = np.random.default_rng(0)
@@ -489,10 +489,10 @@ class SharedRNNTest(parameterized.TestCase):
     z = logits - logits.max(-1, keepdims=True)
     lp = z - np.log(np.exp(z).sum(-1, keepdims=True))
     want = -np.mean(np.take_along_axis(lp, targets[..., None], -1))
-    got = jax.jit(supernet.cross_entropy)(logits, targets)
+    got = jax.jit(losses.cross_entropy)(logits, targets)
     np.testing.assert_allclose(got, want, rtol=1e-5)
     with self.assertRaisesRegex(ValueError, "do not match"):
-      supernet.cross_entropy(logits, targets[:, :2])
+      losses.cross_entropy(logits, targets[:, :2])
 
   def test_shape_errors(self):
     model = _model()

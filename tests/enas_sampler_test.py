@@ -9,7 +9,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from wpl_jax.enas import controller as ctl
-from wpl_jax.enas import sampler, supernet
+from wpl_jax.enas import losses, sampler, supernet
 from wpl_jax.enas import search_space as ss
 
 V, H, N, T, B, K = 50, 8, 4, 5, 4, 5
@@ -69,13 +69,13 @@ class SamplerTest(parameterized.TestCase):
 
   def test_vmapped_evaluation_equals_python_loop(self):
     variables, inputs, targets, hidden, archs = _setup()
-    losses, hiddens = _evaluate(variables, archs, inputs, targets, hidden)
-    self.assertEqual(losses.shape, (K,))
+    loss_K, hiddens = _evaluate(variables, archs, inputs, targets, hidden)
+    self.assertEqual(loss_K.shape, (K,))
     self.assertEqual(hiddens.shape, (K, B, H))
-    one = jax.jit(functools.partial(supernet.eval_loss, _MODEL))
+    one = jax.jit(functools.partial(losses.eval_loss, _MODEL))
     for i, arch in enumerate(ss.unstack(archs)):
       loss, h = one(variables, arch, inputs, targets, hidden)
-      np.testing.assert_allclose(losses[i], loss, rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(loss_K[i], loss, rtol=1e-5, atol=1e-5)
       np.testing.assert_allclose(hiddens[i], h, rtol=1e-5, atol=1e-5)
     # Per-architecture hidden states [K, B, H] are accepted too.
     per_arch = jnp.broadcast_to(hidden, (K, B, H))
@@ -84,7 +84,7 @@ class SamplerTest(parameterized.TestCase):
         sampler.evaluate_architectures, _MODEL, metric="perplexity"
       )
     )(variables, archs, inputs, targets, per_arch)
-    np.testing.assert_allclose(ppl, np.exp(losses), rtol=1e-5)
+    np.testing.assert_allclose(ppl, np.exp(loss_K), rtol=1e-5)
 
   def test_one_trace_for_any_architectures(self):
     variables, inputs, targets, hidden, archs = _setup()

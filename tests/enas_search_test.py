@@ -17,7 +17,7 @@ from conftest import DATA_DIR
 from experiments import enas_ptb
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import loss
-from wpl_jax.enas import search_space, supernet
+from wpl_jax.enas import losses, search_space
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.enas.train import search as enas_search
 from wpl_jax.enas.train import steps as enas_steps
@@ -64,7 +64,7 @@ def _ce_grad(model, params, stats, x, y, h, arch):
       train=True,
       mutable=["batch_stats"],
     )
-    return supernet.cross_entropy(logits, y)
+    return losses.cross_entropy(logits, y)
 
   return jax.device_get(jax.grad(ce)(params))
 
@@ -218,7 +218,7 @@ class TrainingModeFisherTest(absltest.TestCase):
         rngs={"dropout": k_drop},
         mutable=["batch_stats"],
       )
-      return hidden if with_hidden else supernet.cross_entropy(logits, y)
+      return hidden if with_hidden else losses.cross_entropy(logits, y)
 
     grads = jax.device_get(jax.grad(ce)(shared.params))["cell"]
     ids = np.asarray(search_space.edge_ids(arch))
@@ -509,7 +509,7 @@ class EvalBatchNormTest(parameterized.TestCase):
         (logits, _), _ = model.apply(
           variables, x, h, arch, train=True, mutable=["batch_stats"]
         )
-      want = np.exp(float(supernet.cross_entropy(logits, y)))
+      want = np.exp(float(losses.cross_entropy(logits, y)))
       np.testing.assert_allclose(g, want, rtol=1e-5)
 
 

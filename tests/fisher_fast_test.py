@@ -7,7 +7,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from wpl_jax import _tap_discovery, fisher, fisher_fast, partition
-from wpl_jax.enas import edge_fisher, supernet, wpl
+from wpl_jax.enas import edge_fisher, losses, supernet, wpl
 from wpl_jax.enas import search_space as ss
 from wpl_jax.two_models import model as two_models_lib
 
@@ -274,7 +274,7 @@ class EnasTest(parameterized.TestCase):
 
     def loss_fn(params, b, arch):
       v = {"params": params, "batch_stats": variables["batch_stats"]}
-      return supernet.eval_loss(
+      return losses.eval_loss(
         model, v, arch, b["inputs"].T, b["targets"].T, b["hidden"]
       )[0]
 
@@ -300,7 +300,7 @@ class EnasTest(parameterized.TestCase):
       logits, _ = model.apply(
         variables, b["inputs"].T, b["hidden"], arch, tap=tap, edges=edges
       )
-      return supernet.cross_entropy(logits, b["targets"].T)
+      return losses.cross_entropy(logits, b["targets"].T)
 
     # The model's own forward: the fused edges reach the loss only through
     # the "edge" tap; node 0, embedding and batch-norm are constants here.
@@ -389,7 +389,7 @@ class ValueAndGradTest(parameterized.TestCase):
         rngs={"dropout": jax.random.key(7)},
         mutable=["batch_stats"],
       )
-      return supernet.cross_entropy(logits, b["targets"].T), hidden
+      return losses.cross_entropy(logits, b["targets"].T), hidden
 
     # The edges take the tapped path (so do node 0's input weights, passed
     # to "node0_x" as params leaves); the stacked cell leaves are not read.

@@ -17,7 +17,7 @@ from conftest import DATA_DIR
 
 from experiments import space32, space32_truth
 from wpl_jax.data import ptb
-from wpl_jax.enas import controller, ranking, sampler, search_space
+from wpl_jax.enas import controller, losses, ranking, sampler, search_space
 from wpl_jax.enas import supernet as supernet
 from wpl_jax.enas.train import search as enas_search
 from wpl_jax.enas.train import steps as enas_steps
@@ -221,10 +221,10 @@ class ChunkedCrossEntropyTest(parameterized.TestCase):
     def full(p, o):
       logits = jnp.einsum("tbh,vh->tbv", o, p["embedding"])
       logits = logits + p["decoder_bias"][None, None]
-      return supernet.cross_entropy(logits, y)
+      return losses.cross_entropy(logits, y)
 
     def chunked(p, o):
-      return supernet.chunked_cross_entropy(p, o, y, chunk=chunk)
+      return losses.chunked_cross_entropy(p, o, y, chunk=chunk)
 
     np.testing.assert_allclose(
       chunked(params, out), full(params, out), rtol=1e-6
@@ -385,7 +385,7 @@ class TruthTrainerTest(parameterized.TestCase):
         jnp.zeros((1, 4)),
         arch,
       )
-      want = 22 * supernet.cross_entropy(logits, ids[1:, None])
+      want = 22 * losses.cross_entropy(logits, ids[1:, None])
       np.testing.assert_allclose(nll[cell], want, rtol=1e-5)
 
 

@@ -9,7 +9,7 @@ leaf: their per-example gradients come from one probed backward pass.
 
 import jax.numpy as jnp
 
-from wpl_jax.enas import search_space, supernet
+from wpl_jax.enas import losses, search_space, supernet
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.fisher_fast import per_example_fisher
 from wpl_jax.types import Array, PyTree
@@ -64,7 +64,7 @@ def enas_edge_fisher(
       tap=tap,
       edges=edges,
     )
-    return supernet.cross_entropy(logits, b["targets"].T), new_hidden
+    return losses.cross_entropy(logits, b["targets"].T), new_hidden
 
   f, new_hidden = per_example_fisher(
     loss,

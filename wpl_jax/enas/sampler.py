@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from wpl_jax.enas import controller as controller_lib
-from wpl_jax.enas import search_space, supernet
+from wpl_jax.enas import losses, search_space, supernet
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.types import Array, Params, PRNGKey, PyTree
 
@@ -110,10 +110,10 @@ def evaluate_architectures(
   hidden_axis = None if hidden.ndim == 2 else 0
 
   def one(arch, hidden_BxH):
-    return supernet.eval_loss(
+    return losses.eval_loss(
       model, variables, arch, inputs_TxB, targets_TxB, hidden_BxH
     )
 
-  losses, hiddens = jax.vmap(one, in_axes=(0, hidden_axis))(archs, hidden)
-  values = jnp.exp(losses) if metric == "perplexity" else losses
+  loss_K, hiddens = jax.vmap(one, in_axes=(0, hidden_axis))(archs, hidden)
+  values = jnp.exp(loss_K) if metric == "perplexity" else loss_K
   return (values, hiddens) if return_hidden else values

@@ -16,7 +16,7 @@ import optax
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import fisher_fast
 from wpl_jax.enas import controller as controller_lib
-from wpl_jax.enas import edge_fisher, sampler, search_space, supernet
+from wpl_jax.enas import edge_fisher, losses, sampler, search_space, supernet
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.runtime import platform_defaults
@@ -197,7 +197,7 @@ class Steps:
     """Training-mode mean token cross-entropy, new hidden and batch stats.
 
     With `config.model.ce_chunk` > 0 the decoder runs in chunks of that
-    many tokens (`supernet.chunked_cross_entropy`, same value).
+    many tokens (`losses.chunked_cross_entropy`, same value).
     """
     chunk = self.config.model.ce_chunk
     out, new_hidden, new_stats = self.train_forward(
@@ -212,9 +212,9 @@ class Steps:
       edges=edges,
     )
     if chunk:
-      ce = supernet.chunked_cross_entropy(params, out, targets, chunk=chunk)
+      ce = losses.chunked_cross_entropy(params, out, targets, chunk=chunk)
     else:
-      ce = supernet.cross_entropy(out, targets)
+      ce = losses.cross_entropy(out, targets)
     return ce, new_hidden, new_stats
 
   def _eval_forward(self, params, batch_stats, inputs, hidden, arch):
@@ -351,7 +351,7 @@ class Steps:
       return jnp.swapaxes(logits, 0, 1)
 
     def loss_of(p, b):
-      return supernet.cross_entropy(logits_of(p, b), b["targets"])
+      return losses.cross_entropy(logits_of(p, b), b["targets"])
 
     if estimator == "batch_grad_squared":
       # The reference's estimate: the square of the batch-mean gradient of
@@ -379,9 +379,7 @@ class Steps:
         "edge_c": jnp.square(g[..., :hid]),
         "edge_h": jnp.square(g[..., hid:]),
       }
-    elif (
-      estimator == "per_example" and w.fisher_method == "fast"
-    ):
+    elif estimator == "per_example" and w.fisher_method == "fast":
       # Exact per-example Fisher from one probed backward pass (issue 6);
       # equal to the vmap(grad) path below (tests/fisher_fast_test.py).
       # The carried hidden state comes from the Fisher's own forward.
@@ -445,14 +443,14 @@ class Steps:
     """(Σ weights·token NLL, new hidden) of one arch in search evaluation.
 
     Batch-norm as `eval_logits`; with `config.model.ce_chunk` > 0 the
-    decoder runs in chunks (`supernet.chunked_nll_sum`, same value).
+    decoder runs in chunks (`losses.chunked_nll_sum`, same value).
     """
     chunk = self.config.model.ce_chunk
     out, new_hidden = self.eval_logits(
       variables, arch, inputs_TxB, hidden_BxH, decode=not chunk
     )
     if chunk:
-      total = supernet.chunked_nll_sum(
+      total = losses.chunked_nll_sum(
         variables["params"], out, targets_TxB, weights, chunk=chunk
       )
     else:
