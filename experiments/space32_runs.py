@@ -12,8 +12,10 @@ its checkpoint when this is rerun), then copies its per-epoch records into
 `experiments/results/space32_runs/POLICY_WPL_sS.json` (small: one record
 per epoch; with --variants, `space32_runs_VARIANTS/`, the variants joined
 by "_") with the command and the commit, so that each finished run can
-be committed as it lands. `space32_report.py --runs=` reads these files
-as well as workdirs.
+be committed as it lands. A run that diverges (main.py's "diverged at
+epoch" error) is stored too, with its records so far and the error under
+"diverged", and the next run starts; any other failure stops the driver.
+`space32_report.py --runs=` reads these files as well as workdirs.
 """
 
 import pathlib
@@ -97,21 +99,40 @@ def main(argv):
     ]
     print(f"[{i + 1}/{len(todo)}] {name}: {' '.join(cmd)}", flush=True)
     t0, commit = time.time(), _commit()  # the code the run starts with
-    r = subprocess.run([sys.executable, *cmd[1:]], cwd=str(_ROOT), check=False)
-    if r.returncode != 0:
-      sys.exit(f"error: {name} exited with {r.returncode}")
+    code, last_error = _run(cmd)
+    diverged = code != 0 and "diverged at epoch" in last_error
+    if code != 0 and not diverged:
+      sys.exit(f"error: {name} exited with {code}")
     records = metrics_lib.read_jsonl(workdir / "metrics.jsonl")
-    metrics_lib.write_json(
-      out,
-      {
-        "name": name,
-        "command": " ".join(cmd),
-        "commit": commit,
-        "seconds": time.time() - t0,
-        "records": records,
-      },
-    )
-    print(f"    done in {time.time() - t0:.0f} s -> {out}", flush=True)
+    result = {
+      "name": name,
+      "command": " ".join(cmd),
+      "commit": commit,
+      "seconds": time.time() - t0,
+      "records": records,
+    }
+    if diverged:  # an outcome of the arm, stored and counted (WORKSPACE §7.10)
+      result["diverged"] = last_error
+    metrics_lib.write_json(out, result)
+    status = f"DIVERGED ({last_error})" if diverged else "done"
+    print(f"    {status} in {time.time() - t0:.0f} s -> {out}", flush=True)
+
+
+def _run(cmd: list[str]) -> tuple[int, str]:
+  """Runs main.py, its stderr passed through; (exit code, its last
+  "error: ..." line or "")."""
+  proc = subprocess.Popen(
+    [sys.executable, *cmd[1:]],
+    cwd=str(_ROOT),
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  last_error = ""
+  for line in proc.stderr:
+    sys.stderr.write(line)
+    if line.startswith("error:"):
+      last_error = line.strip()
+  return proc.wait(), last_error
 
 
 if __name__ == "__main__":
