@@ -35,13 +35,20 @@ if str(_ROOT) not in sys.path:
 from wpl_jax.enas import ranking  # noqa: E402
 from wpl_jax.runtime import metrics as metrics_lib  # noqa: E402
 
-_RUNS = flags.DEFINE_list("runs", None, "Run workdirs or glob patterns.")
-_OUT = flags.DEFINE_string("out", None, "Output folder (figure, table).")
-_TRUTH = flags.DEFINE_string(
-  "truth",
-  str(_ROOT / "experiments" / "results" / "space32_truth.json"),
-  "Stored ground truth (for the ceiling row).",
-)
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  """The command line (only when run as a script: space32_stats.py and the
+  tests import this file beside others that define --runs)."""
+  flags.DEFINE_list("runs", None, "Run workdirs or glob patterns.")
+  flags.DEFINE_string("out", None, "Output folder (figure, table).")
+  flags.DEFINE_string(
+    "truth",
+    str(_ROOT / "experiments" / "results" / "space32_truth.json"),
+    "Stored ground truth (for the ceiling row).",
+  )
+
 
 FORGETTING = ("diff_mean", "diff_best5", "diff_max")
 LAST_K = 4
@@ -329,17 +336,17 @@ def plot(groups, path: pathlib.Path, ceiling: float | None = None) -> None:
 
 def main(argv):
   del argv
-  if not _RUNS.value or not _OUT.value:
+  if not FLAGS.runs or not FLAGS.out:
     print("error: give --runs=DIR|GLOB[,...] and --out=DIR", file=sys.stderr)
     sys.exit(1)
-  truth_path = pathlib.Path(_TRUTH.value)
+  truth_path = pathlib.Path(FLAGS.truth)
   try:
     truth = load_truth(truth_path) if truth_path.exists() else None
-    groups = load_runs(_RUNS.value, truth)
+    groups = load_runs(FLAGS.runs, truth)
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
   table = metrics_lib.markdown_table(summarize(groups), COLUMNS)
   if truth is not None:
@@ -363,4 +370,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
