@@ -34,8 +34,9 @@ import numpy as np
 
 from wpl_jax import _checks, partition
 from wpl_jax import _tap_discovery as disc
-from wpl_jax import _tap_ops as ops
+from wpl_jax import _tap_probe as probe
 from wpl_jax import fisher as fisher_lib
+from wpl_jax.tapped_grad import value_and_grad
 from wpl_jax.taps import PLAIN, Tap
 from wpl_jax.types import Array, PyTree
 
@@ -51,59 +52,6 @@ __all__ = [
   "value_and_grad",
   "verify",
 ]
-
-
-class _Prober(Tap):
-  """Adds the given zero probes to the matmul outputs; records the inputs."""
-
-  def __init__(self, probes, per_example: bool = True):
-    self.records = {"sites": {}, "scans": {}}
-    self._stack = [(probes, self.records)]
-    self.per_example = per_example
-
-  def dense(self, name, x, w, b=None, *, batch_axis=0):
-    return self._probe(
-      name, x, super().dense(name, x, w, b, batch_axis=batch_axis)
-    )
-
-  def conv(self, name, x, w, b=None, **settings):
-    return self._probe(name, x, super().conv(name, x, w, b, **settings))
-
-  def _probe(self, name, x, y):
-    probes, records = self._stack[-1]
-    if name in probes["sites"]:
-      y = y + probes["sites"][name]
-      records["sites"][name] = x
-    return y
-
-  def scan(
-    self, name, f, init, xs=None, length=None, *, reverse=False, unroll=1
-  ):
-    probes, records = self._stack[-1]
-    if name not in probes["scans"]:
-      return super().scan(
-        name, f, init, xs, length, reverse=reverse, unroll=unroll
-      )
-
-    def body(carry, inputs):
-      x, step_probes = inputs
-      step_records = {"sites": {}, "scans": {}}
-      self._stack.append((step_probes, step_records))
-      try:
-        carry, y = f(carry, x)
-      finally:
-        self._stack.pop()
-      return carry, (y, step_records)
-
-    carry, (ys, records["scans"][name]) = jax.lax.scan(
-      body,
-      init,
-      (xs, probes["scans"][name]),
-      length=ops.scan_length(xs, length),
-      reverse=reverse,
-      unroll=unroll,
-    )
-    return carry, ys
 
 
 def plan(loss_fn, params: PyTree, batch: PyTree) -> PyTree:
@@ -128,35 +76,6 @@ def plan(loss_fn, params: PyTree, batch: PyTree) -> PyTree:
     for i in range(len(leaves))
   ]
   return jax.tree.unflatten(treedef, kinds)
-
-
-def _probe_tree(scope: disc.Scope, tapped: frozenset, prefix=()) -> dict:
-  """Zero probes for the sites with a tapped leaf, `prefix` = scan lengths."""
-  tree = {"sites": {}, "scans": {}}
-  for name, site in scope.sites.items():
-    if tapped.intersection(site.weights + site.biases):
-      tree["sites"][name] = jnp.zeros(prefix + site.out.shape, site.out.dtype)
-  for name, (length, child) in scope.scans.items():
-    sub = _probe_tree(child, tapped, prefix + (length,))
-    if sub["sites"] or sub["scans"]:
-      tree["scans"][name] = sub
-  return tree
-
-
-def _lookup(tree: dict, path: tuple) -> Array | None:
-  for name in path[:-1]:
-    tree = tree["scans"].get(name)
-    if tree is None:
-      return None
-  return tree["sites"].get(path[-1])
-
-
-def _spans(indices: tuple, axes: tuple, widths: tuple):
-  """Yields `(leaf index, scan axis, lo, hi)`: each leaf's output columns."""
-  lo = 0
-  for i, axis, width in zip(indices, axes, widths, strict=True):
-    yield i, axis, lo, lo + width
-    lo += width
 
 
 def _per_slice(x: Array, batch_axis: int, axis: int | None) -> Array:
@@ -202,10 +121,10 @@ def _tapped_fisher(
   Returns `({index: F}, aux)`; aux is the loss's own (None without
   `has_aux`), from the same forward pass.
   """
-  probes = _probe_tree(p.root, p.tapped)
+  probes = probe.probe_tree(p.root, p.tapped)
 
   def probed(probe_tree):
-    prober = _Prober(probe_tree)
+    prober = probe.Prober(probe_tree)
     out = loss_fn(params, batch, prober)
     loss, aux = out if has_aux else (out, None)
     return loss, (prober.records, aux)
@@ -220,7 +139,7 @@ def _tapped_fisher(
 
   weight_parts, bias_parts, conv_kernels = {}, {}, {}
   for path, site, depth in disc.walk(p.root):
-    a, g = _lookup(records, path), _lookup(cotangents, path)
+    a, g = probe.lookup(records, path), probe.lookup(cotangents, path)
     if a is None:
       continue
     axis = depth + site.batch_axis
@@ -239,12 +158,16 @@ def _tapped_fisher(
           conv_kernels[i] = site.conv
     # Every leading axis but the examples' (and the slicing scan's, for a
     # scanned leaf) is a position within an example.
-    for i, k, lo, hi in _spans(site.weights, site.weight_axes, site.widths):
+    for i, k, lo, hi in probe.spans(
+      site.weights, site.weight_axes, site.widths
+    ):
       if i in p.tapped:
         weight_parts.setdefault(i, []).append(
           (_per_slice(a, axis, k), _per_slice(g[..., lo:hi], axis, k))
         )
-    for i, k, lo, hi in _spans(site.biases, site.bias_axes, site.bias_widths):
+    for i, k, lo, hi in probe.spans(
+      site.biases, site.bias_axes, site.bias_widths
+    ):
       if i in p.tapped:
         # A bias's per-example gradient is the cotangent summed over the
         # example's positions.
@@ -380,98 +303,6 @@ def per_example_fisher(
       out[i] = f
   f = jax.tree.unflatten(treedef, out)
   return (f, aux) if has_aux else f
-
-
-def _outer_sum(a: Array, g: Array, keep: int | None) -> Array:
-  """`Σ a ⊗ g` over every leading axis of a [..., I], g [..., O] but `keep`.
-
-  Returns [I, O], or [S, I, O] with S = the size of axis `keep` (the slices
-  of a leaf scanned over). One dot_general: all positions contract at once.
-  """
-  lead = a.ndim - 1
-  idx = "abcdefghjklmnpqrstuvwxyz"[:lead]
-  out = ("" if keep is None else idx[keep]) + "yz"
-  return jnp.einsum(f"{idx}y,{idx}z->{out}", a, g)
-
-
-def value_and_grad(
-  loss_fn: Callable[[PyTree, PyTree, Tap], Array],
-  params: PyTree,
-  batch: PyTree,
-  *,
-  has_aux: bool = False,
-) -> tuple[Array, PyTree] | tuple[tuple[Array, PyTree], PyTree]:
-  """`jax.value_and_grad` of a tap-aware loss, tapped weights formed at once.
-
-  Inside a scan, autodiff accumulates a weight's gradient step by step: at
-  every step one small GEMM ([D_in, B] × [B, D_out]) and one read-modify-
-  write of the whole gradient. Here the tapped weights enter the forward as
-  constants, one probed backward pass gives every matmul output's
-  cotangent g at every step, and each weight's gradient is then
-  `Σ_positions x gᵀ`: ONE GEMM over all steps and examples ([D_in, T·B] ×
-  [T·B, D_out]), for a weight scanned over (one slice per step of an inner
-  `tap.scan`) one batched GEMM over its slices. Leaves the loss also reads
-  outside taps take ordinary autodiff. The same gradient as
-  `jax.value_and_grad(lambda p: loss_fn(p, batch, PLAIN))(params)` (tested
-  to float rounding); no per-example contract (any scalar loss; examples
-  may interact, e.g. training-mode batch-norm). Does not jit itself.
-
-  Args:
-    loss_fn: `(params, batch, tap) -> scalar` (or `(scalar, aux)` with
-      `has_aux`), written against the tap protocol.
-    params: any pytree of float arrays.
-    batch: any pytree, passed through.
-    has_aux: as in `jax.value_and_grad`.
-
-  Returns:
-    `(loss, grads)`, or `((loss, aux), grads)` with `has_aux`; grads is a
-    pytree like `params` in the params' dtypes.
-  """
-  value_fn = (lambda q, b, t: loss_fn(q, b, t)[0]) if has_aux else loss_fn
-  p = disc.discover(value_fn, params, batch, reduction=None)
-  leaves, treedef = jax.tree.flatten(params)
-  probes = _probe_tree(p.root, p.tapped)
-
-  def inner(leaf_values, probe_tree):
-    held = [
-      jax.lax.stop_gradient(v) if i in p.tapped else v
-      for i, v in enumerate(leaf_values)
-    ]
-    prober = _Prober(probe_tree, per_example=False)
-    out = loss_fn(jax.tree.unflatten(treedef, held), batch, prober)
-    loss, aux = out if has_aux else (out, None)
-    return loss, (aux, prober.records)
-
-  try:
-    (loss, (aux, records)), (grads, cotangents) = jax.value_and_grad(
-      inner, argnums=(0, 1), has_aux=True
-    )(leaves, probes)
-  except jax.errors.UnexpectedTracerError as e:
-    raise ValueError(disc.CONTEXT_HINT) from e
-  grads = list(grads)
-  for path, site, depth in disc.walk(p.root):
-    a, g = _lookup(records, path), _lookup(cotangents, path)
-    if a is None:
-      continue
-    if site.conv is not None:
-      lead = a.shape[: depth + 1]
-      patches = site.conv.unfold(a.reshape((-1,) + a.shape[depth + 1 :]))
-      a = patches.reshape(lead + patches.shape[1:])
-    for i, k, lo, hi in _spans(site.weights, site.weight_axes, site.widths):
-      if i in p.tapped:
-        gw = _outer_sum(a, g[..., lo:hi], k)
-        if site.conv is not None:  # [S?, C_in·prod(win), C_out] → kernel
-          gw = gw.reshape(gw.shape[:-2] + (-1, *site.conv.window, gw.shape[-1]))
-          gw = jnp.moveaxis(gw, -len(site.conv.window) - 2, -2)
-        grads[i] = grads[i] + gw.reshape(grads[i].shape).astype(grads[i].dtype)
-    for i, k, lo, hi in _spans(site.biases, site.bias_axes, site.bias_widths):
-      if i in p.tapped:
-        gb = g[..., lo:hi]
-        axes = tuple(ax for ax in range(gb.ndim - 1) if ax != k)
-        gb = jnp.sum(gb, axis=axes)
-        grads[i] = grads[i] + gb.reshape(grads[i].shape).astype(grads[i].dtype)
-  grads = jax.tree.unflatten(treedef, grads)
-  return ((loss, aux), grads) if has_aux else (loss, grads)
 
 
 def verify(

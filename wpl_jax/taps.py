@@ -35,7 +35,7 @@ class Tap:
   `per_example` says whether the tap computes per-example quantities (the
   Fisher's taps): a model whose examples are not separable in some mode
   (batch-norm on batch statistics) should refuse such a tap there. It is
-  False for `PLAIN` and for `fisher_fast.value_and_grad`'s taps, which
+  False for `PLAIN` and for `tapped_grad.value_and_grad`'s taps, which
   need no separability.
   """
 
