@@ -81,6 +81,7 @@ PAIRS = (
   ("shared step", "shared_step", "shared_step"),
   ("Fisher update", "fisher_update", "fisher_update"),
   ("controller step", "controller_step", "controller_step"),
+  ("controller step, 5 cells both", "controller_step", "controller_step_k5"),
   ("reward eval", "reward_eval", "reward_eval"),
   ("eval K=16", "eval_k16", "eval16_mapped"),
 )
@@ -373,7 +374,9 @@ def markdown(rows: list[dict]) -> str:
   lines += [
     "",
     "controller step: the reference scores 5 cells per step "
-    "(policy_batch_size 5), wpl_jax 1 (controller.batch_size 1). "
+    "(policy_batch_size 5; its reward is the last cell's), wpl_jax 1 "
+    '(controller.batch_size 1, the paper config); "5 cells both" runs '
+    "wpl_jax's step at controller.batch_size 5, the same forwards. "
     "eval K=16: the reference's `derive(16)` also samples the 16 cells; "
     "wpl_jax's is `eval_archs` mapped one cell at a time (`eval16_mapped`).",
     "",

@@ -80,6 +80,7 @@ class VersusReferenceTest(absltest.TestCase):
         (16, "shared step"),
         (16, "Fisher update"),
         (16, "controller step"),
+        (16, "controller step, 5 cells both"),
         (16, "reward eval"),
         (16, "eval K=16"),
         (200, "shared step"),
@@ -93,6 +94,8 @@ class VersusReferenceTest(absltest.TestCase):
     reward = pairs[(16, "reward eval")]
     self.assertIsNone(reward["ratio"])
     self.assertIn("reference: RuntimeError: boom", reward["note"])
+    five = pairs[(16, "controller step, 5 cells both")]
+    self.assertIsNone(five["ratio"])  # wpl_jax's K = 5 row is missing
     big = pairs[(200, "shared step")]
     self.assertIsNone(big["ratio"])
     self.assertEqual(big["note"], "wpl_jax: time limit")

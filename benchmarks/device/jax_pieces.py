@@ -5,7 +5,7 @@ Usage (from the project root; the device run calls it, SMALL=1 shrinks it):
   python -m benchmarks.device.jax_pieces --precision=highest \\
       --hidden=1000 --reps=5 --time_limit=120 --jsonl=$OUT/results.jsonl
 
-Builds the search's own state and jitted steps (`enas_search.init_state`,
+Builds the search's own state and jitted steps (`enas_setup.init_state`,
 `place_state`, `jit_steps`: the same donation and shardings) for
 `enas_ptb:paper,wpl` at width H (N = 12, V = 10000, batch 64 × 35, random
 tokens) under `jax.default_matmul_precision(--precision)` ("highest":
@@ -37,6 +37,7 @@ the list.
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -55,6 +56,13 @@ def _args():
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument("--archs", type=int, default=3, help="archs in the epoch")
   ap.add_argument("--ctrl", type=int, default=10, help="ctrl steps in it")
+  ap.add_argument(
+    "--ctrl_k",
+    type=int,
+    default=5,
+    help="also time the controller step at K archs per step (the "
+    "reference's policy_batch_size is 5: the same forwards); 0 = skip",
+  )
   ap.add_argument("--gemm", type=int, default=8192)
   ap.add_argument("--chain", type=int, default=1260)
   ap.add_argument(
@@ -93,7 +101,7 @@ def main() -> None:
   jax.config.update("jax_default_matmul_precision", args.precision)
   from experiments import enas_ptb  # noqa: PLC0415
   from wpl_jax.enas import search_space  # noqa: PLC0415
-  from wpl_jax.enas.train import search as enas_search
+  from wpl_jax.enas.train import setup as enas_setup  # noqa: PLC0415
   from wpl_jax.enas.train import steps as enas_steps
 
   dev = jax.devices()[0]
@@ -186,14 +194,14 @@ def main() -> None:
     args.eval_vmap if args.eval_vmap >= 0 else int(dev.platform == "cpu")
   )
   bsz, bptt = c.data.batch_size, c.data.bptt
-  model = enas_steps.make_model(c)
+  model = enas_setup.make_model(c)
   steps = enas_steps.Steps(model=model, config=c)
-  mesh = enas_search.make_mesh(c)
-  state = enas_search.place_state(
-    enas_search.init_state(c, model, jax.random.key(0)),
+  mesh = enas_setup.make_mesh(c)
+  state = enas_setup.place_state(
+    enas_setup.init_state(c, model, jax.random.key(0)),
     mesh,
   )
-  fns = enas_search.jit_steps(steps, state, mesh)
+  fns = enas_setup.jit_steps(steps, state, mesh)
   batches = [
     rng.integers(0, 10000, (bptt + 1, bsz)).astype(np.int32) for _ in range(8)
   ]
@@ -261,6 +269,30 @@ def main() -> None:
     ("fisher_update", fisher),
   ):
     timed(piece, call, tokens=tok)
+
+  if args.ctrl_k > 1:
+    # The controller step scoring K sampled cells on the validation batch
+    # (the reference's policy_batch_size = 5 runs 5 forwards per step).
+    ck = copy.deepcopy(c)
+    ck.controller.batch_size = args.ctrl_k
+    ctrl_k_fn = jax.jit(
+      enas_steps.Steps(model=model, config=ck).controller_step
+    )
+
+    def ctrl_k():
+      count[0] += 1
+      xb = batches[count[0] % 8]
+      state["controller"], state["ctrl_hidden"], out = ctrl_k_fn(
+        state["controller"],
+        state["shared"],
+        xb[:-1],
+        xb[1:],
+        state["ctrl_hidden"],
+        key=jax.random.fold_in(key, count[0]),
+      )
+      return out
+
+    timed(f"controller_step_k{args.ctrl_k}", ctrl_k, tokens=tok, k=args.ctrl_k)
 
   # 3. K = 16 evaluations, vmapped and mapped one arch at a time.
   for group, name in ((0, "eval16_vmapped"), (1, "eval16_mapped")):
