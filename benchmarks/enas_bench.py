@@ -10,6 +10,7 @@ from experiments import enas_ptb
 from wpl_jax.enas import controller as controller_lib
 from wpl_jax.enas import losses, sampler, search_space, supernet
 from wpl_jax.enas import wpl as enas_wpl
+from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.enas.train import steps as enas_steps
 
 EVAL_KS = (1, 8, 32)
@@ -29,15 +30,15 @@ def config_at(size: str, *, wpl: bool = False) -> ml_collections.ConfigDict:
 
 def setup(config: ml_collections.ConfigDict, *, seed: int = 0) -> dict:
   """Steps, states and one batch, as `train.enas_search` builds them."""
-  model = enas_steps.make_model(config)
+  model = enas_setup.make_model(config)
   steps = enas_steps.Steps(model, config)
   keys = jax.random.split(jax.random.key(seed), 5)
   variables = supernet.init_variables(model, key=keys[0])
   params = variables["params"]
-  tx = enas_steps.shared_optimizer(
+  tx = enas_setup.shared_optimizer(
     config.shared.grad_clip, config.shared.weight_decay
   )
-  shared = enas_steps.SharedState(
+  shared = enas_setup.SharedState(
     params=params,
     batch_stats=variables["batch_stats"],
     opt_state=tx.init(params),
@@ -46,9 +47,9 @@ def setup(config: ml_collections.ConfigDict, *, seed: int = 0) -> dict:
   ctrl_params = controller_lib.init_params(
     key=keys[1], num_nodes=n, hidden_size=config.controller.hidden
   )
-  ctrl = enas_steps.ControllerState(
+  ctrl = enas_setup.ControllerState(
     params=ctrl_params,
-    opt_state=enas_steps.controller_optimizer(config.controller.lr).init(
+    opt_state=enas_setup.controller_optimizer(config.controller.lr).init(
       ctrl_params
     ),
     baseline=jnp.zeros([], jnp.float32),

@@ -6,7 +6,7 @@ Usage (from the project root, on an otherwise idle machine):
   python -m benchmarks.loop_bench --hidden=200 --archs=6 --ctrl=50 \\
       --estimator=batch_grad_squared
 
-Builds the search's own state and jitted steps (`enas_search.init_state`,
+Builds the search's own state and jitted steps (`enas_setup.init_state`,
 `place_state`, `jit_steps`: the same donation and shardings) for
 `enas_ptb:paper,wpl` at width H (N = 12, V = 10000, batch 64 × 35, random
 tokens), then runs the epoch's sequence for `--archs` architectures: sample,
@@ -51,21 +51,21 @@ def main() -> None:
 
   from experiments import enas_ptb  # noqa: PLC0415
   from wpl_jax.enas import search_space  # noqa: PLC0415
-  from wpl_jax.enas.train import search as enas_search
+  from wpl_jax.enas.train import setup as enas_setup  # noqa: PLC0415
   from wpl_jax.enas.train import steps as enas_steps
 
   c = enas_ptb.get_config("paper,wpl")
   c.model.hidden, c.model.vocab_size = args.hidden, 10000
   c.wpl.estimator = args.estimator
   b, t = c.data.batch_size, c.data.bptt
-  model = enas_steps.make_model(c)
+  model = enas_setup.make_model(c)
   steps = enas_steps.Steps(model=model, config=c)
-  mesh = enas_search.make_mesh(c)
-  state = enas_search.place_state(
-    enas_search.init_state(c, model, jax.random.key(0)),
+  mesh = enas_setup.make_mesh(c)
+  state = enas_setup.place_state(
+    enas_setup.init_state(c, model, jax.random.key(0)),
     mesh,
   )
-  fns = enas_search.jit_steps(steps, state, mesh)
+  fns = enas_setup.jit_steps(steps, state, mesh)
   rng = np.random.default_rng(0)
   batches = [
     rng.integers(0, 10000, (t + 1, b)).astype(np.int32) for _ in range(8)

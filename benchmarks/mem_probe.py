@@ -4,7 +4,7 @@ Usage (from the project root):
 
   python -m benchmarks.mem_probe compiled --hidden=1000
       XLA's memory analysis of the search's training step and Fisher update
-      (jitted and donated as `enas_search.jit_steps` does), with the node
+      (jitted and donated as `enas_setup.jit_steps` does), with the node
       update's hand-written VJP (shipped) and with autodiff of its formula
   python -m benchmarks.mem_probe save --gb=1
       RSS during a checkpoint save of a 1.58 GB state (three [66, 1000,

@@ -5,7 +5,7 @@
   python -m benchmarks.sharding_bench --platform=gpu   # on real devices
   python -m benchmarks.sharding_bench --paper    # paper-size memory table
 
-The loops' own jitted steps (`enas_search.jit_steps`, the two-model
+The loops' own jitted steps (`enas_setup.jit_steps`, the two-model
 `data_parallel` step) time one ENAS shared step (WPL on) and one two-model
 optimiser step with the batch split over 1 and over 4 devices of one
 process. XLA's host-device count is fixed when JAX starts, so the rows
@@ -56,7 +56,7 @@ from benchmarks.common import (
 )
 from experiments import two_models
 from wpl_jax.enas import search_space
-from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.enas.train import steps as enas_steps
 from wpl_jax.runtime import sharding
 from wpl_jax.two_models import model as model_lib
@@ -86,11 +86,11 @@ def _timed(name, fn, args, units, unit_name) -> tuple[Case, float]:
 
 
 def _enas_step(config, model, mesh, tokens, arch):
-  """(jitted shared step, its args) as `enas_search.jit_steps` builds it,
+  """(jitted shared step, its args) as `enas_setup.jit_steps` builds it,
   but not donated: every call reuses the same state."""
   steps = enas_steps.Steps(model=model, config=config)
-  init = jax.jit(lambda k: enas_search.init_state(config, model, k))
-  state = enas_search.place_state(init(jax.random.key(0)), mesh)
+  init = jax.jit(lambda k: enas_setup.init_state(config, model, k))
+  state = enas_setup.place_state(init(jax.random.key(0)), mesh)
   xs, ys = sharding.shard_batch((tokens[:-1], tokens[1:]), mesh, axis=1)
   args = (
     state["shared"],
@@ -149,7 +149,7 @@ def _child(sizes: list[str], reps: int) -> list[dict]:
     config = enas_bench.config_at(size, wpl=True)
     hidden, nodes = fisher_bench.ENAS_SIZES[size]
     b, t = config.data.batch_size, config.data.bptt
-    model = enas_steps.make_model(config)
+    model = enas_setup.make_model(config)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, config.model.vocab_size, (t + 1, b), np.int32)
     arch = search_space.sample_uniform(jax.random.key(1), nodes)
@@ -159,7 +159,7 @@ def _child(sizes: list[str], reps: int) -> list[dict]:
     cases, compiles = {"enas": [], "mlp": []}, {}
     for d in device_counts():
       config.num_devices = d
-      mesh = enas_search.make_mesh(config)
+      mesh = enas_setup.make_mesh(config)
       step, args = _enas_step(config, model, mesh, tokens, arch)
       name = f"ENAS shared step, {d} device(s)"
       case, compiles[name] = _timed(name, step, args, b * t, "tokens")
@@ -219,11 +219,11 @@ def _paper_child() -> list[dict]:
     c = enas_ptb.get_config("paper,wpl")
     c.num_devices, c.model.shard_edges = devices, edges
     c.wpl.estimator = estimator
-    mesh = enas_search.make_mesh(c)
-    model = enas_steps.make_model(c)
+    mesh = enas_setup.make_mesh(c)
+    model = enas_setup.make_model(c)
     steps = enas_steps.Steps(model=model, config=c)
     shapes = jax.eval_shape(
-      lambda k, c=c, m=model: enas_search.init_state(c, m, k),
+      lambda k, c=c, m=model: enas_setup.init_state(c, m, k),
       jax.random.key(0),
     )
     placed = sharding.tree_shardings(shapes, mesh, sharding.edge_rules(mesh))

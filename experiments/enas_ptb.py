@@ -60,10 +60,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # step at H = 200, 0.95–0.97× at H = 400 and 1000, +1–2 s compile per
   # step function at N = 12 (WORKSPACE §6.2).
   m.node_unroll = 0
-  # Experimental: the shared step's gradient through the taps of the fast
-  # Fisher (fisher_fast.tapped_grad) instead of autodiff; measured 0.87–1.02×
-  # the autodiff step (WORKSPACE §6), so off.
-  m.tapped_grad = False
   # Split the [E, H, H] edge stacks, their Fisher and anchor along E over
   # this many devices (0 = replicated; must divide E and the device count).
   m.shard_edges = 0

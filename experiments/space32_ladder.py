@@ -143,9 +143,9 @@ def _space_names(config: dict) -> list[str]:
   import ml_collections  # noqa: PLC0415
 
   from wpl_jax.enas import search_space  # noqa: PLC0415
-  from wpl_jax.enas.train import steps as enas_steps  # noqa: PLC0415
+  from wpl_jax.enas.train import setup as enas_setup  # noqa: PLC0415
 
-  archs = enas_steps.space_archs(ml_collections.ConfigDict(config))
+  archs = enas_setup.space_archs(ml_collections.ConfigDict(config))
   return [search_space.to_string(a) for a in search_space.unstack(archs)]
 
 

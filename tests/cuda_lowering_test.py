@@ -1,7 +1,7 @@
 """The search's step functions at paper size lower cleanly for CUDA, on a CPU.
 
 No GPU is needed to know that the code will run on one: each jitted program
-of the ENAS search (`enas_search.jit_steps`: shared, Fisher, evaluation,
+of the ENAS search (`enas_setup.jit_steps`: shared, Fisher, evaluation,
 controller and sampling steps) at the paper's sizes (H = 1000, 12 nodes,
 B = 64, T = 35, V = 10k, WPL on), and the 32-cell ground truth's train
 step, is traced from shape-only arguments (`jax.ShapeDtypeStruct`: no
@@ -28,7 +28,7 @@ from absl.testing import absltest, parameterized
 from jax.experimental import io_callback
 
 from experiments import enas_ptb, space32
-from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.enas.train import steps as enas_steps
 from wpl_jax.enas.train import truth as enas_truth
 from wpl_jax.runtime import sharding
@@ -74,7 +74,7 @@ def _shapes(tree, sharding_tree=None):
 def _search(estimator="batch_grad_squared", fisher_method="fast", vmap=None):
   """The paper-size search's jitted steps and shape-only arguments.
 
-  The state is `enas_search.init_state` as shapes, placed as `place_state`
+  The state is `enas_setup.init_state` as shapes, placed as `place_state`
   places it (on this machine's mesh); the steps are `jit_steps`' own
   jitted programs (donation and output shardings included).
   """
@@ -82,10 +82,10 @@ def _search(estimator="batch_grad_squared", fisher_method="fast", vmap=None):
   c.model.vocab_size = 10000  # PTB's (set from the data at run time)
   c.wpl.estimator = estimator
   c.wpl.fisher_method = fisher_method
-  model = enas_steps.make_model(c)
+  model = enas_setup.make_model(c)
   steps = enas_steps.Steps(model=model, config=c, eval_vmap=vmap)
-  mesh = enas_search.make_mesh(c)
-  state = jax.eval_shape(lambda k: enas_search.init_state(c, model, k), KEY)
+  mesh = enas_setup.make_mesh(c)
+  state = jax.eval_shape(lambda k: enas_setup.init_state(c, model, k), KEY)
   placed = sharding.tree_shardings(state, mesh, sharding.edge_rules(mesh))
   for name in ("train_hidden", "fisher_hidden", "ctrl_hidden"):
     placed[name] = sharding.batch_sharding(mesh, 0)
@@ -98,7 +98,7 @@ def _search(estimator="batch_grad_squared", fisher_method="fast", vmap=None):
   )
   return types.SimpleNamespace(
     config=c,
-    fns=enas_search.jit_steps(steps, state, mesh),
+    fns=enas_setup.jit_steps(steps, state, mesh),
     state=state,
     archs=archs,  # K = eval_chunk = 16 stacked archs
     arch=jax.tree.map(lambda a: S(a.shape[1:], a.dtype), archs),

@@ -14,12 +14,16 @@ import pytest
 from absl.testing import absltest, parameterized
 from conftest import DATA_DIR
 
+from benchmarks import tapped_grad_steps
 from experiments import enas_ptb
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import loss
 from wpl_jax.enas import losses, search_space
 from wpl_jax.enas import wpl as enas_wpl
+from wpl_jax.enas.train import epoch as enas_epoch
 from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import search_eval
+from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.enas.train import steps as enas_steps
 from wpl_jax.runtime import checkpoint as checkpoint_lib
 
@@ -41,9 +45,9 @@ def _tiny_config(**wpl):
 
 
 def _setup(config, seed=0):
-  model = enas_steps.make_model(config)
+  model = enas_setup.make_model(config)
   steps = enas_steps.Steps(model=model, config=config)
-  state = enas_search.init_state(config, model, jax.random.key(seed))
+  state = enas_setup.init_state(config, model, jax.random.key(seed))
   rng = np.random.default_rng(seed)
   t, b = config.data.bptt, config.data.batch_size
   x = rng.integers(0, 20, size=(t, b)).astype(np.int32)
@@ -107,16 +111,17 @@ class WplOffStateTest(absltest.TestCase):
     ckpt.close()
 
 
-class TappedGradTest(parameterized.TestCase):
+class TappedStepsTest(parameterized.TestCase):
   @parameterized.parameters("reference", "clean")
   def test_shared_step_tapped_equals_autodiff(self, mode):
-    """model.tapped_grad (edges' gradient after the scan) = plain jax.grad,
+    """TappedSteps (edges' gradient after the scan) = plain jax.grad,
     dropout and training batch-norm on, a non-zero WPL penalty."""
     outs = []
     for tapped in (True, False):
       config = _tiny_config(mode=mode)
-      config.model.tapped_grad = tapped
-      _, steps, state, x, y, h, _ = _setup(config)
+      model, steps, state, x, y, h, _ = _setup(config)
+      if tapped:
+        steps = tapped_grad_steps.TappedSteps(model=model, config=config)
       ws = state["wpl"]
       ws = ws._replace(
         fisher=jax.tree.map(lambda f: f + 0.5, ws.fisher),
@@ -556,7 +561,7 @@ class ScheduleTest(parameterized.TestCase):
   )
   def test_reference_alpha_schedule(self, epoch, want):
     config = enas_ptb.get_config("paper,wpl")
-    self.assertEqual(enas_search.wpl_alpha_at(config, epoch), want)
+    self.assertEqual(enas_epoch.wpl_alpha_at(config, epoch), want)
 
   def test_resume_refuses_another_config(self):
     saved = enas_search.comparable(enas_ptb.get_config("cpu,wpl"))
@@ -583,7 +588,7 @@ class ScheduleTest(parameterized.TestCase):
   def test_forgetting_stats(self):
     err1 = np.array([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
     err2 = err1 + np.array([1.0, 2.0, 3.0, 4.0, 5.0, 100.0])
-    s = enas_search.forgetting_stats(err1, err2)
+    s = search_eval.forgetting_stats(err1, err2)
     self.assertAlmostEqual(s["diff_mean"], 115 / 6)
     self.assertAlmostEqual(s["diff_best5"], (100 + 5 + 4 + 3 + 2) / 5)
     self.assertEqual(s["diff_max"], 100.0)
@@ -730,7 +735,7 @@ class ReinforceFormTest(parameterized.TestCase):
       )
 
     grads = jax.grad(hand_loss)(ctrl.params)
-    tx = enas_steps.controller_optimizer(c.lr)
+    tx = enas_setup.controller_optimizer(c.lr)
     updates, _ = tx.update(grads, ctrl.opt_state, ctrl.params)
     want = jax.tree.map(jnp.add, ctrl.params, updates)
     np.testing.assert_allclose(new.baseline, want_b, rtol=1e-5)

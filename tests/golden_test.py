@@ -27,7 +27,7 @@ from absl.testing import absltest  # noqa: E402
 from experiments import enas_ptb  # noqa: E402
 from wpl_jax import fisher, partition  # noqa: E402
 from wpl_jax.enas import search_space  # noqa: E402
-from wpl_jax.enas.train import search as enas_search  # noqa: E402
+from wpl_jax.enas.train import setup as enas_setup  # noqa: E402
 from wpl_jax.enas.train import steps as enas_steps  # noqa: E402
 from wpl_jax.two_models import model as model_lib  # noqa: E402
 from wpl_jax.two_models import study as two_lib  # noqa: E402
@@ -121,9 +121,9 @@ def _enas() -> dict:
   c = enas_ptb.get_config("smoke,wpl")
   c.model.vocab_size, c.model.hidden, c.model.num_nodes = 20, 8, 3
   c.data.batch_size, c.data.bptt = 3, 4
-  model = enas_steps.make_model(c)
+  model = enas_setup.make_model(c)
   steps = enas_steps.Steps(model=model, config=c)
-  state = enas_search.init_state(c, model, jax.random.key(0))
+  state = enas_setup.init_state(c, model, jax.random.key(0))
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.integers(0, 20, (4, 3)), jnp.int32)
   y = jnp.asarray(rng.integers(0, 20, (4, 3)), jnp.int32)

@@ -23,6 +23,7 @@ from conftest import DATA_DIR
 
 from experiments import enas_ptb
 from experiments import two_models as two_models_config
+from wpl_jax.enas.train import epoch as enas_epoch
 from wpl_jax.enas.train import search as enas_search
 from wpl_jax.runtime import checkpoint as checkpoint_lib
 from wpl_jax.runtime import workdir as workdir_lib
@@ -104,20 +105,27 @@ class WorkdirTest(absltest.TestCase):
       workdir_lib.inspect(self.dir, other)
 
   def test_a_field_added_later_reads_as_what_the_run_did(self):
-    # A run recorded before model.cell_output, model.tapped_grad,
-    # search.log_seconds and truth.num_seeds existed resumes under today's
-    # config; one recorded before controller.reward_form ran "sequence",
-    # so today's "per_decision" is another config.
+    # A run recorded before model.cell_output, search.log_seconds and
+    # truth.num_seeds existed resumes under today's config, and so does
+    # one recorded with model.tapped_grad False (the field was removed
+    # since; True was another run); one recorded before
+    # controller.reward_form ran "sequence", so today's "per_decision" is
+    # another config.
     config = enas_ptb.get_config("smoke")
     workdir_lib.claim(self.dir, config)
     path = self.dir / "run.json"
     record = json.loads(path.read_text())
     for section, field in (
       ("model", "cell_output"),
-      ("model", "tapped_grad"),
       ("search", "log_seconds"),
     ):
       del record["config"][section][field]
+    self.assertNotIn("tapped_grad", config.model)
+    record["config"]["model"]["tapped_grad"] = True
+    path.write_text(json.dumps(record))
+    with self.assertRaisesRegex(ValueError, r"model\.tapped_grad"):
+      workdir_lib.inspect(self.dir, config)
+    record["config"]["model"]["tapped_grad"] = False
     path.write_text(json.dumps(record))
     self.assertEqual(workdir_lib.inspect(self.dir, config), "resume")
     del record["config"]["controller"]["reward_form"]
@@ -277,12 +285,12 @@ class DivergenceTest(absltest.TestCase):
       r"step 4 of the epoch \(arch 2, batch 2\); stopped, checkpoint: epoch "
       r"1's is kept",
     ):
-      enas_search.check_finite(config, 2, losses, [1.0, 2.0], [])
+      enas_epoch.check_finite(config, 2, losses, [1.0, 2.0], [])
     with self.assertRaisesRegex(checkpoint_lib.NonFiniteError, "reward"):
-      enas_search.check_finite(
+      enas_epoch.check_finite(
         config, 0, losses[:2], [1.0], [jnp.float32(jnp.inf)]
       )
-    enas_search.check_finite(config, 0, losses[:2], [1.0], [0.5])
+    enas_epoch.check_finite(config, 0, losses[:2], [1.0], [0.5])
 
   @pytest.mark.slow
   def test_enas_diverging_shared_weights(self):

@@ -113,7 +113,7 @@ class SearchSequenceTest(parameterized.TestCase):
   def test_one_turn_after_another(self, mode):
     config = _config(mode)
     _EVENTS.clear()
-    with mock.patch.object(enas_search.enas_steps, "Steps", _Recording):
+    with mock.patch.object(enas_search.steps_lib, "Steps", _Recording):
       enas_search.search(config, pathlib.Path(tempfile.mkdtemp()), _data())
     jax.effects_barrier()
     kinds = [e[0] for e in _EVENTS]

@@ -123,16 +123,16 @@ def _enas_steps(config, *, k_archs: int = 0) -> dict:
   import jax.numpy as jnp  # noqa: PLC0415
 
   from wpl_jax.enas import search_space  # noqa: PLC0415
-  from wpl_jax.enas.train import search as enas_search  # noqa: PLC0415
+  from wpl_jax.enas.train import setup as enas_setup  # noqa: PLC0415
   from wpl_jax.enas.train import steps as enas_steps
 
-  mesh = enas_search.make_mesh(config)
-  model = enas_steps.make_model(config)
+  mesh = enas_setup.make_mesh(config)
+  model = enas_setup.make_model(config)
   # As the search: archs split over devices share one vmap.
   steps = enas_steps.Steps(model=model, config=config, eval_vmap=0)
-  init = jax.jit(lambda k: enas_search.init_state(config, model, k))
-  state = enas_search.place_state(init(jax.random.key(0)), mesh)
-  fns = enas_search.jit_steps(steps, state, mesh)
+  init = jax.jit(lambda k: enas_setup.init_state(config, model, k))
+  state = enas_setup.place_state(init(jax.random.key(0)), mesh)
+  fns = enas_setup.jit_steps(steps, state, mesh)
   rng = np.random.default_rng(0)
   t, b = config.data.bptt, config.data.batch_size
   host = [rng.integers(0, 20, size=(t, b)).astype(np.int32) for _ in range(6)]
@@ -231,7 +231,7 @@ def _enas_steps(config, *, k_archs: int = 0) -> dict:
 
 def _cross_restore(state_4, mesh_1, state_1, mesh_4, workdir) -> dict:
   """Saves from one mesh, restores onto the other (both ways)."""
-  from wpl_jax.enas.train import search as enas_search  # noqa: PLC0415
+  from wpl_jax.enas.train import setup as enas_setup  # noqa: PLC0415
   from wpl_jax.runtime import checkpoint  # noqa: PLC0415
 
   out = {}
@@ -241,7 +241,7 @@ def _cross_restore(state_4, mesh_1, state_1, mesh_4, workdir) -> dict:
   ):
     ckpt = checkpoint.Checkpointer(pathlib.Path(workdir) / name)
     ckpt.save(0, saved, {"step": 0})
-    like = enas_search.place_state(jax.tree.map(np.zeros_like, saved), mesh)
+    like = enas_setup.place_state(jax.tree.map(np.zeros_like, saved), mesh)
     restored, meta = ckpt.restore(like)
     ckpt.close()
     same = jax.tree.map(
@@ -346,9 +346,9 @@ def _child_steps() -> dict:
     c = _enas_config(4)
     c.update_from_flattened_dict({field: value})
     try:
-      from wpl_jax.enas.train import search as enas_search  # noqa: PLC0415
+      from wpl_jax.enas.train import setup as enas_setup  # noqa: PLC0415
 
-      enas_search.make_mesh(c)
+      enas_setup.make_mesh(c)
       out["refused"].append("")
     except ValueError as e:
       out["refused"].append(str(e))
@@ -374,9 +374,9 @@ def _child_edges() -> dict:
       four["state"], one["mesh"], one["state"], four["mesh"], tmp
     )
   try:  # E = 6 does not split over 4 devices
-    from wpl_jax.enas.train import search as enas_search  # noqa: PLC0415
+    from wpl_jax.enas.train import setup as enas_setup  # noqa: PLC0415
 
-    enas_search.make_mesh(_enas_config(4, nodes=4, shard_edges=4))
+    enas_setup.make_mesh(_enas_config(4, nodes=4, shard_edges=4))
     out["refused"] = ""
   except ValueError as e:
     out["refused"] = str(e)
@@ -407,10 +407,10 @@ def _child_single(ckpt: str, ref: str) -> dict:
 
 def _child_restore_multi(ckpt: str, ref: str) -> dict:
   """1 device: restores the 2-process run's checkpoint."""
-  from wpl_jax.enas.train import search as enas_search
+  from wpl_jax.enas.train import setup as enas_setup
   from wpl_jax.runtime import checkpoint  # noqa: PLC0415
 
-  mesh = enas_search.make_mesh(_enas_config(1))
+  mesh = enas_setup.make_mesh(_enas_config(1))
   like = _zeros_like_state(mesh)
   c = checkpoint.Checkpointer(pathlib.Path(ckpt) / "multi")
   restored, _ = c.restore(like)
@@ -421,16 +421,15 @@ def _child_restore_multi(ckpt: str, ref: str) -> dict:
 
 
 def _zeros_like_state(mesh):
-  from wpl_jax.enas.train import search as enas_search
-  from wpl_jax.enas.train import steps as enas_steps
+  from wpl_jax.enas.train import setup as enas_setup
 
   config = _enas_config(0)
-  model = enas_steps.make_model(config)
+  model = enas_setup.make_model(config)
   shapes = jax.eval_shape(
-    lambda k: enas_search.init_state(config, model, k), jax.random.key(0)
+    lambda k: enas_setup.init_state(config, model, k), jax.random.key(0)
   )
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-  return enas_search.place_state(zeros, mesh)
+  return enas_setup.place_state(zeros, mesh)
 
 
 def _child_multi(ckpt: str, ref: str, port: str, pid: str) -> dict | None:

@@ -20,6 +20,7 @@ from wpl_jax.data import ptb
 from wpl_jax.enas import controller, losses, ranking, sampler, search_space
 from wpl_jax.enas import supernet as supernet
 from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.enas.train import steps as enas_steps
 from wpl_jax.enas.train import truth as enas_truth
 
@@ -125,7 +126,7 @@ class SpaceTest(absltest.TestCase):
   def test_samplers_stay_in_the_space(self):
     c, archs = _space()
     names = {search_space.to_string(a) for a in search_space.unstack(archs)}
-    first = enas_steps.fixed_first_activation(c)
+    first = enas_setup.fixed_first_activation(c)
     uni = sampler.sample_uniform_architectures(
       key=jax.random.key(0), k=400, num_nodes=3, fixed_first_activation=first
     )
@@ -160,7 +161,7 @@ class SpaceTest(absltest.TestCase):
     params = controller.init_params(key=jax.random.key(3), num_nodes=3)
     logp = jax.vmap(
       lambda a: controller.log_prob(
-        params, a, fixed_first_activation=enas_steps.fixed_first_activation(c)
+        params, a, fixed_first_activation=enas_setup.fixed_first_activation(c)
       )[0]
     )(archs)
     np.testing.assert_allclose(jnp.sum(jnp.exp(logp)), 1.0, rtol=1e-5)
@@ -168,14 +169,14 @@ class SpaceTest(absltest.TestCase):
   def test_policy_entropy(self):
     c, archs = _space()
     c.model.vocab_size = 20
-    model = enas_steps.make_model(c)
+    model = enas_setup.make_model(c)
     # Sharpened logits: the policy is far from uniform.
     params = controller.init_params(key=jax.random.key(4), num_nodes=3)
     params = jax.tree.map(lambda x: 30.0 * x, params)
     steps = enas_steps.Steps(model=model, config=c)
     got = float(steps.policy_entropy(params, archs))
     # Independently: one teacher-forced score per cell, in a Python loop.
-    first = enas_steps.fixed_first_activation(c)
+    first = enas_setup.fixed_first_activation(c)
     p = np.exp(
       [
         float(
@@ -244,7 +245,7 @@ class ChunkedEvaluationTest(parameterized.TestCase):
     c.data.batch_size, c.data.bptt = 3, 4
     c.search.eval_bn = eval_bn
     c.search.eval_chunk = 2
-    model = enas_steps.make_model(c)
+    model = enas_setup.make_model(c)
     return c, model, enas_steps.Steps(model=model, config=c)
 
   @parameterized.parameters("batch", "running")
@@ -252,7 +253,7 @@ class ChunkedEvaluationTest(parameterized.TestCase):
     c, model, full = self._steps(0, eval_bn)
     _, _, chunked = self._steps(5, eval_bn)
     v = supernet.init_variables(model, key=jax.random.key(0))
-    shared = enas_steps.SharedState(
+    shared = enas_setup.SharedState(
       params=v["params"], batch_stats=v["batch_stats"], opt_state=()
     )
     archs = jax.tree.map(lambda a: a[:3], enas_truth.space_archs(c))
@@ -284,7 +285,7 @@ class ChunkedEvaluationTest(parameterized.TestCase):
     _, model, full = self._steps(0, "batch")
     _, _, chunked = self._steps(5, "batch")
     v = supernet.init_variables(model, key=jax.random.key(0))
-    shared = enas_steps.SharedState(
+    shared = enas_setup.SharedState(
       params=v["params"], batch_stats=v["batch_stats"], opt_state=()
     )
     from wpl_jax.enas import wpl as enas_wpl
@@ -339,7 +340,7 @@ class TruthTrainerTest(parameterized.TestCase):
     for cell in range(2):
       arch = jax.tree.map(lambda a, cell=cell: a[cell], archs)
       v = supernet.init_variables(trainer.model, key=init_keys[cell])
-      one = enas_steps.SharedState(
+      one = enas_setup.SharedState(
         params=v["params"],
         batch_stats=v["batch_stats"],
         opt_state=trainer.tx.init(v["params"]),

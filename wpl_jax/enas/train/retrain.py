@@ -22,6 +22,7 @@ from absl import logging
 from wpl_jax.data import ptb
 from wpl_jax.enas import search_space, supernet
 from wpl_jax.enas.search_space import Arch
+from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.enas.train import steps as enas_steps
 from wpl_jax.enas.train.steps import SharedState
 from wpl_jax.runtime import metrics as metrics_lib
@@ -82,13 +83,13 @@ class Retrainer:
   def __init__(self, config: ml_collections.ConfigDict, data: ptb.PTBData):
     self.config, self.data = config, data
     r = config.retrain
-    self.model = enas_steps.make_model(config)
+    self.model = enas_setup.make_model(config)
     # The search's step with WPL off and the retraining optimizer.
     rconfig = ml_collections.ConfigDict(config.to_dict())
     rconfig.wpl.enabled = False
     rconfig.shared.grad_clip = r.grad_clip
     rconfig.shared.weight_decay = r.weight_decay
-    self.tx = enas_steps.shared_optimizer(r.grad_clip, r.weight_decay)
+    self.tx = enas_setup.shared_optimizer(r.grad_clip, r.weight_decay)
     steps = enas_steps.Steps(model=self.model, config=rconfig)
     self.mesh = sharding.make_mesh(
       config.get("num_devices", 0),

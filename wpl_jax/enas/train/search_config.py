@@ -18,7 +18,7 @@ import numpy as np
 
 from wpl_jax.data import ptb
 from wpl_jax.enas import ranking, search_space, supernet
-from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.runtime import platform_defaults, validation
 from wpl_jax.runtime import workdir as workdir_lib
 
@@ -98,10 +98,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   v.number(config, "controller.entropy_coef", min=0)
   v.number(config, "controller.baseline_decay", min=0, max=1)
   form = c.reward_form
-  if form not in enas_steps.REWARD_FORMS:
+  if form not in enas_setup.REWARD_FORMS:
     raise ValueError(
       f"config.controller.reward_form must be one of "
-      f"{', '.join(enas_steps.REWARD_FORMS)}: {form!r}"
+      f"{', '.join(enas_setup.REWARD_FORMS)}: {form!r}"
     )
   del c
   v.number(config, "wpl.alpha", min=0)
@@ -135,12 +135,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("config.search.eval_bn must be 'running' or 'batch'")
   if config.model.num_nodes < 2:
     raise ValueError("config.model.num_nodes must be >= 2")
-  if enas_steps.search_policy(config) not in enas_steps.POLICIES:
+  if enas_setup.search_policy(config) not in enas_setup.POLICIES:
     raise ValueError(
-      f"config.search.policy must be one of {enas_steps.POLICIES}: "
+      f"config.search.policy must be one of {enas_setup.POLICIES}: "
       f"{config.search.policy!r}"
     )
-  enas_steps.fixed_first_activation(config)  # raises on an unknown name
+  enas_setup.fixed_first_activation(config)  # raises on an unknown name
   if "eval_vmap" in config.search:
     validation.integer(config, "search.eval_vmap", min=0)
   for field in ("heldout_tokens", "rank_every"):
@@ -225,7 +225,7 @@ def check_data(config: ml_collections.ConfigDict, data: ptb.PTBData) -> None:
       raise ValueError("config.search.rank_every needs search.heldout_tokens")
     path = config.search.get("truth_path", "")
     if path:
-      archs = search_space.unstack(enas_steps.space_archs(config))
+      archs = search_space.unstack(enas_setup.space_archs(config))
       ranking.truth_for(path, [search_space.to_string(a) for a in archs])
 
 
@@ -275,7 +275,7 @@ def check_sizes(config: ml_collections.ConfigDict) -> None:
   s = config.search
   most = max(s.archs_per_epoch, s.derive_samples)
   if s.rank_every:
-    most = max(most, len(search_space.unstack(enas_steps.space_archs(config))))
+    most = max(most, len(search_space.unstack(enas_setup.space_archs(config))))
   if s.eval_chunk > most:
     raise ValueError(
       f"config.search.eval_chunk={s.eval_chunk} exceeds the most "

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from wpl_jax.enas import ranking, search_space
-from wpl_jax.enas.train import steps as enas_steps
+from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.runtime import sharding
 
 
@@ -40,7 +40,7 @@ class Ranker:
   def __init__(self, config, steps, heldout, mesh=None):
     if heldout is None:
       raise ValueError("config.search.rank_every needs search.heldout_tokens")
-    self.archs = enas_steps.space_archs(config)
+    self.archs = enas_setup.space_archs(config)
     self.names = [
       search_space.to_string(a) for a in search_space.unstack(self.archs)
     ]

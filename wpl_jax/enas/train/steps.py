@@ -2,12 +2,12 @@
 
 Every function takes the architecture as data, so each is compiled once per
 search whatever architectures are sampled (the architecture is data,
-docs/method.md §4). The caller (`train.enas_search`) owns `jax.jit`.
+docs/method.md §4). The caller owns `jax.jit` (`setup.jit_steps`); the
+states they take and the config's choices they read are in `setup`.
 """
 
 import dataclasses
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -16,126 +16,13 @@ import optax
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import fisher_fast
 from wpl_jax.enas import controller as controller_lib
-from wpl_jax.enas import edge_fisher, losses, sampler, search_space, supernet
+from wpl_jax.enas import edge_fisher, losses, sampler, supernet
 from wpl_jax.enas import wpl as enas_wpl
 from wpl_jax.enas.search_space import Arch
+from wpl_jax.enas.train import setup
+from wpl_jax.enas.train.setup import ControllerState, SharedState
 from wpl_jax.runtime import platform_defaults
-from wpl_jax.types import Array, Params, PRNGKey, PyTree
-
-
-@flax.struct.dataclass
-class SharedState:
-  """The supernet: params, batch-norm statistics and optimizer state."""
-
-  params: Params
-  batch_stats: PyTree
-  opt_state: optax.OptState
-
-
-@flax.struct.dataclass
-class ControllerState:
-  """The controller: params, Adam state, REINFORCE baseline and step."""
-
-  params: Params
-  opt_state: optax.OptState
-  baseline: Array  # float32 moving average of the reward: [] or [2N-1]
-  step: Array  # int32 scalar
-
-
-def make_model(config: ml_collections.ConfigDict) -> supernet.SharedRNN:
-  """The shared RNN of `config.model` (vocabulary set by the data)."""
-  m = config.model
-  return supernet.SharedRNN(
-    vocab_size=m.vocab_size,
-    hidden_size=m.hidden,
-    num_nodes=m.num_nodes,
-    dropout_output=m.dropout_output,
-    dropout_input=m.dropout_input,
-    dropout_embed=m.dropout_embed,
-    dropconnect=m.dropconnect,
-    clip_norm=m.clip_norm,
-    init_range=m.init_range,
-    hidden_source=m.hidden_source,
-    cell_output=m.cell_output,
-    use_batch_norm=m.batch_norm,
-    # config 0 = unroll the scan over nodes fully, k >= 1 = by k.
-    node_unroll=m.node_unroll or True,
-  )
-
-
-POLICIES = ("enas", "random")
-
-
-def search_policy(config: ml_collections.ConfigDict) -> str:
-  """ "enas" (LSTM controller, REINFORCE) or "random" (uniform sampling)."""
-  return config.search.get("policy", "enas")
-
-
-def fixed_first_activation(config: ml_collections.ConfigDict) -> int | None:
-  """Node 0's fixed activation id of the space, or None (a free choice).
-
-  `config.search.fixed_first_activation` is "" (none) or an activation
-  name; "tanh" with `num_nodes=3` is the 32-cell space of docs/method.md §5.
-  """
-  name = config.search.get("fixed_first_activation", "")
-  if not name:
-    return None
-  if name not in search_space.ACTIVATIONS:
-    raise ValueError(
-      f"config.search.fixed_first_activation {name!r} is not one of "
-      f"{search_space.ACTIVATIONS}"
-    )
-  return search_space.ACTIVATIONS.index(name)
-
-
-def space_archs(config: ml_collections.ConfigDict) -> Arch:
-  """Every cell of the configured space, int32[S, N] fields, in codec order.
-
-  The space of `config.model.num_nodes` nodes with node 0's activation
-  fixed as `config.search.fixed_first_activation` says (32 cells for the
-  space32 configs); `enumerate_space` refuses spaces over a million cells.
-  """
-  return search_space.enumerate_space(
-    config.model.num_nodes,
-    fixed_first_activation=fixed_first_activation(config),
-  )
-
-
-def shared_optimizer(
-  grad_clip: float, weight_decay: float
-) -> optax.GradientTransformation:
-  """Global-norm clip, then weight decay, then −gradient (times lr later).
-
-  The learning rate multiplies the result in the step, so changing it per
-  epoch does not recompile. Order as in the reference: the gradient is
-  clipped first and SGD's weight decay is added after.
-  """
-  return optax.chain(
-    optax.clip_by_global_norm(grad_clip),
-    optax.add_decayed_weights(weight_decay),
-    optax.scale(-1.0),
-  )
-
-
-REWARD_FORMS = ("per_decision", "sequence")
-
-
-def reward_form(config: ml_collections.ConfigDict) -> str:
-  """REINFORCE's reward and baseline per decision or per cell (see Steps)."""
-  return config.controller.reward_form
-
-
-def initial_baseline(config: ml_collections.ConfigDict) -> Array:
-  """float32 zeros: [2N-1] per decision, or [] for the sequence form."""
-  if reward_form(config) == "per_decision":
-    n = 2 * config.model.num_nodes - 1
-    return jnp.zeros((n,), jnp.float32)
-  return jnp.zeros([], jnp.float32)
-
-
-def controller_optimizer(lr: float) -> optax.GradientTransformation:
-  """Adam for the controller (3.5e-4 in the reference)."""
-  return optax.adam(lr)
+from wpl_jax.types import Array, Params, PRNGKey
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,34 +154,9 @@ class Steps:
       )
       return ce + pen, (ce, pen, new_hidden, new_stats)
 
-    if self.config.model.tapped_grad:
-      # The arch's fused edges [N-1, H, 2H] are a leaf of their own, read
-      # only through the model's "edge" tap: their gradient is formed after
-      # the time scan, one [H, T·B] × [T·B, 2H] GEMM per edge, instead of
-      # 35 small GEMMs and 35 accumulations inside the scan's backward
-      # (`fisher_fast.value_and_grad`; the same gradient, tested). Off by
-      # default: on a quiet 2-core CPU it measured 1.02× the autodiff step
-      # at H = 200 and 400 and 0.87–0.97× at H = 1000 (WORKSPACE §6.1).
-      leaves = {
-        "params": shared.params,
-        "edges": supernet.arch_edges(shared.params["cell"], arch),
-      }
-      (_, aux), g = fisher_fast.value_and_grad(
-        lambda q, _, tap: loss_fn(q["params"], q["edges"], tap),
-        leaves,
-        None,
-        has_aux=True,
-      )
-      ids = search_space.edge_ids(arch)
-      hidden = self.config.model.hidden
-      cell = dict(g["params"]["cell"])  # the penalty's part, [E, H, H]
-      cell["edge_c"] = cell["edge_c"].at[ids].add(g["edges"][..., :hidden])
-      cell["edge_h"] = cell["edge_h"].at[ids].add(g["edges"][..., hidden:])
-      grads = {**g["params"], "cell": cell}
-    else:
-      grads, aux = jax.grad(loss_fn, has_aux=True)(shared.params)
+    grads, aux = self.shared_grads(loss_fn, shared.params, arch)
     ce, pen, new_hidden, new_stats = aux
-    tx = shared_optimizer(
+    tx = setup.shared_optimizer(
       self.config.shared.grad_clip, self.config.shared.weight_decay
     )
     updates, opt_state = tx.update(grads, shared.opt_state, shared.params)
@@ -306,6 +168,16 @@ class Steps:
     # The hidden state is carried to the next batch without its history.
     new_hidden = jax.lax.stop_gradient(new_hidden)
     return new_shared, new_hidden, {"loss": ce, "wpl": pen}
+
+  def shared_grads(self, loss_fn, params: Params, arch: Arch):
+    """`(grads, aux)` of `loss_fn(params) -> (loss, aux)` for `shared_step`.
+
+    Plain reverse-mode autodiff. One place for a subclass to form the same
+    gradient another way (`benchmarks/tapped_grad_steps.py` forms the
+    edges' part after the time scan; it did not pay, WORKSPACE §6.1).
+    """
+    del arch
+    return jax.grad(loss_fn, has_aux=True)(params)
 
   # -- WPL: Fisher and anchor after an architecture's turn -------------------
 
@@ -601,7 +473,7 @@ class Steps:
     ppl, hiddens = self.eval_many(
       shared, archs, inputs_TxB, targets_TxB, hidden_BxH
     )
-    per_decision = reward_form(self.config) == "per_decision"
+    per_decision = setup.reward_form(self.config) == "per_decision"
 
     def loss_fn(cp):
       logp, ent = jax.vmap(
@@ -629,7 +501,7 @@ class Steps:
     (loss, baseline), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       ctrl.params
     )
-    tx = controller_optimizer(c.lr)
+    tx = setup.controller_optimizer(c.lr)
     updates, opt_state = tx.update(grads, ctrl.opt_state, ctrl.params)
     new_ctrl = ControllerState(
       params=optax.apply_updates(ctrl.params, updates),
@@ -653,7 +525,7 @@ class Steps:
     return {
       "temperature": c.temperature,
       "tanh_constant": c.tanh_constant,
-      "fixed_first_activation": fixed_first_activation(self.config),
+      "fixed_first_activation": setup.fixed_first_activation(self.config),
     }
 
   def policy_entropy(self, ctrl_params: Params, archs: Arch) -> Array:
@@ -665,7 +537,7 @@ class Steps:
     32-cell space has 3.466 nats; a controller that concentrates has less.
     """
     s = jax.tree.leaves(archs)[0].shape[0]
-    if search_policy(self.config) == "random":
+    if setup.search_policy(self.config) == "random":
       return jnp.log(jnp.float32(s))
     logp = jax.vmap(
       lambda a: controller_lib.log_prob(ctrl_params, a, **self.policy_kw())[0]
@@ -679,12 +551,12 @@ class Steps:
     uniformly from the space (the controller's params are then unused).
     """
     n = self.config.model.num_nodes
-    if search_policy(self.config) == "random":
+    if setup.search_policy(self.config) == "random":
       return sampler.sample_uniform_architectures(
         key=key,
         k=k,
         num_nodes=n,
-        fixed_first_activation=fixed_first_activation(self.config),
+        fixed_first_activation=setup.fixed_first_activation(self.config),
       )
     archs, _, _ = sampler.sample_architectures(
       ctrl_params, key=key, k=k, num_nodes=n, **self.policy_kw()

@@ -40,6 +40,7 @@ from absl import logging
 from wpl_jax.data import fingerprint, ptb
 from wpl_jax.enas import ranking, search_space, supernet
 from wpl_jax.enas.train import search as enas_search
+from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.enas.train import steps as enas_steps
 from wpl_jax.enas.train.steps import SharedState
 from wpl_jax.runtime import checkpoint as checkpoint_lib
@@ -52,7 +53,7 @@ _INIT, _TRAIN = range(2)
 
 
 # Every cell of the configured space, int32[S, N] fields, in codec order.
-space_archs = enas_steps.space_archs
+space_archs = enas_setup.space_archs
 
 
 def lr_at_step(
@@ -86,9 +87,9 @@ class TruthTrainer:
     rconfig = ml_collections.ConfigDict(config.to_dict())
     rconfig.wpl.enabled = False  # standalone models: plain cross-entropy
     self.config = config
-    self.model = enas_steps.make_model(rconfig)
+    self.model = enas_setup.make_model(rconfig)
     self.steps = enas_steps.Steps(model=self.model, config=rconfig)
-    self.tx = enas_steps.shared_optimizer(
+    self.tx = enas_setup.shared_optimizer(
       config.shared.grad_clip, config.shared.weight_decay
     )
     devices = jax.local_devices()[: num_devices or jax.local_device_count()]
@@ -203,7 +204,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError (one line naming the field) on a bad truth config."""
   config = platform_defaults.resolved_config(config)  # "auto" as resolved
   platform_defaults.check_precision(config)
-  enas_steps.fixed_first_activation(config)
+  enas_setup.fixed_first_activation(config)
   enas_search.validate_model(config)
   v = validation
   for field in (
