@@ -85,7 +85,7 @@ PAIRS = (
   ("reward eval", "reward_eval", "reward_eval"),
   ("eval K=16", "eval_k16", "eval16_mapped"),
 )
-BUSY = 0.25  # a 1-minute load average above this × CPUs: not idle
+BUSY = 0.25  # CPU busy above this fraction with nothing of ours running
 FLAG_RE = re.compile(r"^(avx512.*|amx.*|avx_vnni)$")
 ENV_KEYS = (
   "GLIBC_TUNABLES",
@@ -314,18 +314,18 @@ def markdown(rows: list[dict]) -> str:
       f"at end {m.get('load_end')}"
     )
     busy = [
-      f"{when} {load[0]}"
-      for when, load in (
-        ("start", m.get("load_start")),
-        ("end", m.get("load_end")),
+      f"{when} {frac:.0%}"
+      for when, frac in (
+        ("start", m.get("busy_start")),
+        ("end", m.get("busy_end")),
       )
-      if load and load[0] > BUSY * (m.get("cpu_count") or 1)
+      if frac is not None and frac > BUSY
     ]
     if busy:
       lines.append(
-        f"- WARNING: the machine was not idle (1-minute load average at "
-        f"{' and at '.join(busy)} on {m.get('cpu_count')} CPUs): the times "
-        "are not a measurement"
+        f"- WARNING: the machine was not idle (CPU busy over 2 s with no "
+        f"benchmark running, at {' and at '.join(busy)}): the times are not "
+        "a measurement"
       )
     lines.append(
       f"- reps {m.get('reps')} per piece, time limit {m.get('time_limit')} s "
@@ -517,6 +517,25 @@ def machine(a) -> dict:
   }
 
 
+def busy_fraction(seconds: float = 2.0) -> float:
+  """Fraction of all CPUs' time spent busy over `seconds` (/proc/stat).
+
+  Sampled when none of this driver's subprocesses runs, so it sees only
+  the rest of the machine (a load average would count our own runs).
+  """
+
+  def sample():
+    with open("/proc/stat") as f:
+      v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return sum(v), idle
+
+  t0, i0 = sample()
+  time.sleep(seconds)
+  t1, i1 = sample()
+  return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+
+
 def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(
     timespec="seconds"
@@ -597,11 +616,11 @@ def main(argv=None) -> int:
   (out / "raw").mkdir(parents=True, exist_ok=True)
   env = envs(a)
   records = [machine(a)]
-  load, cpus = records[0]["load_start"][0], os.cpu_count() or 1
-  if load > BUSY * cpus:
+  records[0]["busy_start"] = busy_fraction()
+  if records[0]["busy_start"] > BUSY:
     print(
-      f"versus_reference: WARNING: load average {load} on {cpus} CPUs: the "
-      "machine is not idle",
+      f"versus_reference: WARNING: the CPUs are {records[0]['busy_start']:.0%}"
+      " busy before the benchmark starts: the machine is not idle",
       file=sys.stderr,
       flush=True,
     )
@@ -621,6 +640,7 @@ def main(argv=None) -> int:
       )
   records[0]["ended"] = _now()
   records[0]["load_end"] = [round(v, 2) for v in os.getloadavg()]
+  records[0]["busy_end"] = busy_fraction()  # our processes have ended
   with open(out / "records.jsonl", "w") as fh:
     fh.writelines(json.dumps(r) + "\n" for r in records)
   text = markdown(records)
