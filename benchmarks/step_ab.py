@@ -4,7 +4,7 @@ Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
 
   python benchmarks/step_ab.py --hidden=200 --reps=5 --what=grad
       shared_step with autodiff vs the edges' gradient after the scan
-      (`benchmarks/tapped_grad_steps.py`, same process)
+      (`search.grad_after_scan_from` 0 and 1, same process)
   python benchmarks/step_ab.py --root=DIR --hidden=200 --reps=5 \\
       --what=fisher --estimator=per_example
       fisher_step and shared_step of the checkout at DIR (default: this
@@ -96,15 +96,13 @@ def main() -> None:
 
   from benchmarks import enas_bench  # noqa: PLC0415
 
-  def build(steps_cls=None, **model):
+  def build(**model):
     c = enas_bench.config_at("large", wpl=True)
     c.model.hidden, c.model.num_nodes = args.hidden, 12
     c.wpl.estimator = args.estimator
     for k, v in model.items():
-      c.model[k] = v
+      (c.search if k == "grad_after_scan_from" else c.model)[k] = v
     s = enas_bench.setup(c)
-    if steps_cls is not None:
-      s["steps"] = steps_cls(s["model"], c)
     arch = jax.tree.map(lambda x: x[0], s["archs"])
     batch = (arch, s["inputs"], s["targets"], s["hidden"])
     step = jax.jit(s["steps"].shared_step)
@@ -216,11 +214,9 @@ def main() -> None:
         f
       )
   elif args.what == "grad":
-    from benchmarks import tapped_grad_steps  # noqa: PLC0415
-
     cases = {
-      "shared_step autodiff": build()["step"],
-      "shared_step tapped_grad": build(tapped_grad_steps.TappedSteps)["step"],
+      "shared_step autodiff": build(grad_after_scan_from=0)["step"],
+      "shared_step tapped_grad": build(grad_after_scan_from=1)["step"],
     }
   else:
     fns = build()

@@ -90,6 +90,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # an H200, WORKSPACE §10.4). The search vmaps all of them when its
   # devices split the archs.
   se.eval_vmap = "auto"
+  # From this hidden size on, the shared step forms the edges' gradient
+  # once after the time scan instead of accumulating it step by step (the
+  # same gradient; "auto": 800 on CPU, 0 = never on accelerators;
+  # 0.87–0.97× the step at H = 1000 on two CPUs, WORKSPACE §6.4).
+  se.grad_after_scan_from = "auto"
   # Batch-norm in search evaluations (forgetting, reward, derive): "running"
   # statistics (reference) or each child's own "batch" statistics.
   se.eval_bn = "running"

@@ -14,7 +14,6 @@ import pytest
 from absl.testing import absltest, parameterized
 from conftest import DATA_DIR
 
-from benchmarks import tapped_grad_steps
 from experiments import enas_ptb
 from wpl_jax import fisher as fisher_lib
 from wpl_jax import loss
@@ -111,17 +110,18 @@ class WplOffStateTest(absltest.TestCase):
     ckpt.close()
 
 
-class TappedStepsTest(parameterized.TestCase):
+class GradAfterScanTest(parameterized.TestCase):
   @parameterized.parameters("reference", "clean")
   def test_shared_step_tapped_equals_autodiff(self, mode):
-    """TappedSteps (edges' gradient after the scan) = plain jax.grad,
-    dropout and training batch-norm on, a non-zero WPL penalty."""
+    """search.grad_after_scan_from (edges' gradient after the scan) =
+    plain jax.grad, dropout and training batch-norm on, a non-zero WPL
+    penalty."""
     outs = []
     for tapped in (True, False):
       config = _tiny_config(mode=mode)
+      # The tiny model has H = 4: from 1 on is "always", 0 is "never".
+      config.search.grad_after_scan_from = 1 if tapped else 0
       model, steps, state, x, y, h, _ = _setup(config)
-      if tapped:
-        steps = tapped_grad_steps.TappedSteps(model=model, config=config)
       ws = state["wpl"]
       ws = ws._replace(
         fisher=jax.tree.map(lambda f: f + 0.5, ws.fisher),

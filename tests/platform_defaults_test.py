@@ -25,12 +25,14 @@ CPU = {
   "wpl.chunk_size": 16,
   "truth.arch_batch": 1,
   "truth.checkpoint_every": 50,
+  "search.grad_after_scan_from": 800,
 }
 ACCELERATOR = {
   "search.eval_vmap": 0,
   "wpl.chunk_size": 64,
   "truth.arch_batch": 32,
   "truth.checkpoint_every": 0,
+  "search.grad_after_scan_from": 0,
 }
 
 

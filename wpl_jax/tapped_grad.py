@@ -3,9 +3,10 @@ formed once, after the scans (`value_and_grad`).
 
 The same gradient as `jax.value_and_grad` of the loss under the plain tap;
 it trades autodiff's per-step accumulation inside a scan for one large
-GEMM per weight afterwards. It did not pay for the ENAS search's shared
-step on 2-core CPUs (0.87–1.02×, WORKSPACE §6.1); `benchmarks/` keeps
-that experiment (`tapped_grad_steps.py`). `fisher_fast` re-exports it.
+GEMM per weight afterwards. The ENAS search's shared step uses it from
+hidden size `search.grad_after_scan_from` on (CPU: 800; 0.87–0.97× the
+autodiff step at H = 1000 on two CPUs, WORKSPACE §6.4). `fisher_fast`
+re-exports it.
 """
 
 from collections.abc import Callable

@@ -43,6 +43,11 @@ DEFAULTS: dict[str, tuple[int, int]] = {
   "wpl.chunk_size": (16, 64),
   "truth.arch_batch": (1, 32),
   "truth.checkpoint_every": (50, 0),
+  # From this hidden size on, the shared step forms the edges' gradient
+  # after the time scan (0 = never): 0.87–0.97× the autodiff step at
+  # H = 1000 on two CPUs, 1.02× at H ≤ 400 (WORKSPACE §6.4); not measured
+  # on accelerators.
+  "search.grad_after_scan_from": (800, 0),
 }
 # config.precision -> jax_default_matmul_precision.
 PRECISIONS = {

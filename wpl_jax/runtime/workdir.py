@@ -85,8 +85,8 @@ ADDED_DEFAULTS = {
   "model.cell_output": "leaves",
   "truth.num_seeds": 1,
   "search.log_seconds": 10.0,
-  # Removed since (the experiment moved to benchmarks/tapped_grad_steps.py):
-  # a run recorded with its value False is the run the code does today.
+  # Removed since (now `search.grad_after_scan_from`): a run recorded with
+  # its value False is a run the code does today.
   "model.tapped_grad": False,
   # Runs recorded before the field existed used one reward per cell.
   "controller.reward_form": "sequence",

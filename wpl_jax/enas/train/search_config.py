@@ -33,6 +33,7 @@ RESUMABLE = (
   # only by float rounding.
   "model.ce_chunk",
   "model.node_unroll",
+  "search.grad_after_scan_from",
   # How many archs an evaluation vmaps together, and how many sequences a
   # per-example Fisher takes at a time: rounding only (both "auto" by
   # default: a run may resume on another platform).
@@ -67,6 +68,8 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
     v.integer(config, "model.ce_chunk", min=0)
   if "node_unroll" in config.model:
     v.integer(config, "model.node_unroll", min=0)
+  if config.search.get("grad_after_scan_from", "auto") != "auto":
+    v.integer(config, "search.grad_after_scan_from", min=0)
   v.integer(config, "data.batch_size", min=1)
   v.integer(config, "data.bptt", min=1)
   v.number(config, "shared.lr", min=0, open_min=True)

@@ -237,6 +237,7 @@ RESUMABLE = (
   # The search's platform-dependent fields (the truth reads neither).
   "search.eval_vmap",
   "wpl.chunk_size",
+  "search.grad_after_scan_from",
 )
 # What a checkpoint's stored config leaves out: the search's resumable
 # fields (as before) and these.
