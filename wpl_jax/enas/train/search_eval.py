@@ -58,7 +58,10 @@ class Ranker:
   def __call__(self, shared, ctrl_params=None) -> dict:
     """The record's ranking fields; `ctrl_params` for the policy entropy."""
     nll = np.asarray(self.fn(shared, self.archs, self.x, self.y, self.mask))
-    ppl = np.exp(nll / self.count)
+    # A cell whose shared weights blew up scores inf: the worst rank,
+    # which the ranking statistics take as such (no overflow warning).
+    with np.errstate(over="ignore"):
+      ppl = np.exp(nll / self.count)
     out = {
       "rank_shared_ppl": ppl.tolist(),
       "rank_best": self.names[int(np.argmin(ppl))],
