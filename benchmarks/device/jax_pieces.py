@@ -245,18 +245,25 @@ def main() -> None:
     )
     return state["wpl"]
 
-  def ctrl():
-    count[0] += 1
-    xb = batches[count[0] % 8]
-    state["controller"], state["ctrl_hidden"], out = fns["ctrl"](
-      state["controller"],
-      state["shared"],
-      xb[:-1],
-      xb[1:],
-      state["ctrl_hidden"],
-      key=jax.random.fold_in(key, count[0]),
-    )
-    return out
+  def ctrl_with(step):
+    """One controller step of the jitted `step` on the next batch."""
+
+    def call():
+      count[0] += 1
+      xb = batches[count[0] % 8]
+      state["controller"], state["ctrl_hidden"], out = step(
+        state["controller"],
+        state["shared"],
+        xb[:-1],
+        xb[1:],
+        state["ctrl_hidden"],
+        key=jax.random.fold_in(key, count[0]),
+      )
+      return out
+
+    return call
+
+  ctrl = ctrl_with(fns["ctrl"])
 
   def reward():
     return fns["eval_one"](state["shared"], one, x[:-1], x[1:], zero_h)
@@ -279,19 +286,7 @@ def main() -> None:
       enas_steps.Steps(model=model, config=ck).controller_step
     )
 
-    def ctrl_k():
-      count[0] += 1
-      xb = batches[count[0] % 8]
-      state["controller"], state["ctrl_hidden"], out = ctrl_k_fn(
-        state["controller"],
-        state["shared"],
-        xb[:-1],
-        xb[1:],
-        state["ctrl_hidden"],
-        key=jax.random.fold_in(key, count[0]),
-      )
-      return out
-
+    ctrl_k = ctrl_with(ctrl_k_fn)
     timed(f"controller_step_k{args.ctrl_k}", ctrl_k, tokens=tok, k=args.ctrl_k)
 
   # 3. K = 16 evaluations, vmapped and mapped one arch at a time.

@@ -186,7 +186,7 @@ class Steps:
     start = platform_defaults.get(self.config, "search.grad_after_scan_from", 0)
     hidden = self.config.model.hidden
     if not start or hidden < start:
-      return jax.grad(lambda p: loss_fn(p), has_aux=True)(params)
+      return jax.grad(loss_fn, has_aux=True)(params)
     leaves = {
       "params": params,
       "edges": supernet.arch_edges(params["cell"], arch),
