@@ -3,6 +3,7 @@
 Usage (from the project root; an idle machine; torch from .venv-torch):
 
   python -m benchmarks.small_gemm --hidden=200,400,1000 --reps=50
+  python -m benchmarks.small_gemm --forms --hidden=1000
   .venv-torch/bin/python benchmarks/small_gemm.py --lib=torch \\
       --hidden=200,400,1000 --reps=50
 
@@ -36,6 +37,14 @@ def _args():
   ap.add_argument("--chain", type=int, default=100)
   ap.add_argument("--reps", type=int, default=7)
   ap.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+  ap.add_argument(
+    "--forms",
+    action="store_true",
+    help="jax only: the [64, H] x [H, 2H] product (H = the first --hidden) "
+    "in several forms: float32 under each matmul precision setting, "
+    "bfloat16 inputs with a bfloat16 or a float32 output, and the weight "
+    "gradient contracted over the leading (batch) axes",
+  )
   return ap.parse_args()
 
 
@@ -99,8 +108,79 @@ def _torch_chain(m, k, n, chain, dtype):
   return run
 
 
+def _forms(h: int, b: int, chain: int, reps: int) -> None:
+  """GFLOP/s of one product shape written several ways (XLA only)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  key = jax.random.key(0)
+  x32 = jax.random.normal(key, (b, h), jnp.float32)
+  w32 = jax.random.normal(key, (h, 2 * h), jnp.float32) / h**0.5
+  g32 = jax.random.normal(key, (b, 2 * h), jnp.float32)
+  bf = jnp.bfloat16
+
+  def chained(mm, a, c, out_shape):
+    @jax.jit
+    def run(a, c):
+      def body(_, acc):
+        return acc + mm(a + acc[:1, :1].astype(a.dtype), c).astype(jnp.float32)
+
+      return jax.lax.fori_loop(
+        0, chain, body, jnp.zeros(out_shape, jnp.float32)
+      )
+
+    return lambda: jax.block_until_ready(run(a, c))
+
+  flops = 2 * b * h * 2 * h * chain
+  cases = []
+  for prec in ("highest", "bfloat16", "default"):
+    with jax.default_matmul_precision(prec):
+      f = chained(jnp.dot, x32, w32, (b, 2 * h))
+      s = _median_s(f, reps)  # traced (and compiled) under `prec`
+    cases.append((f"float32 inputs, precision={prec}", s))
+  dot32 = lambda a, c: jnp.dot(a, c, preferred_element_type=jnp.float32)  # noqa: E731
+  for name, mm in (
+    ("bfloat16 in, bfloat16 out", jnp.dot),
+    ("bfloat16 in, float32 out", dot32),
+  ):
+    cases.append(
+      (
+        name,
+        _median_s(
+          chained(mm, x32.astype(bf), w32.astype(bf), (b, 2 * h)), reps
+        ),
+      )
+    )
+  wg = lambda a, c: jnp.einsum("bi,bo->io", a, c)  # noqa: E731
+  wg32 = lambda a, c: jnp.einsum(
+    "bi,bo->io", a, c, preferred_element_type=jnp.float32
+  )  # noqa: E731
+  for name, mm in (
+    ("weight grad einsum bi,bo->io, bfloat16 out", wg),
+    ("weight grad einsum bi,bo->io, float32 out", wg32),
+  ):
+    cases.append(
+      (
+        name,
+        _median_s(
+          chained(mm, x32.astype(bf), g32.astype(bf), (h, 2 * h)), reps
+        ),
+      )
+    )
+  for name, sec in cases:
+    print(
+      json.dumps(
+        {"lib": "jax", "hidden": h, "form": name, "gflops": flops / sec / 1e9}
+      ),
+      flush=True,
+    )
+
+
 def main() -> int:
   a = _args()
+  if a.forms:
+    _forms(int(a.hidden.split(",")[0]), a.batch, a.chain, a.reps)
+    return 0
   make = _jax_chain if a.lib == "jax" else _torch_chain
   if a.lib == "jax":
     import jax.numpy as jnp  # noqa: PLC0415
