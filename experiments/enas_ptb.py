@@ -107,6 +107,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   se.rank_every = 0
   se.truth_path = ""  # stored ground truth (experiments/results/...json)
   se.log_seconds = 10.0  # seconds between progress lines within an epoch
+  # Seeds searched side by side in one program (seed, seed + 1, ...; one
+  # device; each seed's records under seed_<seed>/); 1 = one seed.
+  se.num_seeds = 1
 
   c.controller = ct = ml_collections.ConfigDict()
   ct.hidden = 100

@@ -16,8 +16,16 @@ be committed as it lands. A run that diverges (main.py's "diverged at
 epoch" error) is stored too, with its records so far and the error under
 "diverged", and the next run starts; any other failure stops the driver.
 `space32_report.py --runs=` reads these files as well as workdirs.
+
+With --in_one, each arm's seeds not yet stored run side by side in one
+program (`--config.search.num_seeds`, one run per block of consecutive
+seeds, workdir ROOT/POLICY_WPL_sA-B): each seed's records and divergence
+are stored as above, with "in_one" naming the block. Each seed equals its
+one-seed run up to float rounding (tests/search_seeds_test.py); on a CPU
+it buys no speed, on an accelerator S seeds cost about one (WORKSPACE §7.10).
 """
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -43,6 +51,21 @@ _GROUPS = flags.DEFINE_list(
 _DATA = flags.DEFINE_string("data_dir", "../shared/data/ptb", "PTB folder.")
 _VARIANTS = flags.DEFINE_list(
   "variants", [], "More space32.py variants for every run (e.g. published)."
+)
+_IN_ONE = flags.DEFINE_bool(
+  "in_one", False, "An arm's seeds side by side in one program each."
+)
+_IMPORT = flags.DEFINE_string(
+  "import_root",
+  None,
+  "Store the seeds of finished POLICY_WPL_sA-B workdirs under this folder "
+  "(e.g. a device run's searches.tgz, unpacked) instead of running.",
+)
+_IMPORT_COMMIT = flags.DEFINE_string(
+  "import_commit", "", "With --import_root: the commit the runs used."
+)
+_EXTRA = flags.DEFINE_multi_string(
+  "set", [], "More main.py flags for every run (e.g. --set=--config.x=1)."
 )
 
 
@@ -81,41 +104,143 @@ def main(argv):
       sys.exit(f"error: bad variant {v!r}; use a non-policy, non-WPL variant")
   results = results_dir(extra)
   results.mkdir(parents=True, exist_ok=True)
-  todo = [(p, w, int(s)) for s in _SEEDS.value for p, w in groups]
+  seeds = [int(s) for s in _SEEDS.value]
+  if _IMPORT.value:
+    _import(pathlib.Path(_IMPORT.value), results)
+    return
+  if _IN_ONE.value:
+    for policy, wpl in groups:
+      for block in _blocks(
+        [
+          s
+          for s in seeds
+          if not (results / f"{policy}_{wpl}_s{s}.json").exists()
+        ]
+      ):
+        _run_block(policy, wpl, block, extra, results)
+    return
+  todo = [(p, w, s) for s in seeds for p, w in groups]
   for i, (policy, wpl, seed) in enumerate(todo):
     name = f"{policy}_{wpl}_s{seed}"
-    out = results / f"{name}.json"
-    if out.exists():
+    if (results / f"{name}.json").exists():
       print(f"[{i + 1}/{len(todo)}] {name}: stored, skipped", flush=True)
       continue
-    workdir = pathlib.Path(_RUN_ROOT.value) / name
-    cmd = [
-      "python",
-      "main.py",
-      f"--config=experiments/space32.py:{','.join([policy, wpl, *extra])}",
-      f"--data_dir={_DATA.value}",
-      f"--workdir={workdir}",
-      f"--config.seed={seed}",
-    ]
-    print(f"[{i + 1}/{len(todo)}] {name}: {' '.join(cmd)}", flush=True)
-    t0, commit = time.time(), _commit()  # the code the run starts with
-    code, last_error = _run(cmd)
-    diverged = code != 0 and "diverged at epoch" in last_error
-    if code != 0 and not diverged:
-      sys.exit(f"error: {name} exited with {code}")
-    records = metrics_lib.read_jsonl(workdir / "metrics.jsonl")
+    _run_one(policy, wpl, seed, extra, results, f"[{i + 1}/{len(todo)}] ")
+
+
+def _run_one(policy, wpl, seed, extra, results, prefix="") -> None:
+  """One seed of one arm in its own program; stores its run."""
+  name = f"{policy}_{wpl}_s{seed}"
+  out = results / f"{name}.json"
+  workdir = pathlib.Path(_RUN_ROOT.value) / name
+  cmd = _command(policy, wpl, extra, workdir, seed)
+  print(f"{prefix}{name}: {' '.join(cmd)}", flush=True)
+  t0, commit = time.time(), _commit()  # the code the run starts with
+  code, last_error = _run(cmd)
+  diverged = code != 0 and "diverged at epoch" in last_error
+  if code != 0 and not diverged:
+    sys.exit(f"error: {name} exited with {code}")
+  records = metrics_lib.read_jsonl(workdir / "metrics.jsonl")
+  result = {
+    "name": name,
+    "command": " ".join(cmd),
+    "commit": commit,
+    "seconds": time.time() - t0,
+    "records": records,
+  }
+  if diverged:  # an outcome of the arm, stored and counted (WORKSPACE §7.10)
+    result["diverged"] = last_error
+  metrics_lib.write_json(out, result)
+  status = f"DIVERGED ({last_error})" if diverged else "done"
+  print(f"    {status} in {time.time() - t0:.0f} s -> {out}", flush=True)
+
+
+def _command(policy, wpl, extra, workdir, seed) -> list[str]:
+  return [
+    "python",
+    "main.py",
+    f"--config=experiments/space32.py:{','.join([policy, wpl, *extra])}",
+    f"--data_dir={_DATA.value}",
+    f"--workdir={workdir}",
+    f"--config.seed={seed}",
+    *_EXTRA.value,
+  ]
+
+
+def _blocks(seeds: list[int]) -> list[list[int]]:
+  """`seeds` (sorted) cut into runs of consecutive integers."""
+  out = []
+  for s in sorted(seeds):
+    if out and s == out[-1][-1] + 1:
+      out[-1].append(s)
+    else:
+      out.append([s])
+  return out
+
+
+def _run_block(policy, wpl, block, extra, results) -> None:
+  """One program for `block`'s seeds of one arm; stores each seed's run."""
+  if len(block) == 1:
+    _run_one(policy, wpl, block[0], extra, results)
+    return
+  name = f"{policy}_{wpl}_s{block[0]}-{block[-1]}"
+  workdir = pathlib.Path(_RUN_ROOT.value) / name
+  cmd = _command(policy, wpl, extra, workdir, block[0])
+  cmd.append(f"--config.search.num_seeds={len(block)}")
+  print(f"{name}: {' '.join(cmd)}", flush=True)
+  t0, commit = time.time(), _commit()
+  code, last_error = _run(cmd)
+  if code != 0:
+    sys.exit(f"error: {name} exited with {code}: {last_error}")
+  _store_block(workdir, policy, wpl, block, " ".join(cmd), commit, t0, results)
+
+
+def _store_block(workdir, policy, wpl, block, command, commit, t0, results):
+  """Each seed of a finished seed-axis workdir, stored as one run."""
+  per_seed = {
+    e["seed"]: e
+    for e in json.loads((workdir / "results.json").read_text())["per_seed"]
+  }
+  for seed in block:
+    out = results / f"{policy}_{wpl}_s{seed}.json"
     result = {
-      "name": name,
-      "command": " ".join(cmd),
+      "name": out.stem,
+      "command": command,
       "commit": commit,
-      "seconds": time.time() - t0,
-      "records": records,
+      "seconds": time.time() - t0 if t0 else None,  # the whole program's
+      "in_one": block,
+      "records": metrics_lib.read_jsonl(
+        workdir / f"seed_{seed}" / "metrics.jsonl"
+      ),
     }
-    if diverged:  # an outcome of the arm, stored and counted (WORKSPACE §7.10)
-      result["diverged"] = last_error
+    if "diverged" in per_seed[seed]:
+      result["diverged"] = per_seed[seed]["diverged"]
     metrics_lib.write_json(out, result)
-    status = f"DIVERGED ({last_error})" if diverged else "done"
-    print(f"    {status} in {time.time() - t0:.0f} s -> {out}", flush=True)
+    status = "DIVERGED" if "diverged" in result else "done"
+    print(f"    seed {seed}: {status} -> {out}", flush=True)
+
+
+def _import(root: pathlib.Path, results: pathlib.Path) -> None:
+  """`_store_block` for every finished POLICY_WPL_sA-B workdir in root."""
+  found = sorted(root.glob("*_*_s*-*"))
+  if not found:
+    sys.exit(f"error: no POLICY_WPL_sA-B workdir in {root}")
+  for workdir in found:
+    policy, wpl, span = workdir.name.split("_")
+    first, last = (int(x) for x in span[1:].split("-"))
+    if not (workdir / "results.json").exists():
+      print(f"{workdir.name}: not finished, skipped", flush=True)
+      continue
+    run = json.loads((workdir / "run.json").read_text())
+    command = (
+      f"{workdir.name} on {run['platform'].get('device_kind', '?')} "
+      f"(started {run['started']}), config in its run.json"
+    )
+    print(f"{workdir.name}: {command}", flush=True)
+    block = list(range(first, last + 1))
+    _store_block(
+      workdir, policy, wpl, block, command, _IMPORT_COMMIT.value, 0, results
+    )
 
 
 def _run(cmd: list[str]) -> tuple[int, str]:

@@ -84,6 +84,7 @@ ADDED_DEFAULTS = {
   "precision": "float32",
   "model.cell_output": "leaves",
   "truth.num_seeds": 1,
+  "search.num_seeds": 1,
   "search.log_seconds": 10.0,
   # Removed since (now `search.grad_after_scan_from`): a run recorded with
   # its value False is a run the code does today.

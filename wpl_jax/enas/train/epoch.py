@@ -11,10 +11,18 @@ An epoch (docs/method.md §4) is three phases on the search state (a dict,
    the end (err2, vmapped chunks) and err2 − err1 summarised;
 3. `train_controller`: C REINFORCE steps (none under uniform sampling).
 
-`run` chains them and returns the epoch's record (before ranking, derive
+`run` chains them and returns the epoch's records (before ranking, derive
 and timing, which the loop adds); `check_finite` stops a diverged run
 before its checkpoint is written. The loop around it, with resume and
 checkpoints, is `search.search`.
+
+Several seeds in one program (`search.num_seeds` = S > 1, `Loop.seeds`):
+the state, keys and sampled archs carry a leading seed axis [S], the
+jitted steps are vmapped over it (the data batches are the same for every
+seed), and what one seed turns into a Python scalar becomes an array [S].
+Each seed's keys are those of its one-seed run, so the S seeds equal S
+separate runs up to float rounding; `run` returns one record per seed,
+and a seed that diverged carries the reason instead of stopping the others.
 """
 
 import dataclasses
@@ -65,7 +73,10 @@ class Loop:
       hidden state float32[B, H] (split on B).
     fixed_rep: the same three, replicated (for the vmapped evaluations).
     arch_sharding: how a vmapped evaluation's K archs are placed.
-    key: the run's base key.
+    key: the run's base key (with seeds: one per seed, [S]).
+    seeds: S > 0: S seeds side by side, a leading axis [S] on the state,
+      keys, archs and per-seed metrics (the steps vmapped over it,
+      `setup.jit_steps`); 0: one seed, no such axis.
   """
 
   config: ml_collections.ConfigDict
@@ -77,9 +88,44 @@ class Loop:
   fixed_rep: tuple
   arch_sharding: jax.sharding.Sharding
   key: jax.Array
+  seeds: int = 0
+
+  @property
+  def lanes(self) -> int:
+    """Seeds in this program (1 without a seed axis)."""
+    return self.seeds or 1
+
+  def fold_in(self, key: jax.Array, data: int) -> jax.Array:
+    """`jax.random.fold_in`, per seed when there is a seed axis."""
+    if self.seeds:
+      return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, data)
+    return jax.random.fold_in(key, data)
+
+  def split(self, key: jax.Array, n: int) -> list[jax.Array]:
+    """`jax.random.split(key, n)` as n keys (each [S] with seeds)."""
+    if self.seeds:
+      keys = jax.vmap(lambda k: jax.random.split(k, n))(key)
+      return [keys[:, i] for i in range(n)]
+    return list(jax.random.split(key, n))
 
   def epoch_key(self, epoch: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.fold_in(self.key, setup.EPOCHS), epoch)
+    return self.fold_in(self.fold_in(self.key, setup.EPOCHS), epoch)
+
+  def zero_hidden(self) -> jax.Array:
+    """A zero hidden state for the state's carries ([S, B, H] with seeds)."""
+    zero_h = self.fixed[2]
+    if self.seeds:
+      return jnp.zeros((self.seeds, *zero_h.shape), zero_h.dtype)
+    return zero_h
+
+  def lane(self, values, i: int):
+    """Seed i's part of a per-seed host value (the value itself without
+    a seed axis); for a list of per-step values, seed i's list."""
+    if not self.seeds:
+      return values
+    if isinstance(values, list):
+      return [np.asarray(v)[i] for v in values]
+    return jax.tree.map(lambda v: np.asarray(v)[i], values)
 
 
 @dataclasses.dataclass
@@ -90,6 +136,7 @@ class ArchPhase:
     archs: the S trained architectures (host arrays), in training order.
     err1: float [S], each one's forgetting-batch perplexity after its turn.
     losses: the S·B training losses (device scalars: one transfer later).
+    With a seed axis each entry of these three holds every seed's.
     tokens: training tokens seen; train_seconds: time in the shared steps.
   """
 
@@ -118,19 +165,19 @@ def train_archs(
   ep_key = loop.epoch_key(epoch)
   out = ArchPhase(archs=[], err1=[], losses=[], tokens=0, train_seconds=0.0)
   t_log = time.time()
+  first = (lambda x: x[:, 0]) if loop.seeds else (lambda x: x[0])
   for a in range(s.archs_per_epoch):
-    k_arch = jax.random.fold_in(jax.random.fold_in(ep_key, setup.SHARED), a)
-    k_sample, k_fisher, k_steps = jax.random.split(k_arch, 3)
+    k_arch = loop.fold_in(loop.fold_in(ep_key, setup.SHARED), a)
+    k_sample, k_fisher, k_steps = loop.split(k_arch, 3)
     arch = jax.tree.map(
-      lambda x: x[0],
-      loop.fns["sample"](state["controller"].params, key=k_sample, k=1),
+      first, loop.fns["sample"](state["controller"].params, key=k_sample, k=1)
     )
     t0 = time.time()
     for i in range(s.batches_per_arch):
       pos[0], x, y, wrapped = loop.train_w.get(pos[0])
       x, y = sharding.shard_batch((x, y), loop.mesh, axis=1)
       if wrapped:
-        state["train_hidden"] = zero_h
+        state["train_hidden"] = loop.zero_hidden()
       state["shared"], state["train_hidden"], m = loop.fns["shared"](
         state["shared"],
         state["wpl"],
@@ -140,7 +187,7 @@ def train_archs(
         state["train_hidden"],
         jnp.float32(lr),
         jnp.float32(loss_alpha),
-        key=jax.random.fold_in(k_steps, i),
+        key=loop.fold_in(k_steps, i),
       )
       sharding.cpu_sync(state["train_hidden"], loop.mesh)
       out.losses.append(m["loss"])
@@ -150,12 +197,12 @@ def train_archs(
     err1 = loop.fns["eval_one"](
       state["shared"], one_arch(arch), fixed_x, fixed_y, zero_h
     )
-    out.err1.append(float(err1[0]))
+    out.err1.append(np.asarray(err1)[0] if loop.seeds else float(err1[0]))
     if use_fisher:
       pos[1], fx, fy, wrapped = loop.valid_w.get(pos[1])
       fx, fy = sharding.shard_batch((fx, fy), loop.mesh, axis=1)
       if wrapped:
-        state["fisher_hidden"] = zero_h
+        state["fisher_hidden"] = loop.zero_hidden()
       state["wpl"], state["fisher_hidden"] = loop.fns["fisher"](
         state["shared"],
         state["wpl"],
@@ -174,16 +221,17 @@ def train_archs(
         epoch,
         a + 1,
         s.archs_per_epoch,
-        search_space.to_string(arch),
-        float(out.losses[-1]),
-        out.err1[-1],
+        search_space.to_string(jax.device_get(loop.lane(arch, 0))),
+        float(np.mean(jax.device_get(out.losses[-1]))),
+        float(np.mean(out.err1[-1])),
         out.tokens / max(out.train_seconds, 1e-9),
       )
   return out
 
 
-def forgetting(loop: Loop, state: dict, phase: ArchPhase) -> dict:
-  """Phase 2: err2 of the epoch's archs, and err2 − err1's statistics."""
+def forgetting(loop: Loop, state: dict, phase: ArchPhase) -> list[dict]:
+  """Phase 2: err2 of the epoch's archs, and err2 − err1's statistics (one
+  dict per seed)."""
   err2 = eval_chunked(
     loop.fns["eval_archs"],
     state["shared"],
@@ -191,11 +239,15 @@ def forgetting(loop: Loop, state: dict, phase: ArchPhase) -> dict:
     *loop.fixed_rep,
     loop.config.search.eval_chunk,
     arch_sharding=loop.arch_sharding,
-  )
-  return {
-    "err2_mean": float(np.mean(err2)),
-    **forgetting_stats(np.array(phase.err1), err2),
-  }
+  )  # [A] (with seeds [A, S])
+  err1 = np.array(phase.err1)
+  return [
+    {
+      "err2_mean": float(np.mean(loop.lane(err2.T, i))),
+      **forgetting_stats(loop.lane(err1.T, i), loop.lane(err2.T, i)),
+    }
+    for i in range(loop.lanes)
+  ]
 
 
 def train_controller(
@@ -204,9 +256,8 @@ def train_controller(
   """Phase 3: the epoch's REINFORCE steps; (rewards, perplexities) as
   device scalars, empty under uniform sampling."""
   config = loop.config
-  zero_h = loop.fixed[2]
   rewards, ppls = [], []
-  c_key = jax.random.fold_in(loop.epoch_key(epoch), setup.CONTROLLER)
+  c_key = loop.fold_in(loop.epoch_key(epoch), setup.CONTROLLER)
   steps = config.controller.steps_per_epoch
   if setup.search_policy(config) != "enas":
     steps = 0
@@ -214,14 +265,14 @@ def train_controller(
     pos[2], vx, vy, wrapped = loop.valid_w.get(pos[2])
     vx, vy = sharding.shard_batch((vx, vy), loop.mesh, axis=1)
     if wrapped:
-      state["ctrl_hidden"] = zero_h
+      state["ctrl_hidden"] = loop.zero_hidden()
     state["controller"], state["ctrl_hidden"], cm = loop.fns["ctrl"](
       state["controller"],
       state["shared"],
       vx,
       vy,
       state["ctrl_hidden"],
-      key=jax.random.fold_in(c_key, c),
+      key=loop.fold_in(c_key, c),
     )
     sharding.cpu_sync(state["ctrl_hidden"], loop.mesh)
     rewards.append(cm["reward"])
@@ -229,42 +280,99 @@ def train_controller(
   return rewards, ppls
 
 
-def run(loop: Loop, state: dict, epoch: int) -> dict:
-  """One epoch's three phases; returns its metrics record.
+def run(loop: Loop, state: dict, epoch: int) -> list[dict]:
+  """One epoch's three phases; returns its metrics records, one per seed.
 
   Resets the Fisher first where `wpl.reset_every` says; stores the
-  windows' new positions in `state["pos"]`; raises `NonFiniteError` (via
-  `check_finite`) before anything of a diverged epoch is written.
+  windows' new positions in `state["pos"]`. Without a seed axis it raises
+  `NonFiniteError` (via `check_finite`) before anything of a diverged
+  epoch is written; with one, a seed whose epoch was not finite gets a
+  record {"epoch", "diverged": reason} instead, and the others go on.
   """
   config, w = loop.config, loop.config.wpl
   if w.enabled and w.reset_every > 0 and epoch % w.reset_every == 0:
     state["wpl"] = state["wpl"]._replace(
       fisher=jax.tree.map(jnp.zeros_like, state["wpl"].fisher)
     )
-  pos = [int(p) for p in np.asarray(state["pos"])]
+  pos_now = np.asarray(state["pos"])
+  pos = [int(p) for p in (pos_now[0] if loop.seeds else pos_now)]
   phase = train_archs(loop, state, epoch, pos)
   forget = forgetting(loop, state, phase)
   rewards, ppls = train_controller(loop, state, epoch, pos)
-  state["pos"] = sharding.put(
-    np.asarray(pos, np.int32), sharding.replicated(loop.mesh)
+  new_pos = np.asarray(pos, np.int32)
+  if loop.seeds:  # every seed reads the same windows
+    new_pos = np.broadcast_to(new_pos, (loop.seeds, 3)).copy()
+  state["pos"] = sharding.put(new_pos, sharding.replicated(loop.mesh))
+  if not loop.seeds:
+    check_finite(config, epoch, phase.losses, phase.err1, rewards)
+  losses = jax.device_get(phase.losses)
+  rewards, ppls = jax.device_get(rewards), jax.device_get(ppls)
+  norms = fisher_norm(state["wpl"], seeds=loop.seeds)
+  records = []
+  for i in range(loop.lanes):
+    where = nonfinite_where(
+      config,
+      loop.lane(losses, i),
+      loop.lane(phase.err1, i),
+      loop.lane(rewards, i),
+    )
+    if where is not None:
+      records.append(
+        {"epoch": epoch, "diverged": diverged(config, epoch, where)}
+      )
+      continue
+    rw, pp = loop.lane(rewards, i), loop.lane(ppls, i)
+    records.append(
+      {
+        "epoch": epoch,
+        "policy": setup.search_policy(config),
+        "wpl": w.mode if w.enabled else "off",
+        "wpl_start_epoch": w.start_epoch,
+        "lr": lr_at(config, epoch),
+        "wpl_alpha": wpl_alpha_at(config, epoch),
+        "train_loss": float(np.mean(loop.lane(losses, i))),
+        "train_tokens_per_s": phase.tokens / max(phase.train_seconds, 1e-9),
+        "reward": float(np.mean(rw)) if rw else None,
+        "controller_ppl": float(np.mean(pp)) if pp else None,
+        "err1_mean": float(np.mean(loop.lane(phase.err1, i))),
+        **forget[i],
+        "fisher_norm": norms[i],
+        "archs": [search_space.to_string(loop.lane(a, i)) for a in phase.archs],
+      }
+    )
+  return records
+
+
+def nonfinite_where(config, losses, err1, rewards) -> str | None:
+  """Where the first NaN/inf of one seed's epoch is (None: all finite).
+
+  `losses` [S·B] training losses, `err1` [S] forgetting-batch
+  perplexities, `rewards` [C] controller rewards (host or device values).
+  """
+  n = config.search.batches_per_arch
+  i = checkpoint_lib.first_nonfinite(losses)
+  if i is not None:
+    return (
+      f"non-finite training loss at shared step {i} of the epoch "
+      f"(arch {i // n + 1}, batch {i % n + 1})"
+    )
+  if (i := checkpoint_lib.first_nonfinite(err1)) is not None:
+    return f"non-finite loss on the forgetting batch after arch {i + 1}"
+  if (
+    len(rewards) and (i := checkpoint_lib.first_nonfinite(rewards)) is not None
+  ):
+    return f"non-finite reward at controller step {i}"
+  return None
+
+
+def diverged(config, epoch: int, where: str) -> str:
+  """The one-line divergence message of `epoch` (`where`: what was not
+  finite)."""
+  kept = f"epoch {epoch - 1}'s is kept" if epoch else "none saved"
+  return (
+    f"{config.experiment} diverged at epoch {epoch}: {where}; stopped, "
+    f"checkpoint: {kept} (lower the learning rate or alpha)"
   )
-  check_finite(config, epoch, phase.losses, phase.err1, rewards)
-  return {
-    "epoch": epoch,
-    "policy": setup.search_policy(config),
-    "wpl": w.mode if w.enabled else "off",
-    "wpl_start_epoch": w.start_epoch,
-    "lr": lr_at(config, epoch),
-    "wpl_alpha": wpl_alpha_at(config, epoch),
-    "train_loss": float(np.mean(jax.device_get(phase.losses))),
-    "train_tokens_per_s": phase.tokens / max(phase.train_seconds, 1e-9),
-    "reward": float(np.mean(jax.device_get(rewards))) if rewards else None,
-    "controller_ppl": float(np.mean(jax.device_get(ppls))) if ppls else None,
-    "err1_mean": float(np.mean(phase.err1)),
-    **forget,
-    "fisher_norm": fisher_norm(state["wpl"]),
-    "archs": [search_space.to_string(a) for a in phase.archs],
-  }
 
 
 def check_finite(config, epoch, losses, err1, rewards) -> None:
@@ -274,28 +382,16 @@ def check_finite(config, epoch, losses, err1, rewards) -> None:
   before the epoch's metrics line and checkpoint are written, so the last
   good checkpoint is kept.
   """
-  n = config.search.batches_per_arch
-  kept = f"epoch {epoch - 1}'s is kept" if epoch else "none saved"
-  where = None
-  i = checkpoint_lib.first_nonfinite(losses)
-  if i is not None:
-    where = (
-      f"non-finite training loss at shared step {i} of the epoch "
-      f"(arch {i // n + 1}, batch {i % n + 1})"
-    )
-  elif (i := checkpoint_lib.first_nonfinite(err1)) is not None:
-    where = f"non-finite loss on the forgetting batch after arch {i + 1}"
-  elif rewards and (i := checkpoint_lib.first_nonfinite(rewards)) is not None:
-    where = f"non-finite reward at controller step {i}"
+  where = nonfinite_where(config, losses, err1, rewards)
   if where is not None:
-    raise checkpoint_lib.NonFiniteError(
-      f"{config.experiment} diverged at epoch {epoch}: {where}; stopped, "
-      f"checkpoint: {kept} (lower the learning rate or alpha)"
-    )
+    raise checkpoint_lib.NonFiniteError(diverged(config, epoch, where))
 
 
-def fisher_norm(wpl_state) -> float:
-  """‖F‖ over every leaf of the running Fisher (0 when WPL is off)."""
-  return float(
-    sum(jnp.sum(f * f) for f in jax.tree.leaves(wpl_state.fisher)) ** 0.5
-  )
+def fisher_norm(wpl_state, *, seeds: int = 0) -> list[float]:
+  """‖F‖ over every leaf of the running Fisher (0 when WPL is off), one
+  per seed (a list of one without a seed axis)."""
+  leaves = jax.tree.leaves(wpl_state.fisher)
+  if not seeds:
+    return [float(sum(jnp.sum(f * f) for f in leaves) ** 0.5)]
+  sq = sum(jnp.sum(f * f, axis=tuple(range(1, f.ndim))) for f in leaves)
+  return [float(v) for v in np.asarray(sq) ** 0.5] if leaves else [0.0] * seeds

@@ -71,6 +71,12 @@ def search(
 
   Writes metrics.jsonl (one record per epoch), TensorBoard events under
   tb/, and checkpoints under checkpoints/ (resumed if present).
+
+  With `search.num_seeds` = S > 1 the S seeds `setup.seed_list` search side
+  by side in one program (`epoch_lib`'s seed axis): each seed's records go
+  to seed_<seed>/metrics.jsonl, a seed that diverges stops being recorded
+  (its reason kept) while the others go on, and the result is
+  {"seeds", "derived": [per seed], "histories", "diverged": {seed: why}}.
   """
   with config.unlocked():
     config.model.vocab_size = len(data.vocab)
@@ -78,7 +84,8 @@ def search(
   steps = steps_lib.Steps(model=model, config=config)
   mesh = setup.make_mesh(config)
   logging.info("devices: %s", sharding.describe(mesh))
-  key = jax.random.key(config.seed)
+  seeds = setup.seed_list(config)
+  n_seeds = len(seeds) if len(seeds) > 1 else 0  # 0: no seed axis
   b, bptt = config.data.batch_size, config.data.bptt
   train_w = setup.Windows(ptb.batchify(data.train, b), bptt)
   splits = valid_splits(config, data.valid)
@@ -93,7 +100,9 @@ def search(
   zero_h = sharding.shard_batch(zero_h, mesh, axis=0)
   s = config.search
   arch_sharding = sharding.batch_sharding(mesh, 0)
-  if s.eval_chunk % sharding.num_shards(mesh):
+  if n_seeds:  # one device (`setup.make_mesh`): nothing to place
+    arch_sharding = None
+  elif s.eval_chunk % sharding.num_shards(mesh):
     arch_sharding = rep
     logging.info(
       "search.eval_chunk=%d archs do not split over %d devices: the "
@@ -114,10 +123,15 @@ def search(
     )
   ranker = None
   if s.rank_every:
-    ranker = Ranker(config, steps, splits["heldout"], mesh=mesh)
+    ranker = Ranker(config, steps, splits["heldout"], mesh=mesh, seeds=n_seeds)
 
-  state = setup.place_state(setup.init_state(config, model, key), mesh)
-  fns = setup.jit_steps(steps, state, mesh)
+  if n_seeds:
+    state, key = setup.init_states(config, model, seeds)
+  else:
+    key = jax.random.key(config.seed)
+    state = setup.init_state(config, model, key)
+  state = setup.place_state(state, mesh)
+  fns = setup.jit_steps(steps, state, mesh, seeds=n_seeds)
   loop = epoch_lib.Loop(
     config=config,
     fns=fns,
@@ -128,48 +142,70 @@ def search(
     fixed_rep=fixed_r,
     arch_sharding=arch_sharding,
     key=key,
+    seeds=n_seeds,
   )
 
+  # One history and metrics file per seed (the workdir's own without a
+  # seed axis); `diverged` {lane: reason} holds the seeds that stopped.
+  paths = [workdir / "metrics.jsonl"]
+  if n_seeds:
+    paths = [workdir / f"seed_{seed}" / "metrics.jsonl" for seed in seeds]
+    for path in paths:
+      path.parent.mkdir(exist_ok=True)
   ckpt = checkpoint_lib.Checkpointer(workdir / "checkpoints")
-  start_epoch, history = 0, []
+  start_epoch, histories, diverged = 0, [[] for _ in paths], {}
   if ckpt.latest_step() is not None:
     state, meta = restore(ckpt, state)
     check_same_config(config, meta.get("config"))
-    start_epoch, history = meta["epoch"] + 1, meta["history"]
+    start_epoch = meta["epoch"] + 1
+    histories = meta["histories"] if n_seeds else [meta["history"]]
+    diverged = {int(i): why for i, why in meta.get("diverged", {}).items()}
     logging.info("resumed from epoch %d in %s", meta["epoch"], ckpt.directory)
-    # Lines of epochs after the checkpoint (a kill between the metrics line
-    # and the checkpoint) are dropped: those epochs run again.
-    truncate_jsonl(workdir / "metrics.jsonl", meta["epoch"])
-  else:  # a kill during the first save left epoch 0's line: it runs again
-    truncate_jsonl(workdir / "metrics.jsonl", -1)
-  log = metrics_lib.JsonlWriter(workdir / "metrics.jsonl")
-  tb = tensorboard(workdir / "tb")
+  # Lines of epochs after the checkpoint (a kill between the metrics line
+  # and the checkpoint) are dropped: those epochs run again. A kill during
+  # the first save left epoch 0's line: it runs again.
+  for path in paths:
+    truncate_jsonl(path, start_epoch - 1)
+  logs = [metrics_lib.JsonlWriter(path) for path in paths]
+  tb = None if n_seeds else tensorboard(workdir / "tb")
 
   # SIGTERM/SIGINT: the epoch in progress ends and is saved, then the run
   # stops (exit 128 + signal); a second signal kills at once.
   with checkpoint_lib.StopOnSignal() as stop:
     for epoch in range(start_epoch, s.epochs):
+      if len(diverged) == len(paths):
+        break  # every seed diverged (a seed axis only: one seed raises)
       t_epoch = time.time()
-      record = epoch_lib.run(loop, state, epoch)
+      records = epoch_lib.run(loop, state, epoch)
+      for i, r in enumerate(records):
+        if "diverged" in r and i not in diverged:
+          diverged[i] = r["diverged"]
+          logging.warning("seed %d: %s", seeds[i], r["diverged"])
       ep_key = loop.epoch_key(epoch)
       if ranker is not None and (
         (epoch + 1) % s.rank_every == 0 or epoch + 1 == s.epochs
       ):
-        record.update(ranker(state["shared"], state["controller"].params))
+        ranks = ranker(
+          state["shared"], state["controller"].params, skip=set(diverged)
+        )
+        for r, extra in zip(records, ranks, strict=True):
+          r.update(extra)
       if (epoch + 1) % s.derive_every == 0 or epoch + 1 == s.epochs:
-        best, best_ppl = derive(
+        derived = derive(
           config,
           state,
           fns["sample"],
           fns["eval_archs"],
-          jax.random.fold_in(ep_key, setup.DERIVE),
+          loop.fold_in(ep_key, setup.DERIVE),
           *fixed_r,
           arch_sharding=arch_sharding,
+          seeds=n_seeds,
         )
-        record["derived"], record["derived_ppl"] = best, best_ppl
-      record["epoch_seconds"] = time.time() - t_epoch
+        for r, (best, best_ppl) in zip(records, derived, strict=True):
+          r["derived"], r["derived_ppl"] = best, best_ppl
+      seconds = time.time() - t_epoch
       # Compilations so far of each jitted step (1 each: archs are data).
-      record["compiles"] = {
+      compiles = {
         name: _cache_size(fns[k])
         for name, k in (
           ("shared_step", "shared"),
@@ -179,37 +215,78 @@ def search(
           ("controller_step", "ctrl"),
         )
       }
-      history.append({k: v for k, v in record.items() if k != "archs"})
-      log.write(record)
-      ckpt.save(
-        epoch,
-        state,
-        {"epoch": epoch, "history": history, "config": comparable(config)},
-      )
-      tb_write(tb, record, epoch)
-      logging.info(
-        "epoch %d: loss %.3f  reward %s  ppl(ctrl) %s  forget mean %.1f best5 "
-        "%.1f max %.1f  %.0f tok/s  %.0fs",
-        epoch,
-        record["train_loss"],
-        fmt(record["reward"]),
-        fmt(record["controller_ppl"]),
-        record["diff_mean"],
-        record["diff_best5"],
-        record["diff_max"],
-        record["train_tokens_per_s"],
-        record["epoch_seconds"],
-      )
+      for i, record in enumerate(records):
+        if i in diverged:
+          continue
+        record["epoch_seconds"], record["compiles"] = seconds, compiles
+        histories[i].append({k: v for k, v in record.items() if k != "archs"})
+        logs[i].write(record)
+      meta = {"epoch": epoch, "config": comparable(config)}
+      if n_seeds:
+        meta.update(histories=histories, diverged=diverged)
+      else:
+        meta["history"] = histories[0]
+      ckpt.save(epoch, state, meta)
+      if n_seeds:
+        _log_seeds(epoch, records, diverged, seconds)
+      else:
+        record = records[0]
+        tb_write(tb, record, epoch)
+        logging.info(
+          "epoch %d: loss %.3f  reward %s  ppl(ctrl) %s  forget mean %.1f "
+          "best5 %.1f max %.1f  %.0f tok/s  %.0fs",
+          epoch,
+          record["train_loss"],
+          fmt(record["reward"]),
+          fmt(record["controller_ppl"]),
+          record["diff_mean"],
+          record["diff_best5"],
+          record["diff_max"],
+          record["train_tokens_per_s"],
+          record["epoch_seconds"],
+        )
       if stop.requested:
         raise stop.interrupted(f"enas_ptb epoch {epoch}")
-  log.close()
+  for log in logs:
+    log.close()
   ckpt.close()
   if tb is not None:
     tb.close()
-  derived = next(
-    (h["derived"] for h in reversed(history) if "derived" in h), None
+  derived = [
+    next((h["derived"] for h in reversed(hist) if "derived" in h), None)
+    for hist in histories
+  ]
+  if not n_seeds:
+    return {"derived": derived[0], "history": histories[0]}
+  return {
+    "seeds": seeds,
+    "derived": derived,
+    "histories": histories,
+    "diverged": {seeds[i]: why for i, why in sorted(diverged.items())},
+  }
+
+
+def _log_seeds(epoch, records, diverged, seconds) -> None:
+  """One progress line for the epoch of a seed-axis search."""
+  live = [r for i, r in enumerate(records) if i not in diverged]
+  if not live:
+    logging.info("epoch %d: every seed has diverged  %.0fs", epoch, seconds)
+    return
+  loss = [r["train_loss"] for r in live]
+  taus = [r["rank_tau"] for r in live if "rank_tau" in r]
+  logging.info(
+    "epoch %d: %d of %d seeds live; loss %.3f (%.3f-%.3f)%s  %.0f tok/s "
+    "per seed  %.0fs",
+    epoch,
+    len(live),
+    len(records),
+    float(np.mean(loss)),
+    min(loss),
+    max(loss),
+    f"  rank tau {np.mean(taus):.3f}" if taus else "",
+    live[0]["train_tokens_per_s"],
+    seconds,
   )
-  return {"derived": derived, "history": history}
 
 
 def truncate_jsonl(path: pathlib.Path, last_epoch: int) -> None:
@@ -282,6 +359,11 @@ def state_shapes(config: ml_collections.ConfigDict, vocab: int):
   sized = ml_collections.ConfigDict(config.to_dict())
   sized.model.vocab_size = vocab
   model = setup.make_model(sized)
+  seeds = setup.seed_list(sized)
+  if len(seeds) > 1:  # the states of all seeds, on one leading axis
+    return sized, jax.eval_shape(
+      lambda: setup.init_states(sized, model, seeds)[0]
+    )
   shapes = jax.eval_shape(
     lambda k: setup.init_state(sized, model, k), jax.random.key(0)
   )
@@ -337,6 +419,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   t0 = time.time()
   result = search(config, workdir, data)
+  if "seeds" in result:
+    return _seeds_results(result, workdir, t0)
   # Summed over epochs, so a resumed run reports the whole search.
   search_s = sum(h["epoch_seconds"] for h in result["history"])
   out = {"search_seconds": search_s, "derived": result["derived"]}
@@ -374,4 +458,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (workdir / "results.md").write_text(results_md(out, result["history"]))
   plot(result["history"], workdir / "figure.png")
   print(results_md(out, result["history"]))
+  return out
+
+
+def _seeds_results(result: dict, workdir: pathlib.Path, t0: float) -> dict:
+  """results.json / results.md of a search over seeds (no retraining):
+  each seed's derived cell or divergence, and its own results.md and
+  figure under seed_<seed>/."""
+  per_seed, mds = [], []
+  longest = max(result["histories"], key=len)
+  for seed, derived, history in zip(
+    result["seeds"], result["derived"], result["histories"], strict=True
+  ):
+    entry = {"seed": seed, "derived": derived, "epochs": len(history)}
+    if seed in result["diverged"]:
+      entry["diverged"] = result["diverged"][seed]
+    per_seed.append(entry)
+    one = {
+      "search_seconds": sum(h["epoch_seconds"] for h in history),
+      "derived": derived,
+    }
+    md = results_md(one, history) if history else "no epoch finished\n"
+    if seed in result["diverged"]:
+      md += f"\ndiverged: {result['diverged'][seed]}\n"
+    mds.append(f"## seed {seed}\n\n{md}")
+    if metrics_lib.is_primary():
+      (workdir / f"seed_{seed}" / "results.md").write_text(md)
+    if history:
+      plot(history, workdir / f"seed_{seed}" / "figure.png")
+  out = {
+    # One program for all seeds: its epochs' time, summed (resumes too).
+    "search_seconds": sum(h["epoch_seconds"] for h in longest),
+    "seeds": result["seeds"],
+    "per_seed": per_seed,
+    "total_seconds": time.time() - t0,
+  }
+  metrics_lib.write_json(workdir / "results.json", out)
+  md = f"search over seeds {result['seeds']} in one program\n\n"
+  md += "\n".join(mds)
+  if metrics_lib.is_primary():
+    (workdir / "results.md").write_text(md)
+  print(md)
   return out

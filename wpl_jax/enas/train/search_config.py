@@ -146,6 +146,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   enas_setup.fixed_first_activation(config)  # raises on an unknown name
   if "eval_vmap" in config.search:
     validation.integer(config, "search.eval_vmap", min=0)
+  if "num_seeds" in config.search:
+    validation.integer(config, "search.num_seeds", min=1)
+    if config.search.num_seeds > 1 and r.epochs > 0:
+      raise ValueError(
+        "config.search.num_seeds > 1 searches only: set retrain.epochs=0 "
+        "(retrain each seed's derived cell in its own run)"
+      )
   for field in ("heldout_tokens", "rank_every"):
     if config.search.get(field, 0) < 0:
       raise ValueError(f"config.search.{field} must be >= 0")
@@ -344,9 +351,9 @@ def memory_need(config: ml_collections.ConfigDict, state_shapes) -> dict:
   )
   evaluate = 4 * k * (b * h * (2 * n + 4) + chunk * v)
   out = {
-    "state": nbytes(state_shapes),
+    "state": nbytes(state_shapes),  # every seed's, with a seed axis
     "gradient": nbytes(state_shapes["shared"].params),
-    "activations": max(train, evaluate),
+    "activations": max(train, evaluate) * config.search.get("num_seeds", 1),
   }
   out["total"] = sum(out.values())
   return out

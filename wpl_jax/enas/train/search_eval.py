@@ -35,9 +35,11 @@ class Ranker:
   Spearman ρ, top-3 hit and regret against it (`wpl_jax.enas.ranking`).
   With a `mesh` of D devices and D | S the S cells are split S / D per
   device (as `enas_truth` does), else every device scores all of them.
+  With `seeds` = K > 0 the shared and controller states carry a seed axis
+  [K] (one device): each seed's shared weights score every cell.
   """
 
-  def __init__(self, config, steps, heldout, mesh=None):
+  def __init__(self, config, steps, heldout, mesh=None, seeds=0):
     if heldout is None:
       raise ValueError("config.search.rank_every needs search.heldout_tokens")
     self.archs = enas_setup.space_archs(config)
@@ -46,33 +48,50 @@ class Ranker:
     ]
     self.x, self.y, self.mask = heldout
     self.count = float(self.mask.sum())
+    self.seeds = seeds
     self.fn = jax.jit(steps.eval_archs_windows)
     self.entropy = jax.jit(steps.policy_entropy)
-    if mesh is not None:
+    if seeds:
+      self.fn = jax.jit(
+        jax.vmap(steps.eval_archs_windows, in_axes=(0, None, None, None, None))
+      )
+      self.entropy = jax.jit(jax.vmap(steps.policy_entropy, in_axes=(0, None)))
+    elif mesh is not None:
       self.fn = _split_cells(steps.eval_archs_windows, mesh, len(self.names))
     self.truth = None
     path = config.search.get("truth_path", "")
     if path:
       self.truth = ranking.truth_for(path, self.names)
 
-  def __call__(self, shared, ctrl_params=None) -> dict:
-    """The record's ranking fields; `ctrl_params` for the policy entropy."""
+  def __call__(self, shared, ctrl_params=None, skip=()) -> list[dict]:
+    """The records' ranking fields, one dict per seed (a list of one
+    without a seed axis); `ctrl_params` for the policy entropy; seeds in
+    `skip` (diverged) get {}."""
     nll = np.asarray(self.fn(shared, self.archs, self.x, self.y, self.mask))
     # A cell whose shared weights blew up scores inf: the worst rank,
     # which the ranking statistics take as such (no overflow warning).
     with np.errstate(over="ignore"):
-      ppl = np.exp(nll / self.count)
-    out = {
-      "rank_shared_ppl": ppl.tolist(),
-      "rank_best": self.names[int(np.argmin(ppl))],
-    }
+      ppl = np.exp(nll / self.count).reshape(-1, len(self.names))
+    entropy = None
     if ctrl_params is not None:
-      out["policy_entropy"] = float(self.entropy(ctrl_params, self.archs))
-      out["uniform_entropy"] = float(np.log(len(self.names)))
-    if self.truth is not None:
-      stats = ranking.ranking_stats(ppl, self.truth, k=3)
-      out.update({f"rank_{k}": v for k, v in stats.items()})
-    return out
+      entropy = np.asarray(self.entropy(ctrl_params, self.archs)).reshape(-1)
+    outs = []
+    for i, ppl_i in enumerate(ppl):
+      if i in skip:
+        outs.append({})
+        continue
+      out = {
+        "rank_shared_ppl": ppl_i.tolist(),
+        "rank_best": self.names[int(np.argmin(ppl_i))],
+      }
+      if entropy is not None:
+        out["policy_entropy"] = float(entropy[i])
+        out["uniform_entropy"] = float(np.log(len(self.names)))
+      if self.truth is not None:
+        stats = ranking.ranking_stats(ppl_i, self.truth, k=3)
+        out.update({f"rank_{k}": v for k, v in stats.items()})
+      outs.append(out)
+    return outs
 
 
 def _split_cells(fn, mesh, s):
@@ -127,11 +146,28 @@ def one_arch(arch):
 
 
 def derive(
-  config, state, sample, eval_archs, key, x, y, hidden, *, arch_sharding=None
+  config,
+  state,
+  sample,
+  eval_archs,
+  key,
+  x,
+  y,
+  hidden,
+  *,
+  arch_sharding=None,
+  seeds=0,
 ):
-  """Best of M controller samples by validation perplexity on one batch."""
+  """Best of M controller samples by validation perplexity on one batch.
+
+  Returns [(arch string, its perplexity)], one per seed (a list of one
+  without a seed axis; with `seeds` > 0, `sample` and `eval_archs` are
+  the seed-vmapped steps of `setup.jit_steps`).
+  """
   m = config.search.derive_samples
   archs = jax.device_get(sample(state["controller"].params, key=key, k=m))
+  if seeds:  # [S, M] -> [M, S]: the chunks split the samples
+    archs = jax.tree.map(lambda a: np.swapaxes(a, 0, 1), archs)
   ppl = eval_chunked(
     eval_archs,
     state["shared"],
@@ -141,7 +177,12 @@ def derive(
     hidden,
     config.search.eval_chunk,
     arch_sharding=arch_sharding,
-  )
-  best = int(np.argmin(ppl))
-  arch = jax.tree.map(lambda a: a[best], archs)
-  return search_space.to_string(arch), float(ppl[best])
+  ).reshape(m, -1)  # [M, S]
+  out = []
+  for i in range(ppl.shape[1]):
+    best = int(np.argmin(ppl[:, i]))
+    arch = jax.tree.map(
+      lambda a, best=best, i=i: a[best, i] if seeds else a[best], archs
+    )
+    out.append((search_space.to_string(arch), float(ppl[best, i])))
+  return out

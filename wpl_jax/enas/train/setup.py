@@ -181,6 +181,12 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   sharding.check_divisible(config.data.batch_size, mesh, "data.batch_size")
   n = config.model.num_nodes
   sharding.check_edges(n * (n - 1) // 2, mesh)
+  seeds = config.search.get("num_seeds", 1)
+  if seeds > 1 and sharding.num_shards(mesh) > 1:
+    raise ValueError(
+      f"config.search.num_seeds={seeds} runs its seeds on one device, this "
+      f"mesh has {sharding.num_shards(mesh)}: set --config.num_devices=1"
+    )
   return mesh
 
 
@@ -193,7 +199,7 @@ def place_state(state: dict, mesh: jax.sharding.Mesh) -> dict:
   return sharding.put(state, shardings)
 
 
-def jit_steps(steps, state: dict, mesh) -> dict:
+def jit_steps(steps, state: dict, mesh, seeds: int = 0) -> dict:
   """The search's jitted steps for a `place_state`d state on `mesh`.
 
   Inputs carry their shardings (placed by the loop); outputs are pinned to
@@ -201,9 +207,16 @@ def jit_steps(steps, state: dict, mesh) -> dict:
   recompile. With the batch split on B and the params replicated, the
   compiler all-reduces the gradients and the batch-norm's batch mean.
 
+  With `seeds` = S > 0 (one device) every step is vmapped over a leading
+  seed axis of the state, the archs and the keys; the data batches, the
+  learning rate and α are the same for every seed. The evaluations take
+  archs [K, S] and return perplexities [K, S]; `sample` returns [S, K].
+
   Returns:
     {"shared", "fisher", "eval_one", "eval_archs", "ctrl", "sample"}.
   """
+  if seeds:
+    return _jit_seed_steps(steps)
   rep = sharding.replicated(mesh)
   hid = sharding.batch_sharding(mesh, 0)
   out = {k: sharding.shardings_of(v) for k, v in state.items()}
@@ -227,6 +240,48 @@ def jit_steps(steps, state: dict, mesh) -> dict:
     ),
     "sample": jax.jit(steps.sample, static_argnames="k", out_shardings=rep),
   }
+
+
+def _jit_seed_steps(steps) -> dict:
+  """`jit_steps` vmapped over a leading seed axis (keyword `key`s are
+  mapped over their leading axis, as vmap maps every keyword argument)."""
+  shared = jax.vmap(
+    steps.shared_step, in_axes=(0, 0, 0, None, None, 0, None, None)
+  )
+  fisher = jax.vmap(steps.fisher_step, in_axes=(0, 0, 0, None, None, 0, None))
+  evals = jax.vmap(
+    steps.eval_archs, in_axes=(0, 1, None, None, None), out_axes=1
+  )
+  ctrl = jax.vmap(steps.controller_step, in_axes=(0, 0, None, None, 0))
+
+  def sample(ctrl_params, *, key, k):
+    return jax.vmap(lambda p, kk: steps.sample(p, key=kk, k=k))(
+      ctrl_params, key
+    )
+
+  return {
+    "shared": jax.jit(shared, donate_argnums=(0,)),
+    "fisher": jax.jit(fisher, donate_argnums=(1,)),
+    "eval_one": jax.jit(evals),
+    "eval_archs": jax.jit(evals),
+    "ctrl": jax.jit(ctrl),
+    "sample": jax.jit(sample, static_argnames="k"),
+  }
+
+
+def seed_list(config: ml_collections.ConfigDict) -> list[int]:
+  """The seeds a search runs: `seed, ..., seed + search.num_seeds - 1`."""
+  return [config.seed + k for k in range(config.search.get("num_seeds", 1))]
+
+
+def init_states(
+  config: ml_collections.ConfigDict, model: supernet.SharedRNN, seeds: list
+) -> tuple[dict, jax.Array]:
+  """(`init_state` of each seed stacked on a leading axis [S], the seeds'
+  base keys [S]): seed k's slice is the initial state of a one-seed run
+  with `config.seed = seeds[k]`."""
+  keys = jnp.stack([jax.random.key(seed) for seed in seeds])
+  return jax.vmap(lambda k: init_state(config, model, k))(keys), keys
 
 
 def init_state(
