@@ -106,7 +106,7 @@ def main(argv):
   results.mkdir(parents=True, exist_ok=True)
   seeds = [int(s) for s in _SEEDS.value]
   if _IMPORT.value:
-    _import(pathlib.Path(_IMPORT.value), results)
+    _import(pathlib.Path(_IMPORT.value), results, extra)
     return
   if _IN_ONE.value:
     for policy, wpl in groups:
@@ -195,13 +195,16 @@ def _run_block(policy, wpl, block, extra, results) -> None:
   _store_block(workdir, policy, wpl, block, " ".join(cmd), commit, t0, results)
 
 
-def _store_block(workdir, policy, wpl, block, command, commit, t0, results):
-  """Each seed of a finished seed-axis workdir, stored as one run."""
+def _store_block(
+  workdir, policy, wpl, block, command, commit, t0, results, only=None
+):
+  """Each seed of a finished seed-axis workdir (those in `only`, if given),
+  stored as one run."""
   per_seed = {
     e["seed"]: e
     for e in json.loads((workdir / "results.json").read_text())["per_seed"]
   }
-  for seed in block:
+  for seed in block if only is None else only:
     out = results / f"{policy}_{wpl}_s{seed}.json"
     result = {
       "name": out.stem,
@@ -220,26 +223,76 @@ def _store_block(workdir, policy, wpl, block, command, commit, t0, results):
     print(f"    seed {seed}: {status} -> {out}", flush=True)
 
 
-def _import(root: pathlib.Path, results: pathlib.Path) -> None:
-  """`_store_block` for every finished POLICY_WPL_sA-B workdir in root."""
+# Fields a device run may set beyond the variants' config.
+_IMPORT_FREE = (
+  "seed",
+  "data_dir",
+  "precision",
+  "num_devices",
+  "search.num_seeds",
+  "search.log_seconds",
+  "search.truth_path",
+  "model.ce_chunk",
+)
+
+
+def _import(root: pathlib.Path, results: pathlib.Path, extra) -> None:
+  """`_store_block` for every finished POLICY_WPL_sA-B workdir in root
+  whose config is the variants' (fields in _IMPORT_FREE aside); a seed
+  already stored is kept, not overwritten."""
+  from experiments import space32  # noqa: PLC0415
+  from wpl_jax.runtime import workdir as workdir_lib  # noqa: PLC0415
+
   found = sorted(root.glob("*_*_s*-*"))
   if not found:
     sys.exit(f"error: no POLICY_WPL_sA-B workdir in {root}")
   for workdir in found:
     policy, wpl, span = workdir.name.split("_")
     first, last = (int(x) for x in span[1:].split("-"))
+    block = list(range(first, last + 1))
     if not (workdir / "results.json").exists():
       print(f"{workdir.name}: not finished, skipped", flush=True)
       continue
     run = json.loads((workdir / "run.json").read_text())
+    given = space32.get_config(",".join([policy, wpl, *extra]))
+    want = {
+      **workdir_lib.ADDED_DEFAULTS,
+      **workdir_lib.flatten(workdir_lib.config_dict(given)),
+    }
+    got = {**workdir_lib.ADDED_DEFAULTS, **workdir_lib.flatten(run["config"])}
+    differ = sorted(
+      k
+      for k in set(want) | set(got)
+      if k not in _IMPORT_FREE and want.get(k) != got.get(k)
+    )
+    if differ:
+      sys.exit(
+        f"error: {workdir.name} is not a run of the variants "
+        f"{','.join([policy, wpl, *extra])} ({', '.join(differ[:4])} differ)"
+      )
+    done = json.loads((workdir / "results.json").read_text())
+    if done.get("seeds") != block:
+      sys.exit(f"error: {workdir.name} holds seeds {done.get('seeds')}")
+    stored = [
+      s for s in block if (results / f"{policy}_{wpl}_s{s}.json").exists()
+    ]
+    if stored:
+      print(f"{workdir.name}: seeds {stored} already stored, kept", flush=True)
     command = (
       f"{workdir.name} on {run['platform'].get('device_kind', '?')} "
       f"(started {run['started']}), config in its run.json"
     )
     print(f"{workdir.name}: {command}", flush=True)
-    block = list(range(first, last + 1))
     _store_block(
-      workdir, policy, wpl, block, command, _IMPORT_COMMIT.value, 0, results
+      workdir,
+      policy,
+      wpl,
+      block,
+      command,
+      _IMPORT_COMMIT.value,
+      0,
+      results,
+      only=[s for s in block if s not in stored],
     )
 
 

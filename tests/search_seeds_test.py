@@ -8,6 +8,7 @@ import json
 import pathlib
 from unittest import mock
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -88,8 +89,10 @@ class SeedsInOneProgramTest(absltest.TestCase):
     self.assertNotEqual(a[-1]["train_loss"], b[-1]["train_loss"])
 
   def test_a_diverged_seed_stops_alone(self):
-    """A NaN in seed 1's training loss during epoch 1: seed 1 keeps epoch
-    0's record and the reason; seed 0 searches on, as it does alone."""
+    """Seed 1's shared weights set to NaN at the second step of epoch 1:
+    seed 1's records end at epoch 0 with the reason; the checkpoint (which
+    refuses NaN) is still written, the run resumes for a third epoch, and
+    seed 0's records equal its one-seed run's throughout."""
     tmp = pathlib.Path(self.create_tempdir().full_path)
     real = enas_setup.jit_steps
     per_epoch = 3 * 2  # smoke: 3 archs × 2 batches
@@ -101,32 +104,45 @@ class SeedsInOneProgramTest(absltest.TestCase):
       def poisoned(*args, **kw):
         new, hidden, m = shared(*args, **kw)
         calls[0] += 1
-        if seeds and calls[0] > per_epoch + 1:
-          m = {**m, "loss": m["loss"].at[1].set(jnp.nan)}
+        if seeds and calls[0] == per_epoch + 2:
+          new = new.replace(
+            params=jax.tree.map(lambda x: x.at[1].set(jnp.nan), new.params)
+          )
         return new, hidden, m
 
       fns["shared"] = poisoned
       return fns
 
+    both = tmp / "both"
     with mock.patch.object(enas_setup, "jit_steps", jit_steps):
       out = enas_search.train_and_evaluate(
-        _config("random,off", num_seeds=2), str(tmp / "both")
+        _config("random,off", num_seeds=2), str(both)
+      )
+      s0, s1 = out["per_seed"]
+      self.assertEqual((s0["epochs"], s1["epochs"]), (2, 1))
+      self.assertNotIn("diverged", s0)
+      self.assertIn(
+        "diverged at epoch 1: non-finite training loss at shared step 2 of "
+        "the epoch (arch 2, batch 1); this seed stopped",
+        s1["diverged"],
+      )
+      # Resumed from epoch 1's checkpoint (the poison's count starts again
+      # and stays below its step within one epoch).
+      out = enas_search.train_and_evaluate(
+        _config("random,off", num_seeds=2, epochs=3), str(both)
       )
     s0, s1 = out["per_seed"]
-    self.assertEqual((s0["epochs"], s1["epochs"]), (2, 1))
-    self.assertNotIn("diverged", s0)
-    self.assertIn(
-      "diverged at epoch 1: non-finite training loss at shared "
-      "step 1 of the epoch (arch 1, batch 2)",
-      s1["diverged"],
-    )
-    saved = json.loads((tmp / "both" / "results.json").read_text())
+    self.assertEqual((s0["epochs"], s1["epochs"]), (3, 1))
+    self.assertIn("diverged at epoch 1", s1["diverged"])
+    saved = json.loads((both / "results.json").read_text())
     self.assertEqual(saved["per_seed"][1]["diverged"], s1["diverged"])
-    self.assertLen(_records(tmp / "both" / "seed_1" / "metrics.jsonl"), 1)
-    enas_search.train_and_evaluate(_config("random,off"), str(tmp / "s0"))
+    self.assertLen(_records(both / "seed_1" / "metrics.jsonl"), 1)
+    enas_search.train_and_evaluate(
+      _config("random,off", epochs=3), str(tmp / "s0")
+    )
     _assert_same_records(
       self,
-      _records(tmp / "both" / "seed_0" / "metrics.jsonl"),
+      _records(both / "seed_0" / "metrics.jsonl"),
       _records(tmp / "s0" / "metrics.jsonl"),
     )
 

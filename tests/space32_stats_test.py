@@ -52,6 +52,31 @@ def _runs():
   return runs
 
 
+class VersusRandomTest(absltest.TestCase):
+  def test_against_hand(self):
+    rows = {r["arm"]: r for r in space32_stats.versus_random(_runs())}
+    # ENAS / off: τ 0.5, 0.4, 0.3: mean 0.4, sd 0.1, t(0.975, 2) = 4.302653
+    # (tables): 0.4 ± 4.302653 · 0.1 / √3; all 3 above 0: exact p 2/2³.
+    r = rows[space32_stats.arm_label(("enas", "off"))]
+    self.assertEqual(r["n"], 3)
+    self.assertAlmostEqual(r["mean"], 0.4)
+    half = 4.302653 * 0.1 / math.sqrt(3)
+    np.testing.assert_allclose(r["ci_t"], [0.4 - half, 0.4 + half], rtol=1e-6)
+    self.assertAlmostEqual(r["p"], 0.25)
+    lo, hi = r["ci_boot"]  # resampled means of {0.3, 0.4, 0.5}
+    self.assertTrue(0.3 <= lo < 0.4 < hi <= 0.5)
+    # No finished run: nothing to test, Holm counts it as p = 1.
+    none = rows[space32_stats.arm_label(("random", "reference"))]
+    self.assertEqual((none["n"], none["p"], none["ci_t"]), (0, None, None))
+    # Two positive τ's: exact two-sided p 2/2² = 0.5 (uniform / off, ENAS /
+    # reference). Holm over 4 (None as 1): 4 · 0.25 = 1, then 1 for all.
+    for arm in (("random", "off"), ("enas", "reference")):
+      self.assertAlmostEqual(rows[space32_stats.arm_label(arm)]["p"], 0.5)
+    self.assertEqual(
+      [r["p_holm"] for r in rows.values()], [1.0, 1.0, 1.0, None]
+    )
+
+
 class HolmTest(absltest.TestCase):
   def test_against_hand(self):
     # Sorted 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1: 0.04, 0.09, 0.08 →

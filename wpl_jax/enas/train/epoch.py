@@ -317,9 +317,8 @@ def run(loop: Loop, state: dict, epoch: int) -> list[dict]:
       loop.lane(rewards, i),
     )
     if where is not None:
-      records.append(
-        {"epoch": epoch, "diverged": diverged(config, epoch, where)}
-      )
+      why = diverged(config, epoch, where, seed_axis=True)
+      records.append({"epoch": epoch, "diverged": why})
       continue
     rw, pp = loop.lane(rewards, i), loop.lane(ppls, i)
     records.append(
@@ -365,9 +364,15 @@ def nonfinite_where(config, losses, err1, rewards) -> str | None:
   return None
 
 
-def diverged(config, epoch: int, where: str) -> str:
+def diverged(config, epoch: int, where: str, seed_axis: bool = False) -> str:
   """The one-line divergence message of `epoch` (`where`: what was not
-  finite)."""
+  finite); with a seed axis, of one seed (its records end, the others'
+  go on)."""
+  if seed_axis:
+    return (
+      f"{config.experiment} diverged at epoch {epoch}: {where}; this seed "
+      "stopped, its records end at the epoch before"
+    )
   kept = f"epoch {epoch - 1}'s is kept" if epoch else "none saved"
   return (
     f"{config.experiment} diverged at epoch {epoch}: {where}; stopped, "

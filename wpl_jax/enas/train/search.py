@@ -23,6 +23,7 @@ import pathlib
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -70,7 +71,8 @@ def search(
   """Runs the search; returns {"derived": arch string, "history": [...]}.
 
   Writes metrics.jsonl (one record per epoch), TensorBoard events under
-  tb/, and checkpoints under checkpoints/ (resumed if present).
+  tb/ (not with a seed axis), and checkpoints under checkpoints/ (resumed
+  if present).
 
   With `search.num_seeds` = S > 1 the S seeds `setup.seed_list` search side
   by side in one program (`epoch_lib`'s seed axis): each seed's records go
@@ -224,6 +226,9 @@ def search(
       meta = {"epoch": epoch, "config": comparable(config)}
       if n_seeds:
         meta.update(histories=histories, diverged=diverged)
+        # A diverged seed's slice holds NaN/inf, which a checkpoint refuses:
+        # it is zeroed (its records have ended; the others are untouched).
+        state.update(_zero_seeds(state, sorted(diverged)))
       else:
         meta["history"] = histories[0]
       ckpt.save(epoch, state, meta)
@@ -264,6 +269,21 @@ def search(
     "histories": histories,
     "diverged": {seeds[i]: why for i, why in sorted(diverged.items())},
   }
+
+
+def _zero_seeds(state: dict, lanes: list[int]) -> dict:
+  """`state` with the float leaves of seeds `lanes` (leading axis) set to
+  0; unchanged without such seeds."""
+  if not lanes:
+    return state
+  idx = np.asarray(lanes)
+
+  def zero(x):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      return x
+    return x.at[idx].set(0)
+
+  return jax.tree.map(zero, state)
 
 
 def _log_seeds(epoch, records, diverged, seconds) -> None:

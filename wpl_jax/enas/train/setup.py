@@ -166,7 +166,8 @@ class Windows:
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   """The search's device mesh (`wpl_jax.runtime.sharding`); checks the sizes.
 
-  `config.num_devices` (0 = all) devices; the batch [T, B] is split on B
+  `config.num_devices` (0 = all; with `search.num_seeds` > 1, one)
+  devices; the batch [T, B] is split on B
   over all of them, the K archs of a vmapped evaluation on K; with
   `config.model.shard_edges` = k > 1 the edge stacks [E, H, H] and their
   Fisher and anchor are split along E over k devices.
@@ -174,14 +175,14 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   Raises:
     ValueError: B, k or E do not divide as needed (before any training).
   """
-  mesh = sharding.make_mesh(
-    config.get("num_devices", 0),
-    edge_shards=config.model.shard_edges,
-  )
+  seeds = config.search.get("num_seeds", 1)
+  devices = config.get("num_devices", 0)
+  if seeds > 1 and devices == 0:
+    devices = 1  # "all" means the one device a seed axis runs on
+  mesh = sharding.make_mesh(devices, edge_shards=config.model.shard_edges)
   sharding.check_divisible(config.data.batch_size, mesh, "data.batch_size")
   n = config.model.num_nodes
   sharding.check_edges(n * (n - 1) // 2, mesh)
-  seeds = config.search.get("num_seeds", 1)
   if seeds > 1 and sharding.num_shards(mesh) > 1:
     raise ValueError(
       f"config.search.num_seeds={seeds} runs its seeds on one device, this "
