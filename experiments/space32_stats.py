@@ -22,8 +22,9 @@ prints (and writes to --out, table.md and stats.json):
    runs of the primary metric, last-epoch τ, τ within each family of cells
    (node 2 reads node 0: "fan", node 1: "chain"), the public code's
    id-sequence statistic against the published order, top-3 hit, regret,
-   policy entropy at the last epoch, and forgetting (err2 − err1 averaged
-   over the epochs from WPL's start on); then one row per run;
+   policy entropy at the last epoch, and forgetting (err2 − err1's mean,
+   best-5 and max, each averaged over the epochs from WPL's start on; and
+   the median over seeds of the mean); then one row per run;
 2. the four comparisons: pairs, mean difference, Wilcoxon p and Holm p,
    for the primary metric and (a secondary line) last-epoch τ; complete
    cases, then the −1 sensitivity analysis;
@@ -238,12 +239,13 @@ def run_metrics(
     "uniform_entropy": last.get("uniform_entropy"),
   }
   start = records[0].get("wpl_start_epoch", 0)
-  forget = [
-    r["diff_mean"]
-    for r in records
-    if r["epoch"] >= start and r.get("diff_mean") is not None
-  ]
-  out["forget_mean"] = float(np.mean(forget)) if forget else None
+  for stat in ("mean", "best5", "max"):  # err2 − err1, averaged over epochs
+    forget = [
+      r[f"diff_{stat}"]
+      for r in records
+      if r["epoch"] >= start and r.get(f"diff_{stat}") is not None
+    ]
+    out[f"forget_{stat}"] = float(np.mean(forget)) if forget else None
   if names is not None and published is not None:
     # Ranks instead of perplexities: the same order and ties, and finite
     # where a cell's perplexity overflowed.
@@ -454,6 +456,8 @@ ARM_KEYS = [
   "entropy",
   "uniform_entropy",
   "forget_mean",
+  "forget_best5",
+  "forget_max",
 ]
 
 
@@ -472,6 +476,11 @@ def arm_summary(runs: list[dict]) -> list[dict]:
     }
     for k in ARM_KEYS:
       row[k] = mean_sd([r["metrics"].get(k) for r in fin])
+    # A cell that blew up makes one seed's forgetting ±1e28: the median
+    # over seeds says what a typical seed saw.
+    vals = [r["metrics"]["forget_mean"] for r in fin]
+    vals = [v for v in vals if v is not None]
+    row["forget_median"] = float(np.median(vals)) if vals else None
     rows.append(row)
   return rows
 
@@ -630,6 +639,9 @@ ARM_COLUMNS = [
   ("entropy", "policy entropy (nats)"),
   ("uniform_entropy", "uniform's"),
   ("forget_mean", "forget mean (ppl)"),
+  ("forget_median", "forget mean, median over seeds"),
+  ("forget_best5", "forget best-5"),
+  ("forget_max", "forget max"),
 ]
 RUN_COLUMNS = [
   ("arm", "policy / WPL"),
@@ -705,6 +717,7 @@ def render(result: dict, header: str) -> str:
           "seeds": _seeds(row["seeds"]),
           "epochs": ",".join(str(e) for e in row["epochs"]) or "-",
           **{k: _ms(row[k]) for k in ARM_KEYS},
+          "forget_median": _f(row["forget_median"], 1),
         }
         for row in result["arms"]
       ],

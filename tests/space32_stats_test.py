@@ -198,6 +198,8 @@ class AnalyseTest(absltest.TestCase):
             "uniform_entropy": math.log(32),
             "wpl_start_epoch": 2,
             "diff_mean": float(e),
+            "diff_best5": 2.0 * e,
+            "diff_max": 3.0 * e,
           }
         )
       return out
@@ -227,8 +229,12 @@ class AnalyseTest(absltest.TestCase):
       m[space32_stats.PRIMARY], np.mean([r["rank_tau"] for r in recs[-4:]])
     )
     self.assertAlmostEqual(m["forget_mean"], np.mean([2, 3, 4, 5]))
+    self.assertAlmostEqual(m["forget_best5"], np.mean([4, 6, 8, 10]))
+    self.assertAlmostEqual(m["forget_max"], np.mean([6, 9, 12, 15]))
     self.assertTrue(-1 <= m["idseq"] <= 1)
     arms = {a["arm"]: a for a in result["arms"]}
+    # Both ENAS / off seeds forget 3.5 on average (epochs 2-5): median 3.5.
+    self.assertAlmostEqual(arms["ENAS / WPL off"]["forget_median"], 3.5)
     self.assertEqual(arms["uniform / WPL reference"]["diverged"], 1)
     self.assertEqual(
       arms["uniform / WPL reference"][space32_stats.PRIMARY]["n"], 1
