@@ -26,6 +26,7 @@ and a seed that diverged carries the reason instead of stopping the others.
 """
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -57,6 +58,16 @@ def wpl_alpha_at(config: ml_collections.ConfigDict, epoch: int) -> float:
   if not w.enabled or epoch < w.start_epoch:
     return 0.0
   return max(0.0, w.alpha - w.alpha_decay * max(0, epoch - w.alpha_decay_after))
+
+
+# Per-seed key derivations, compiled once: called every step, a vmap
+# outside jit would trace anew at each call.
+_fold_in_each = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _split_each(keys: jax.Array, n: int) -> jax.Array:
+  return jax.vmap(lambda k: jax.random.split(k, n))(keys)
 
 
 @dataclasses.dataclass
@@ -98,13 +109,13 @@ class Loop:
   def fold_in(self, key: jax.Array, data: int) -> jax.Array:
     """`jax.random.fold_in`, per seed when there is a seed axis."""
     if self.seeds:
-      return jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, data)
+      return _fold_in_each(key, data)
     return jax.random.fold_in(key, data)
 
   def split(self, key: jax.Array, n: int) -> list[jax.Array]:
     """`jax.random.split(key, n)` as n keys (each [S] with seeds)."""
     if self.seeds:
-      keys = jax.vmap(lambda k: jax.random.split(k, n))(key)
+      keys = _split_each(key, n)
       return [keys[:, i] for i in range(n)]
     return list(jax.random.split(key, n))
 
