@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import jax.numpy as jnp
 import numpy as np
@@ -291,6 +292,23 @@ class DivergenceTest(absltest.TestCase):
         config, 0, losses[:2], [1.0], [jnp.float32(jnp.inf)]
       )
     enas_epoch.check_finite(config, 0, losses[:2], [1.0], [0.5])
+
+  @pytest.mark.skipif(not (DATA_DIR / "ptb").exists(), reason="no PTB data")
+  def test_enas_divergence_closes_its_writers(self):
+    # A search that raised left its TensorBoard writer open: its thread
+    # then failed at interpreter shutdown, a traceback after the one-line
+    # error (seen once on jax 0.11).
+    config = enas_ptb.get_config("smoke,wpl")
+    config.data_dir = str(DATA_DIR / "ptb")
+    config.shared.lr = 1e30
+    writer = mock.MagicMock()
+    workdir = self.create_tempdir().full_path
+    with (
+      mock.patch.object(enas_search, "tensorboard", return_value=writer),
+      self.assertRaisesRegex(checkpoint_lib.NonFiniteError, "diverged"),
+    ):
+      enas_search.train_and_evaluate(config, workdir)
+    writer.close.assert_called_once()
 
   @pytest.mark.slow
   def test_enas_diverging_shared_weights(self):

@@ -173,90 +173,94 @@ def search(
 
   # SIGTERM/SIGINT: the epoch in progress ends and is saved, then the run
   # stops (exit 128 + signal); a second signal kills at once.
-  with checkpoint_lib.StopOnSignal() as stop:
-    for epoch in range(start_epoch, s.epochs):
-      if len(diverged) == len(paths):
-        break  # every seed diverged (a seed axis only: one seed raises)
-      t_epoch = time.time()
-      records = epoch_lib.run(loop, state, epoch)
-      for i, r in enumerate(records):
-        if "diverged" in r and i not in diverged:
-          diverged[i] = r["diverged"]
-          logging.warning("seed %d: %s", seeds[i], r["diverged"])
-      ep_key = loop.epoch_key(epoch)
-      if ranker is not None and (
-        (epoch + 1) % s.rank_every == 0 or epoch + 1 == s.epochs
-      ):
-        ranks = ranker(
-          state["shared"], state["controller"].params, skip=set(diverged)
-        )
-        for r, extra in zip(records, ranks, strict=True):
-          r.update(extra)
-      if (epoch + 1) % s.derive_every == 0 or epoch + 1 == s.epochs:
-        derived = derive(
-          config,
-          state,
-          fns["sample"],
-          fns["eval_archs"],
-          loop.fold_in(ep_key, setup.DERIVE),
-          *fixed_r,
-          arch_sharding=arch_sharding,
-          seeds=n_seeds,
-        )
-        for r, (best, best_ppl) in zip(records, derived, strict=True):
-          r["derived"], r["derived_ppl"] = best, best_ppl
-      seconds = time.time() - t_epoch
-      # Compilations so far of each jitted step (1 each: archs are data).
-      compiles = {
-        name: _cache_size(fns[k])
-        for name, k in (
-          ("shared_step", "shared"),
-          ("fisher_step", "fisher"),
-          ("eval_one", "eval_one"),
-          ("eval_archs", "eval_archs"),
-          ("controller_step", "ctrl"),
-        )
-      }
-      for i, record in enumerate(records):
-        if i in diverged:
-          continue
-        record["epoch_seconds"], record["compiles"] = seconds, compiles
-        histories[i].append({k: v for k, v in record.items() if k != "archs"})
-        logs[i].write(record)
-      meta = {"epoch": epoch, "config": comparable(config)}
-      if n_seeds:
-        meta.update(histories=histories, diverged=diverged)
-        # A diverged seed's slice holds NaN/inf, which a checkpoint refuses:
-        # it is zeroed (its records have ended; the others are untouched).
-        state.update(_zero_seeds(state, sorted(diverged)))
-      else:
-        meta["history"] = histories[0]
-      ckpt.save(epoch, state, meta)
-      if n_seeds:
-        _log_seeds(epoch, records, diverged, seconds)
-      else:
-        record = records[0]
-        tb_write(tb, record, epoch)
-        logging.info(
-          "epoch %d: loss %.3f  reward %s  ppl(ctrl) %s  forget mean %.1f "
-          "best5 %.1f max %.1f  %.0f tok/s  %.0fs",
-          epoch,
-          record["train_loss"],
-          fmt(record["reward"]),
-          fmt(record["controller_ppl"]),
-          record["diff_mean"],
-          record["diff_best5"],
-          record["diff_max"],
-          record["train_tokens_per_s"],
-          record["epoch_seconds"],
-        )
-      if stop.requested:
-        raise stop.interrupted(f"enas_ptb epoch {epoch}")
-  for log in logs:
-    log.close()
-  ckpt.close()
-  if tb is not None:
-    tb.close()
+  # Closed however the loop ends (a divergence or a signal raises): an
+  # open TensorBoard writer's thread fails at interpreter shutdown.
+  try:
+    with checkpoint_lib.StopOnSignal() as stop:
+      for epoch in range(start_epoch, s.epochs):
+        if len(diverged) == len(paths):
+          break  # every seed diverged (a seed axis only: one seed raises)
+        t_epoch = time.time()
+        records = epoch_lib.run(loop, state, epoch)
+        for i, r in enumerate(records):
+          if "diverged" in r and i not in diverged:
+            diverged[i] = r["diverged"]
+            logging.warning("seed %d: %s", seeds[i], r["diverged"])
+        ep_key = loop.epoch_key(epoch)
+        if ranker is not None and (
+          (epoch + 1) % s.rank_every == 0 or epoch + 1 == s.epochs
+        ):
+          ranks = ranker(
+            state["shared"], state["controller"].params, skip=set(diverged)
+          )
+          for r, extra in zip(records, ranks, strict=True):
+            r.update(extra)
+        if (epoch + 1) % s.derive_every == 0 or epoch + 1 == s.epochs:
+          derived = derive(
+            config,
+            state,
+            fns["sample"],
+            fns["eval_archs"],
+            loop.fold_in(ep_key, setup.DERIVE),
+            *fixed_r,
+            arch_sharding=arch_sharding,
+            seeds=n_seeds,
+          )
+          for r, (best, best_ppl) in zip(records, derived, strict=True):
+            r["derived"], r["derived_ppl"] = best, best_ppl
+        seconds = time.time() - t_epoch
+        # Compilations so far of each jitted step (1 each: archs are data).
+        compiles = {
+          name: _cache_size(fns[k])
+          for name, k in (
+            ("shared_step", "shared"),
+            ("fisher_step", "fisher"),
+            ("eval_one", "eval_one"),
+            ("eval_archs", "eval_archs"),
+            ("controller_step", "ctrl"),
+          )
+        }
+        for i, record in enumerate(records):
+          if i in diverged:
+            continue
+          record["epoch_seconds"], record["compiles"] = seconds, compiles
+          histories[i].append({k: v for k, v in record.items() if k != "archs"})
+          logs[i].write(record)
+        meta = {"epoch": epoch, "config": comparable(config)}
+        if n_seeds:
+          meta.update(histories=histories, diverged=diverged)
+          # A diverged seed's slice holds NaN/inf, which a checkpoint refuses:
+          # it is zeroed (its records have ended; the others are untouched).
+          state.update(_zero_seeds(state, sorted(diverged)))
+        else:
+          meta["history"] = histories[0]
+        ckpt.save(epoch, state, meta)
+        if n_seeds:
+          _log_seeds(epoch, records, diverged, seconds)
+        else:
+          record = records[0]
+          tb_write(tb, record, epoch)
+          logging.info(
+            "epoch %d: loss %.3f  reward %s  ppl(ctrl) %s  forget mean %.1f "
+            "best5 %.1f max %.1f  %.0f tok/s  %.0fs",
+            epoch,
+            record["train_loss"],
+            fmt(record["reward"]),
+            fmt(record["controller_ppl"]),
+            record["diff_mean"],
+            record["diff_best5"],
+            record["diff_max"],
+            record["train_tokens_per_s"],
+            record["epoch_seconds"],
+          )
+        if stop.requested:
+          raise stop.interrupted(f"enas_ptb epoch {epoch}")
+  finally:
+    for log in logs:
+      log.close()
+    ckpt.close()
+    if tb is not None:
+      tb.close()
   derived = [
     next((h["derived"] for h in reversed(hist) if "derived" in h), None)
     for hist in histories

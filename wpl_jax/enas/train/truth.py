@@ -396,98 +396,100 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logged = done
   # SIGTERM/SIGINT: the step in progress ends, is saved, and the run stops
   # (exit 128 + signal); a second signal kills at once.
-  with checkpoint_lib.StopOnSignal() as stop:
-    while done < total_steps:
-      epoch, i = divmod(done, n_windows)
-      if i == 0:
-        state["hidden"] = jnp.zeros((s, b, h), jnp.float32)
-      x, y = ptb.get_batch(train_src, i * bptt, bptt)
-      lr = lr_at_step(config, done, total_steps)
-      keys = step_keys(k_train, done)
-      state["shared"], state["hidden"], loss = trainer.train_step(
-        state["shared"], state["hidden"], archs, x, y, jnp.float32(lr), keys
-      )
-      losses.append(loss)
-      done += 1
-      now = time.time()
-      if now - t_log > t.get("log_seconds", 30.0):
-        jax.block_until_ready(loss)
-        now = time.time()
-        rate = (done - logged) / max(now - t_log, 1e-9)
-        logging.info(
-          "truth epoch %d step %d/%d: mean loss %.3f lr %.2f  %.3f steps/s, "
-          "ETA %.0f min",
-          epoch,
-          done,
-          total_steps,
-          float(jnp.mean(loss)),
-          lr,
-          rate,
-          (total_steps - done) / max(rate, 1e-9) / 60,
+  try:  # closed however the loop ends (see enas_search.search)
+    with checkpoint_lib.StopOnSignal() as stop:
+      while done < total_steps:
+        epoch, i = divmod(done, n_windows)
+        if i == 0:
+          state["hidden"] = jnp.zeros((s, b, h), jnp.float32)
+        x, y = ptb.get_batch(train_src, i * bptt, bptt)
+        lr = lr_at_step(config, done, total_steps)
+        keys = step_keys(k_train, done)
+        state["shared"], state["hidden"], loss = trainer.train_step(
+          state["shared"], state["hidden"], archs, x, y, jnp.float32(lr), keys
         )
-        t_log, logged = now, done
-      end_of_epoch = done % n_windows == 0
-      if end_of_epoch or (t.eval_every and done % t.eval_every == 0):
-        nll = np.asarray(trainer.evaluate(state["shared"], archs, ex, ey, em))
-        ppl_KxS = np.exp(nll / n_eval_tokens).reshape(len(seeds), n_cells)
-        train_loss = np.mean(np.asarray(jax.device_get(losses)), axis=0)
-        losses = []
-        ppl = ppl_KxS.mean(0)  # the seed mean ranks the cells
-        record = {
-          "epoch": epoch,
-          "step": done,
-          "end_of_epoch": end_of_epoch,
-          "lr": lr,
-          "valid_ppl": _per_seed(ppl_KxS),
-          "train_loss": _per_seed(train_loss.reshape(len(seeds), n_cells)),
-          "best": names[int(np.argmin(ppl))],
-          "best_ppl": float(np.min(ppl)),
-          "median_ppl": float(np.median(ppl)),
-          "seconds": seconds + time.time() - t_prev,
-        }
-        if len(seeds) > 1:
-          record["seeds"] = seeds
-          record["seed_tau"] = ranking.seed_ceiling(ppl_KxS)["tau_mean"]
-        if not np.all(np.isfinite(ppl_KxS)):
-          raise ValueError(
-            f"ground truth diverged at epoch {epoch} step {done}: non-finite "
-            "validation perplexity for "
-            f"{int(np.sum(~np.isfinite(ppl_KxS)))} models"
+        losses.append(loss)
+        done += 1
+        now = time.time()
+        if now - t_log > t.get("log_seconds", 30.0):
+          jax.block_until_ready(loss)
+          now = time.time()
+          rate = (done - logged) / max(now - t_log, 1e-9)
+          logging.info(
+            "truth epoch %d step %d/%d: mean loss %.3f lr %.2f  %.3f steps/s, "
+            "ETA %.0f min",
+            epoch,
+            done,
+            total_steps,
+            float(jnp.mean(loss)),
+            lr,
+            rate,
+            (total_steps - done) / max(rate, 1e-9) / 60,
           )
-        history.append(record)
-        log.write(record)
-        if tb is not None:
-          for k in ("best_ppl", "median_ppl", "lr"):
-            tb.add_scalar(k, record[k], done)
-          tb.flush()
-        logging.info(
-          "truth epoch %d step %d: valid ppl best %.2f (%s) median %.2f "
-          "worst %.2f%s; %.0f s",
-          epoch,
-          done,
-          ppl.min(),
-          record["best"],
-          np.median(ppl),
-          ppl.max(),
-          (
-            f" (mean of {len(seeds)} seeds; seed-to-seed τ "
-            f"{record['seed_tau']:.3f})"
-            if len(seeds) > 1
-            else ""
-          ),
-          record["seconds"],
-        )
-        t_log, logged = time.time(), done  # the evaluation is not a step
-      if end_of_epoch or (every and done % every == 0) or stop.requested:
-        now = time.time()
-        seconds, t_prev = seconds + now - t_prev, now
-        save(done)
-      if stop.requested:
-        raise stop.interrupted(f"enas_truth step {done}")
-  log.close()
-  ckpt.close()
-  if tb is not None:
-    tb.close()
+          t_log, logged = now, done
+        end_of_epoch = done % n_windows == 0
+        if end_of_epoch or (t.eval_every and done % t.eval_every == 0):
+          nll = np.asarray(trainer.evaluate(state["shared"], archs, ex, ey, em))
+          ppl_KxS = np.exp(nll / n_eval_tokens).reshape(len(seeds), n_cells)
+          train_loss = np.mean(np.asarray(jax.device_get(losses)), axis=0)
+          losses = []
+          ppl = ppl_KxS.mean(0)  # the seed mean ranks the cells
+          record = {
+            "epoch": epoch,
+            "step": done,
+            "end_of_epoch": end_of_epoch,
+            "lr": lr,
+            "valid_ppl": _per_seed(ppl_KxS),
+            "train_loss": _per_seed(train_loss.reshape(len(seeds), n_cells)),
+            "best": names[int(np.argmin(ppl))],
+            "best_ppl": float(np.min(ppl)),
+            "median_ppl": float(np.median(ppl)),
+            "seconds": seconds + time.time() - t_prev,
+          }
+          if len(seeds) > 1:
+            record["seeds"] = seeds
+            record["seed_tau"] = ranking.seed_ceiling(ppl_KxS)["tau_mean"]
+          if not np.all(np.isfinite(ppl_KxS)):
+            raise ValueError(
+              f"ground truth diverged at epoch {epoch} step {done}: non-finite "
+              "validation perplexity for "
+              f"{int(np.sum(~np.isfinite(ppl_KxS)))} models"
+            )
+          history.append(record)
+          log.write(record)
+          if tb is not None:
+            for k in ("best_ppl", "median_ppl", "lr"):
+              tb.add_scalar(k, record[k], done)
+            tb.flush()
+          logging.info(
+            "truth epoch %d step %d: valid ppl best %.2f (%s) median %.2f "
+            "worst %.2f%s; %.0f s",
+            epoch,
+            done,
+            ppl.min(),
+            record["best"],
+            np.median(ppl),
+            ppl.max(),
+            (
+              f" (mean of {len(seeds)} seeds; seed-to-seed τ "
+              f"{record['seed_tau']:.3f})"
+              if len(seeds) > 1
+              else ""
+            ),
+            record["seconds"],
+          )
+          t_log, logged = time.time(), done  # the evaluation is not a step
+        if end_of_epoch or (every and done % every == 0) or stop.requested:
+          now = time.time()
+          seconds, t_prev = seconds + now - t_prev, now
+          save(done)
+        if stop.requested:
+          raise stop.interrupted(f"enas_truth step {done}")
+  finally:
+    log.close()
+    ckpt.close()
+    if tb is not None:
+      tb.close()
   final = history[-1]["valid_ppl"] if history else []
   out = {
     "commit": commit,
