@@ -123,6 +123,7 @@ class Recorder(taps.Tap):
   ):
     scope = self._stack[-1]
     scope.claim(name)
+    xs = ops.stacked_xs(xs)  # `Rows` were not split here (`rows`)
     n = ops.scan_length(xs, length)
     # Params leaves scanned over (stacked layers, per-node edges): a tap in
     # the body that reads their slice taps the leaf, one slice per step.
@@ -148,6 +149,10 @@ class Recorder(taps.Tap):
     return jax.lax.scan(
       body, init, xs, length=length, reverse=reverse, unroll=unroll
     )
+
+  def rows(self, stacked):
+    # Not split: the scan that takes it sees the leaf itself, by identity.
+    return ops.Rows(stacked, None)
 
 
 def dependencies(jaxpr: jex_core.Jaxpr, deps_in: list) -> list:

@@ -168,3 +168,59 @@ def scan_length(xs, length) -> int:
   if not leaves:
     raise ValueError("tap.scan needs xs or length")
   return leaves[0].shape[0]
+
+
+class Rows:
+  """A stacked array's rows, split once, to be a `tap.scan` xs leaf.
+
+  Made by `Tap.rows`. A scan given one runs as a Python loop (fully
+  unrolled) whose step i reads `rows[i]`: where the rows were split
+  outside an enclosing loop (a time scan), that loop's body reads one
+  array per row and slices nothing (XLA:CPU copies a slice of a stacked
+  weight out of it at every step: WORKSPACE §6.6). Not a pytree: a scan's
+  xs holds it as a leaf, `stacked` is the array it came from.
+  """
+
+  def __init__(self, stacked: Array, rows: tuple | None):
+    self.stacked = stacked
+    self.rows = rows  # None: not split (the discovery trace's)
+    self.shape = stacked.shape
+
+  def __getitem__(self, i: int) -> Array:
+    return self.stacked[i] if self.rows is None else self.rows[i]
+
+
+def split_rows(stacked: Array) -> Rows:
+  """`Rows` of `stacked` [L, ...], split behind an optimization barrier
+  (else XLA folds each row back into a slice of `stacked` where it is
+  read)."""
+  stacked = jnp.asarray(stacked)
+  if stacked.ndim < 1 or stacked.shape[0] < 1:
+    raise ValueError(f"tap.rows needs a stacked array, got {stacked.shape}")
+  rows = tuple(stacked[i] for i in range(stacked.shape[0]))
+  return Rows(stacked, jax.lax.optimization_barrier(rows))
+
+
+def has_rows(xs) -> bool:
+  return any(isinstance(v, Rows) for v in jax.tree.leaves(xs))
+
+
+def stacked_xs(xs):
+  """`xs` with each `Rows` replaced by its stacked array."""
+  return jax.tree.map(lambda v: v.stacked if isinstance(v, Rows) else v, xs)
+
+
+def scan(f, init, xs, length, *, reverse: bool, unroll):
+  """`jax.lax.scan`, or, when `xs` holds `Rows`, the same as a Python loop
+  (step i's xs: `rows[i]` for a `Rows` leaf, `x[i]` for any other; the ys
+  stacked on a new leading axis)."""
+  if not has_rows(xs):
+    return jax.lax.scan(
+      f, init, xs, length=length, reverse=reverse, unroll=unroll
+    )
+  n = scan_length(xs, length)
+  ys = [None] * n
+  carry = init
+  for i in reversed(range(n)) if reverse else range(n):
+    carry, ys[i] = f(carry, jax.tree.map(lambda v, i=i: v[i], xs))
+  return carry, jax.tree.map(lambda *y: jnp.stack(y), *ys)

@@ -9,7 +9,6 @@ the probes for the sites that `_tap_discovery` found, `lookup` finds a
 site's record, `spans` a leaf's columns of a site's output.
 """
 
-import jax
 import jax.numpy as jnp
 
 from wpl_jax import _tap_discovery as disc
@@ -60,11 +59,11 @@ class Prober(Tap):
         self._stack.pop()
       return carry, (y, step_records)
 
-    carry, (ys, records["scans"][name]) = jax.lax.scan(
+    carry, (ys, records["scans"][name]) = ops.scan(
       body,
       init,
       (xs, probes["scans"][name]),
-      length=ops.scan_length(xs, length),
+      ops.scan_length(xs, length),
       reverse=reverse,
       unroll=unroll,
     )

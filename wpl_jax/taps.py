@@ -9,8 +9,6 @@ With `PLAIN` it is an ordinary forward: the protocol costs a model nothing.
 
 from collections.abc import Callable, Sequence
 
-import jax
-
 from wpl_jax import _tap_ops as ops
 from wpl_jax.types import Array, PyTree
 
@@ -120,12 +118,25 @@ class Tap:
     """`jax.lax.scan(f, init, xs, length)`; taps inside `f` are per step.
 
     Params leaves among the leaves of `xs` are tapped slice by slice: the
-    step-l slice a tap inside `f` reads is row l of the leaf.
+    step-l slice a tap inside `f` reads is row l of the leaf. An xs leaf
+    may be `self.rows(leaf)`: the scan then runs fully unrolled (a Python
+    loop; `unroll` is not used), step l reading that leaf's row l.
     """
     del name
-    return jax.lax.scan(
-      f, init, xs, length=length, reverse=reverse, unroll=unroll
-    )
+    return ops.scan(f, init, xs, length, reverse=reverse, unroll=unroll)
+
+  def rows(self, stacked: Array) -> ops.Rows:
+    """`stacked` [L, ...] split into its L rows here, once, for a
+    `tap.scan` that takes it as xs.
+
+    For a stacked weight read by an unrolled scan inside another loop
+    (the edge matrices of the node scan inside the time scan): split
+    before the outer loop, the loop's body reads L separate arrays instead
+    of slicing `stacked` at every step (which XLA:CPU does by copying each
+    slice). The same values and gradients as passing `stacked` itself;
+    still tapped slice by slice when `stacked` is a params leaf.
+    """
+    return ops.split_rows(stacked)
 
 
 PLAIN = Tap()
