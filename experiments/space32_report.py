@@ -86,7 +86,11 @@ def load_runs(
       records = [_restat(r, *truth) for r in records]
     elif "rank_tau" not in records[0]:
       raise ValueError(f"{path} was run without a ground truth: pass --truth")
-    seed = re.search(r"_s(\d+)$", run.stem if run.suffix else run.name)
+    # A run's folder ends in _sN (the driver's names), or is seed_N (one
+    # seed of a search over seeds in one program, search.num_seeds).
+    seed = re.search(
+      r"(?:_s|^seed_)(\d+)$", run.stem if run.suffix else run.name
+    )
     for r in records:
       r.setdefault("seed", int(seed.group(1)) if seed else None)
     groups[(records[0]["policy"], records[0]["wpl"])].append(records)

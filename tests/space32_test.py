@@ -587,5 +587,33 @@ class SmokeTest(absltest.TestCase):
     self.assertTrue((tmp / "report" / "figure.png").exists())
 
 
+class ReportLoadTest(absltest.TestCase):
+  def test_seed_from_the_run_folder_name(self):
+    # `space32_report.load_runs` reads a run's seed from its folder: the
+    # driver's NAME_sN, or seed_N of a search over seeds in one program.
+    tmp = pathlib.Path(self.create_tempdir().full_path)
+    rec = {"policy": "enas", "wpl": "off", "rank_tau": 0.1}
+    rec["rank_shared_ppl"] = [1.0] * 32
+    for name in ("enas_off_s3", "seed_5", "other"):
+      (tmp / name).mkdir()
+      (tmp / name / "metrics.jsonl").write_text(json.dumps(rec) + "\n")
+    # A subprocess: space32_report defines absl flags that others share.
+    code = (
+      "import json, sys; from experiments import space32_report as r; "
+      "g = r.load_runs(sys.argv[1:]); "
+      "print(json.dumps(sorted(str(x[0]['seed']) for x in g[('enas', 'off')])))"
+    )
+    runs = [str(tmp / n) for n in ("enas_off_s3", "seed_5", "other")]
+    r = subprocess.run(
+      [sys.executable, "-c", code, *runs],
+      capture_output=True,
+      text=True,
+      cwd=_ROOT,
+      check=False,
+    )
+    self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+    self.assertEqual(json.loads(r.stdout), ["3", "5", "None"])
+
+
 if __name__ == "__main__":
   absltest.main()
