@@ -67,6 +67,29 @@ class IdSequenceTauTest(absltest.TestCase):
       ranking.id_sequence_tau([1.0, 2.0, np.nan, 3.0], list("abcd"), self.pub)
 
 
+class AsOrderTest(absltest.TestCase):
+  def test_a_truth_as_an_order(self):
+    names = _space_names()
+    rng = np.random.default_rng(3)
+    ppl = rng.uniform(100, 300, len(names))
+    order = ranking.as_order(ppl, names)
+    # Best first, the public ids of those cells.
+    self.assertEqual(order.archs[0], names[int(np.argmin(ppl))])
+    self.assertEqual(
+      list(order.genotype_ids),
+      [ranking.public_genotype_id(n) for n in order.archs],
+    )
+    np.testing.assert_array_equal(order.valid_ppl, np.sort(ppl))
+    # A ranking scored against itself: 1; against its reverse, the
+    # pair-by-pair count of the id sequences.
+    self.assertAlmostEqual(ranking.id_sequence_tau(ppl, names, order), 1.0)
+    got = ranking.id_sequence_tau(-ppl, names, order)
+    ws = list(reversed(list(order.genotype_ids)))
+    self.assertAlmostEqual(got, _tau_by_pairs(order.genotype_ids, ws))
+    with self.assertRaisesRegex(ValueError, "perplexities"):
+      ranking.as_order(ppl[:3], names)
+
+
 class PublishedFileTest(absltest.TestCase):
   def test_the_32_cells_of_our_space(self):
     pub = ranking.load_published(_PUBLISHED)

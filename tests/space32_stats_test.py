@@ -232,6 +232,14 @@ class AnalyseTest(absltest.TestCase):
     self.assertAlmostEqual(m["forget_best5"], np.mean([4, 6, 8, 10]))
     self.assertAlmostEqual(m["forget_max"], np.mean([6, 9, 12, 15]))
     self.assertTrue(-1 <= m["idseq"] <= 1)
+    # The public code's statistic against our truth: the last epoch's
+    # shared perplexities ranked, against the truth sorted with its ids.
+    want = space32_stats.ranking.id_sequence_tau(
+      space32_stats.shared_ppl(recs[-1]),
+      names,
+      space32_stats.ranking.as_order(truth, names),
+    )
+    self.assertAlmostEqual(m["idseq_truth"], want)
     arms = {a["arm"]: a for a in result["arms"]}
     # Both ENAS / off seeds forget 3.5 on average (epochs 2-5): median 3.5.
     self.assertAlmostEqual(arms["ENAS / WPL off"]["forget_median"], 3.5)
@@ -246,6 +254,7 @@ class AnalyseTest(absltest.TestCase):
     truths = {r["arm"]: r for r in result["truths"]}
     self.assertGreater(truths["ENAS / WPL off"]["t"], 0.5)
     self.assertIn("pub id-seq", truths["ENAS / WPL off"])
+    self.assertIn("t id-seq", truths["ENAS / WPL off"])
     table = space32_stats.render(result, "# synthetic")
     self.assertIn("too few pairs", table)
     self.assertIn("diverged at epoch 2", table)

@@ -287,6 +287,23 @@ def id_sequence_tau(
   return float(tau)
 
 
+def as_order(ppl: Sequence[float], names: Sequence[str]) -> PublishedOrder:
+  """A ranking by perplexity as a `PublishedOrder`, with the public ids.
+
+  `ppl`: [K] perplexities (lower = better) of the cells `names` (codec
+  strings). Sorted best first, ties by genotype id (`public_genotype_id`),
+  as the public code sorts: so `id_sequence_tau(shared, names,
+  as_order(truth_ppl, names))` is the public code's statistic against a
+  ground truth of our own. `valid_ppl` holds the sorted perplexities.
+  """
+  ppl = np.asarray(ppl, np.float64)
+  if ppl.shape != (len(names),):
+    raise ValueError(f"need {len(names)} perplexities, got {ppl.shape}")
+  ids = np.asarray([public_genotype_id(n) for n in names], np.int64)
+  order = np.lexsort((ids, ppl))
+  return PublishedOrder([names[i] for i in order], ids[order], ppl[order])
+
+
 def _positions(published: PublishedOrder, names: Sequence[str]) -> dict:
   pos = {n: i for i, n in enumerate(published.archs)}
   missing = [n for n in names if n not in pos]
