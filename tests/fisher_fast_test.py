@@ -664,6 +664,49 @@ class ProtocolTest(parameterized.TestCase):
         np.testing.assert_allclose(got_v, want_v, rtol=1e-12)
         _assert_close(got, want, rtol=1e-10)
 
+  @parameterized.parameters(False, True)
+  def test_a_site_name_shared_with_an_untapped_scan(self, split):
+    """A scan whose body taps no leaf probes nothing, not even a site of
+    the enclosing scope with the same name (with `tap.rows` its body runs
+    as a Python loop, where such a probe would not fail but be wrong)."""
+    rng = np.random.default_rng(8)
+    params = {
+      "w": _normal(rng, (4, 4), 1.0, jnp.float32),
+      "v": _normal(rng, (3, 4, 4), 0.5, jnp.float32),
+    }
+    batch = {"x": _normal(rng, (5, 4), 1.0, jnp.float32)}
+
+    @fisher_fast.tapped
+    def loss(p, b, tap):
+      y = jnp.tanh(tap.dense("l", b["x"], p["w"]))
+      v2 = tap.rows(2.0 * p["v"]) if split else 2.0 * p["v"]
+      h, _ = tap.scan(
+        "s", lambda g, m: (jnp.tanh(tap.dense("l", g, m)), None), y, v2
+      )
+      return jnp.mean(jnp.sum(h**2, -1))
+
+    self.assertEqual(
+      fisher_fast.plan(loss.fn, params, batch), {"w": "tap", "v": "vmap"}
+    )
+    _, got = jax.jit(lambda p, b: fisher_fast.value_and_grad(loss.fn, p, b))(
+      params, batch
+    )
+    want = jax.grad(lambda p: loss.fn(p, batch, fisher_fast.PLAIN))(params)
+    _assert_close(got, want, rtol=1e-5)
+    got = jax.jit(lambda p, b: _fast(loss, p, b))(params, batch)
+    _assert_close(got, _naive(loss, params, batch), rtol=1e-5)
+
+  def test_rows_scan_checks_its_lengths(self):
+    w = jnp.ones((3, 2, 2))
+    for xs, length in (
+      ((fisher_fast.PLAIN.rows(w), jnp.ones(2)), None),
+      (fisher_fast.PLAIN.rows(w), 2),
+    ):
+      with self.assertRaisesRegex(ValueError, "disagree"):
+        fisher_fast.PLAIN.scan(
+          "s", lambda c, x: (c, None), jnp.ones(2), xs, length
+        )
+
   def test_plain_tap_is_the_plain_loss(self):
     # Called without a tap, a tapped loss is the ordinary loss: against a
     # NumPy forward of the same MLP (float64), not against itself.

@@ -219,6 +219,11 @@ def scan(f, init, xs, length, *, reverse: bool, unroll):
       f, init, xs, length=length, reverse=reverse, unroll=unroll
     )
   n = scan_length(xs, length)
+  sizes = {v.shape[0] for v in jax.tree.leaves(xs)}
+  if sizes - {n}:
+    raise ValueError(
+      f"tap.scan: length {n} and the xs leading sizes {sorted(sizes)} disagree"
+    )
   ys = [None] * n
   carry = init
   for i in reversed(range(n)) if reverse else range(n):

@@ -45,9 +45,17 @@ class Prober(Tap):
   ):
     probes, records = self._stack[-1]
     if name not in probes["scans"]:
-      return super().scan(
-        name, f, init, xs, length, reverse=reverse, unroll=unroll
+      # No tapped site inside: its body probes nothing, not even a site of
+      # the enclosing scope that shares a name with one of its own.
+      self._stack.append(
+        ({"sites": {}, "scans": {}}, {"sites": {}, "scans": {}})
       )
+      try:
+        return super().scan(
+          name, f, init, xs, length, reverse=reverse, unroll=unroll
+        )
+      finally:
+        self._stack.pop()
 
     def body(carry, inputs):
       x, step_probes = inputs

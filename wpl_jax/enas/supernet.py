@@ -371,7 +371,7 @@ class SharedRNN(nn.Module):
     w_h0 = jnp.concatenate([w_hc, w_hh], axis=1)
     if edges is None:
       edges = arch_edges({"edge_c": edge_c, "edge_h": edge_h}, arch)
-    if self.node_unroll is True:
+    if self.node_unroll is True and n > 1:
       # Split once, out here: the unrolled node loop inside the time scan
       # then reads N-1 arrays, where slicing the stack there made XLA:CPU
       # copy every edge matrix at every time step (WORKSPACE §6.6).
