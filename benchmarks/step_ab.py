@@ -2,6 +2,10 @@
 
 Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
 
+  python benchmarks/step_ab.py --hidden=1000 --reps=5 --what=matmul_dtype \
+      --estimator=batch_grad_squared
+      shared_step and fisher_step with the cell's matmuls in float32 and
+      in bfloat16 (`model.matmul_dtype`, same process)
   python benchmarks/step_ab.py --hidden=200 --reps=5 --what=grad
       shared_step with autodiff vs the edges' gradient after the scan
       (`search.grad_after_scan_from` 0 and 1, same process)
@@ -74,6 +78,7 @@ def main() -> None:
     choices=(
       "grad",
       "fisher",
+      "matmul_dtype",
       "edges_const",
       "einsum",
       "ce_chunk",
@@ -213,6 +218,13 @@ def main() -> None:
       cases[f"fisher_step precision={prec}"] = lambda f=fns["fisher"], r=run: r(
         f
       )
+  elif args.what == "matmul_dtype":
+    # The cell's recurrent matmuls in float32 (default) and bfloat16.
+    cases = {}
+    for dtype in ("float32", "bfloat16"):
+      fns = build(matmul_dtype=dtype)
+      cases[f"shared_step {dtype}"] = fns["step"]
+      cases[f"fisher_step {dtype}"] = fns["fisher"]
   elif args.what == "grad":
     cases = {
       "shared_step autodiff": build(grad_after_scan_from=0)["step"],

@@ -293,6 +293,18 @@ def markdown(rows: list[dict]) -> str:
   ceil = {r["code"]: r for r in rows if r.get("kind") == "ceiling"}
   runs = [r for r in rows if r.get("kind") == "run"]
   lines = ["# wpl_jax versus the paper's PyTorch trainer (CPU, float32)", ""]
+  low = sorted(
+    {
+      r["matmul_dtype"]
+      for r in rows
+      if r.get("code") == JAX and r.get("matmul_dtype", "float32") != "float32"
+    }
+  )
+  if low:  # an opt-in of wpl_jax's: say so before anything else
+    lines += [
+      f"- **wpl_jax ran with model.matmul_dtype = {', '.join(low)}** (the "
+      "cell's recurrent matmuls; the reference is float32)",
+    ]
   if meta:
     m = meta[-1]
     c = m.get("cpu", {})

@@ -138,6 +138,16 @@ class VersusReferenceTest(absltest.TestCase):
     self.assertIn("10.0 GFLOP/s", text)  # 2·1000³ / 0.2 s
     self.assertIn("abc1234", text)
 
+  def test_markdown_names_a_bf16_run(self):
+    self.assertNotIn("matmul_dtype", vr.markdown(_rows()))
+    rows = [
+      {**r, "matmul_dtype": "bfloat16"} if r.get("code") == "wpl_jax" else r
+      for r in _rows()
+    ]
+    text = vr.markdown(rows)
+    self.assertIn("model.matmul_dtype = bfloat16", text)
+    self.assertIn("| 16 | shared step | 30.00 | 10.00 | 3.00× |", text)
+
   def test_order_and_main_tunables(self):
     self.assertEqual(vr.side_order("torch,jax", 1), ("torch", "jax"))
     self.assertEqual(vr.side_order("jax,torch", 0), ("jax", "torch"))

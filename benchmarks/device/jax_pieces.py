@@ -71,6 +71,12 @@ def _args():
     default=-1,
     help="the search's eval_vmap (-1: 1 on CPU, 0 = all vmapped elsewhere)",
   )
+  ap.add_argument(
+    "--matmul_dtype",
+    default="float32",
+    help="the model's matmul_dtype (bfloat16: the cell's recurrent "
+    "matmuls in bf16, an opt-in)",
+  )
   ap.add_argument("--time_limit", type=float, default=120.0)
   ap.add_argument("--jsonl", default="")
   return ap.parse_args()
@@ -111,6 +117,7 @@ def main() -> None:
     platform=dev.platform,
     device=dev.device_kind,
     precision=args.precision,
+    matmul_dtype=args.matmul_dtype,
     hidden=args.hidden,
     jax=jax.__version__,
   )
@@ -189,6 +196,7 @@ def main() -> None:
     args.nodes,
     10000,
   )
+  c.model.matmul_dtype = args.matmul_dtype
   c.search.eval_chunk = 16
   c.search.eval_vmap = (
     args.eval_vmap if args.eval_vmap >= 0 else int(dev.platform == "cpu")

@@ -17,6 +17,9 @@ HIDDEN_SOURCES = ("last", "leaf_mean", "output")
 # What the cell outputs: the mean of the loose ends (ENAS) or of every node
 # after node 0 (the published DARTS-style cell of the 32-cell study).
 CELL_OUTPUTS = ("leaves", "all")
+# dtypes of the cell's recurrent matmuls ("bfloat16": an opt-in, see
+# `SharedRNN.matmul_dtype`).
+MATMUL_DTYPES = ("float32", "bfloat16")
 
 
 def _uniform(scale: float):
@@ -92,6 +95,56 @@ def _highway_bwd(res, g_BxH):
 
 
 highway.defvjp(_highway_fwd, _highway_bwd)
+
+
+def row_major_t(a: Array) -> Array:
+  """`a` with its last two axes swapped, materialised row-major.
+
+  XLA assigns a plain transpose a transposed layout instead of moving
+  data, and XLA:CPU runs a bfloat16 product with a transposed operand at
+  the float32 rate (230 against 650–940 GFLOP/s at [1000, 64] × [64,
+  2000], WORKSPACE §6.7); a reshape of the flattened transpose, behind
+  a barrier, forces the copy.
+  """
+  t = jnp.swapaxes(a, -1, -2)
+  flat = jax.lax.optimization_barrier(t.reshape(-1))
+  return flat.reshape(t.shape)
+
+
+@jax.custom_vjp
+def low_dot(x_BxI: Array, w_IxO: Array, low_IxO: Array, low_OxI: Array):
+  """`x @ w` computed as `x_low @ low` with float32 accumulation and output.
+
+  `low` is `w` cast to a low dtype (bfloat16) and `low_OxI` its transpose,
+  both made once per call outside the time scan. The forward and both
+  backward products take low-dtype inputs in the one form XLA:CPU runs on
+  its bfloat16 matrix units (row-major operands, float32 output): dx =
+  g_low @ low_OxI, dw = x_lowᵀ @ g_low. The gradient goes to the float32
+  `w` (accumulated over the time steps in float32); `low` and `low_OxI`
+  get none.
+  """
+  del w_IxO, low_OxI
+  return jnp.dot(
+    x_BxI.astype(low_IxO.dtype), low_IxO, preferred_element_type=jnp.float32
+  )
+
+
+def _low_dot_fwd(x_BxI, w_IxO, low_IxO, low_OxI):
+  x_low = x_BxI.astype(low_IxO.dtype)
+  y = jnp.dot(x_low, low_IxO, preferred_element_type=jnp.float32)
+  return y, (x_low, low_OxI)
+
+
+def _low_dot_bwd(res, g_BxO):
+  x_low, low_OxI = res
+  g_low = g_BxO.astype(low_OxI.dtype)
+  dx = jnp.dot(g_low, low_OxI, preferred_element_type=jnp.float32)
+  x_t = row_major_t(x_low)  # [I, B], so both operands are row-major
+  dw = jnp.dot(x_t, g_low, preferred_element_type=jnp.float32)
+  return dx, dw, None, None  # w is float32 (the params are)
+
+
+low_dot.defvjp(_low_dot_fwd, _low_dot_bwd)
 
 
 class _Node0(nn.Module):
@@ -217,6 +270,13 @@ class SharedRNN(nn.Module):
     node_unroll: `unroll` of the scan over nodes 1..N-1 inside a time step;
       1 keeps compile time flat in N (CPU eval forward: ~0.8 s at N = 4 or
       12), True unrolls fully (N = 12: ~2.5 s; may run faster on GPU).
+    matmul_dtype: "float32" (default), or "bfloat16": the cell's recurrent
+      matmuls (node 0's "node0_h" and every "edge", 35 × N per batch) take
+      bfloat16 inputs, the edge and node-0 weights cast once per call,
+      and return float32; everything else (params, activations, gates,
+      the decoder, the optimizer) stays float32. An opt-in for CPUs with
+      bfloat16 matrix units (AVX512-BF16 / AMX) and accelerators; it
+      changes the loss by more than rounding (WORKSPACE §6.7).
   """
 
   vocab_size: int
@@ -234,6 +294,7 @@ class SharedRNN(nn.Module):
   bn_momentum: float = 0.1
   bn_epsilon: float = 1e-5
   node_unroll: int | bool = 1
+  matmul_dtype: str = "float32"
 
   def dropout_masks(self, train: bool, batch: int) -> dict:
     """Scaled keep-masks (None when off) from one draw of the dropout rng."""
@@ -320,6 +381,29 @@ class SharedRNN(nn.Module):
       raise ValueError(f"hidden_source must be one of {HIDDEN_SOURCES}")
     if self.cell_output not in CELL_OUTPUTS:
       raise ValueError(f"cell_output must be one of {CELL_OUTPUTS}")
+    if self.matmul_dtype not in MATMUL_DTYPES:
+      raise ValueError(f"matmul_dtype must be one of {MATMUL_DTYPES}")
+    low = self.matmul_dtype != "float32"
+    if low and tap is not fisher_fast.PLAIN:
+      raise ValueError(
+        "taps (the per-example Fisher's, the tapped gradient's) need "
+        'float32 matmuls: use matmul_dtype="float32" (the '
+        "batch_grad_squared estimator runs either way)"
+      )
+    md = jnp.dtype(self.matmul_dtype)
+
+    def recurrent(name, x, w):
+      """`tap.dense(name, x, w)`, or `low_dot` when `matmul_dtype` is low.
+
+      `w` is then (w, w_low, w_lowᵀ): XLA:CPU runs bfloat16 products on
+      its matrix units only with float32 output and row-major operands
+      (920 against 234 GFLOP/s with a bfloat16 output, [64, 1000] x
+      [1000, 2000], WORKSPACE §6.4), which `low_dot` keeps in both passes.
+      """
+      if not low:
+        return tap.dense(name, x, w)
+      return low_dot(x, *w)
+
     if tap.per_example and train and self.use_batch_norm:
       raise ValueError(
         "a per-example tap needs separable examples, but train-mode "
@@ -371,11 +455,14 @@ class SharedRNN(nn.Module):
     w_h0 = jnp.concatenate([w_hc, w_hh], axis=1)
     if edges is None:
       edges = arch_edges({"edge_c": edge_c, "edge_h": edge_h}, arch)
+    if low:  # cast (and transpose) once per call, outside the time scan
+      w_h0 = (w_h0, w_h0.astype(md), row_major_t(w_h0.astype(md)))
+      edges = (edges, edges.astype(md), row_major_t(edges.astype(md)))
     if self.node_unroll is True and n > 1:
       # Split once, out here: the unrolled node loop inside the time scan
       # then reads N-1 arrays, where slicing the stack there made XLA:CPU
       # copy every edge matrix at every time step (WORKSPACE §6.6).
-      edges = tap.rows(edges)
+      edges = jax.tree.map(tap.rows, edges)
 
     acts, parents = arch.activations, arch.parents
     if self.cell_output == "leaves":
@@ -390,13 +477,13 @@ class SharedRNN(nn.Module):
       # Node j reads node parents[j] through edge (parents[j] -> j).
       j, w_Hx2H, act, parent = xs
       h_in = jax.lax.dynamic_index_in_dim(nodes_NxBxH, parent, keepdims=False)
-      h_j = highway(tap.dense("edge", h_in, w_Hx2H), h_in, act)
+      h_j = highway(recurrent("edge", h_in, w_Hx2H), h_in, act)
       return jax.lax.dynamic_update_index_in_dim(nodes_NxBxH, h_j, j, 0), None
 
     def step(carry, xz_Bx2H):
       h_prev, mean, var = carry
       # Node 0 reads x_t and h_{t-1} (docs/method.md §4).
-      z = xz_Bx2H + tap.dense("node0_h", h_prev, w_h0)
+      z = xz_Bx2H + recurrent("node0_h", h_prev, w_h0)
       nodes = jnp.zeros((n, batch, h), h_prev.dtype)
       nodes = nodes.at[0].set(highway(z, h_prev, acts[0]))
       nodes, _ = tap.scan(

@@ -86,6 +86,7 @@ ADDED_DEFAULTS = {
   "truth.num_seeds": 1,
   "search.num_seeds": 1,
   "search.log_seconds": 10.0,
+  "model.matmul_dtype": "float32",
   # Removed since (now `search.grad_after_scan_from`): a run recorded with
   # its value False is a run the code does today.
   "model.tapped_grad": False,

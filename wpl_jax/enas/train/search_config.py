@@ -63,6 +63,8 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
   v.number(config, "model.clip_norm", min=0)  # 0 = no clip
   v.choice(config, "model.hidden_source", supernet.HIDDEN_SOURCES)
   v.choice(config, "model.cell_output", supernet.CELL_OUTPUTS)
+  if "matmul_dtype" in config.model:
+    v.choice(config, "model.matmul_dtype", supernet.MATMUL_DTYPES)
   v.number(config, "model.init_range", min=0, open_min=True)
   if "ce_chunk" in config.model:
     v.integer(config, "model.ce_chunk", min=0)
@@ -134,6 +136,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"unknown config.wpl.estimator {w.estimator!r}")
   if w.fisher_method not in ("fast", "vmap"):
     raise ValueError("config.wpl.fisher_method must be 'fast' or 'vmap'")
+  if (
+    config.model.get("matmul_dtype", "float32") != "float32"
+    and w.enabled
+    and w.estimator == "per_example"
+    and w.fisher_method == "fast"
+  ):
+    raise ValueError(
+      "config.model.matmul_dtype bfloat16 needs float32 taps for the fast "
+      "per-example Fisher: set config.wpl.fisher_method='vmap' or "
+      "matmul_dtype='float32'"
+    )
   if config.search.get("eval_bn", "running") not in ("running", "batch"):
     raise ValueError("config.search.eval_bn must be 'running' or 'batch'")
   if config.model.num_nodes < 2:

@@ -66,6 +66,7 @@ def make_model(config: ml_collections.ConfigDict) -> supernet.SharedRNN:
     use_batch_norm=m.batch_norm,
     # config 0 = unroll the scan over nodes fully, k >= 1 = by k.
     node_unroll=m.node_unroll or True,
+    matmul_dtype=m.get("matmul_dtype", "float32"),
   )
 
 

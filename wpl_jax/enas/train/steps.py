@@ -185,7 +185,8 @@ class Steps:
     """
     start = platform_defaults.get(self.config, "search.grad_after_scan_from", 0)
     hidden = self.config.model.hidden
-    if not start or hidden < start:
+    low = self.config.model.get("matmul_dtype", "float32") != "float32"
+    if not start or hidden < start or low:
       return jax.grad(loss_fn, has_aux=True)(params)
     leaves = {
       "params": params,
