@@ -155,9 +155,17 @@ def _forms(h: int, b: int, chain: int, reps: int) -> None:
   wg32 = lambda a, c: jnp.einsum(
     "bi,bo->io", a, c, preferred_element_type=jnp.float32
   )  # noqa: E731
+  from wpl_jax.enas.supernet import row_major_t  # noqa: PLC0415
+
+  # xᵀ @ g: XLA folds a plain transpose into the operand's layout (the
+  # float32 rate); materialised row-major it reaches the bf16 units.
+  wg_t = lambda a, c: dot32(a.T, c)  # noqa: E731
+  wg_rm = lambda a, c: dot32(row_major_t(a), c)  # noqa: E731
   for name, mm in (
     ("weight grad einsum bi,bo->io, bfloat16 out", wg),
     ("weight grad einsum bi,bo->io, float32 out", wg32),
+    ("weight grad dot(x.T, g), float32 out", wg_t),
+    ("weight grad dot(row_major_t(x), g), float32 out", wg_rm),
   ):
     cases.append(
       (

@@ -7,8 +7,8 @@ Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
       shared_step and fisher_step with the cell's matmuls in float32 and
       in bfloat16 (`model.matmul_dtype`, same process)
   python benchmarks/step_ab.py --hidden=200 --reps=5 --what=grad
-      shared_step with autodiff vs the edges' gradient after the scan
-      (`search.grad_after_scan_from` 0 and 1, same process)
+      shared_step and fisher_step with autodiff vs the edges' gradient
+      after the scan (`search.grad_after_scan_from` 0 and 1, same process)
   python benchmarks/step_ab.py --root=DIR --hidden=200 --reps=5 \\
       --what=fisher --estimator=per_example
       fisher_step and shared_step of the checkout at DIR (default: this
@@ -226,9 +226,13 @@ def main() -> None:
       cases[f"shared_step {dtype}"] = fns["step"]
       cases[f"fisher_step {dtype}"] = fns["fisher"]
   elif args.what == "grad":
+    plain, tapped = build(grad_after_scan_from=0), build(grad_after_scan_from=1)
     cases = {
-      "shared_step autodiff": build(grad_after_scan_from=0)["step"],
-      "shared_step tapped_grad": build(grad_after_scan_from=1)["step"],
+      "shared_step autodiff": plain["step"],
+      "shared_step tapped_grad": tapped["step"],
+      # the tapped gradient reaches the Fisher under batch_grad_squared only
+      "fisher_step autodiff": plain["fisher"],
+      "fisher_step tapped_grad": tapped["fisher"],
     }
   else:
     fns = build()

@@ -153,6 +153,34 @@ class GradAfterScanTest(parameterized.TestCase):
     )
     self.assertGreater(float(jnp.max(jnp.abs(moved))), 0.0)
 
+  @parameterized.parameters("reference", "clean")
+  def test_fisher_step_tapped_equals_autodiff(self, mode):
+    """batch_grad_squared's gradient after the scan (the shared step's
+    threshold) = plain jax.grad: the same Fisher, anchor and hidden."""
+    outs = []
+    for tapped in (True, False):
+      config = _tiny_config(mode=mode, estimator="batch_grad_squared")
+      config.search.grad_after_scan_from = 1 if tapped else 0
+      model, steps, state, x, y, h, _ = _setup(config)
+      self.assertEqual(steps.grad_after_scan(), tapped)
+      arch = search_space.from_string("tanh|0:relu|1:sigmoid")
+      ws, hidden = jax.jit(steps.fisher_step)(
+        state["shared"],
+        state["wpl"],
+        arch,
+        x,
+        y,
+        h,
+        jnp.float32(2.0),
+        key=jax.random.key(5),
+      )
+      outs.append((ws, hidden))
+    (a, ha), (b, hb) = outs
+    np.testing.assert_allclose(ha, hb, rtol=1e-6, atol=1e-7)
+    for x_a, x_b in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+      np.testing.assert_allclose(x_a, x_b, rtol=1e-5, atol=1e-12)
+    self.assertGreater(float(jnp.max(a.fisher["edge_h"])), 0.0)
+
 
 class NodeUnrollTest(parameterized.TestCase):
   """`model.node_unroll` = 0 (the enas_ptb default: the node scan fully

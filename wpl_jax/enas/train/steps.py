@@ -169,6 +169,16 @@ class Steps:
     new_hidden = jax.lax.stop_gradient(new_hidden)
     return new_shared, new_hidden, {"loss": ce, "wpl": pen}
 
+  def grad_after_scan(self) -> bool:
+    """Whether the edges' gradients are formed after the time scan
+    (`wpl_jax.tapped_grad`): from hidden size
+    `config.search.grad_after_scan_from` on ("auto": 800 on CPU, never on
+    accelerators; 0 = never), and only with float32 matmuls (the taps'
+    products are float32; bfloat16 ones take plain autodiff)."""
+    start = platform_defaults.get(self.config, "search.grad_after_scan_from", 0)
+    low = self.config.model.get("matmul_dtype", "float32") != "float32"
+    return bool(start) and self.config.model.hidden >= start and not low
+
   def shared_grads(self, loss_fn, params: Params, arch: Arch):
     """`(grads, aux)` of `loss_fn(params, edges, tap) -> (loss, aux)`.
 
@@ -183,10 +193,8 @@ class Steps:
     autodiff step at H = 1000 on an Intel CPU, 0.87–0.97× on an AMD one,
     1.02× at H ≤ 400 (WORKSPACE §6.4).
     """
-    start = platform_defaults.get(self.config, "search.grad_after_scan_from", 0)
     hidden = self.config.model.hidden
-    low = self.config.model.get("matmul_dtype", "float32") != "float32"
-    if not start or hidden < start or low:
+    if not self.grad_after_scan():
       return jax.grad(loss_fn, has_aux=True)(params)
     leaves = {
       "params": params,
@@ -256,7 +264,7 @@ class Steps:
       # arch's fused edges [N-1, H, 2H] only, so no other weight's gradient
       # is formed and F comes back as the arch's N-1 rows. The carried
       # hidden state is this forward's own, as in the reference.
-      def edge_loss(edges):
+      def edge_loss(edges, tap=fisher_fast.PLAIN):
         ce, new_hidden, _ = self.train_ce(
           params,
           stats,
@@ -265,12 +273,18 @@ class Steps:
           hidden_BxH,
           arch,
           k_drop,
+          tap=tap,
           edges=edges,
         )
         return ce, new_hidden
 
       fused = supernet.arch_edges(params["cell"], arch)
-      g, new_hidden = jax.grad(edge_loss, has_aux=True)(fused)
+      if self.grad_after_scan():  # as the shared step's (`shared_grads`)
+        (_, new_hidden), g = tapped_grad.value_and_grad(
+          lambda e, _, tap: edge_loss(e, tap), fused, None, has_aux=True
+        )
+      else:
+        g, new_hidden = jax.grad(edge_loss, has_aux=True)(fused)
       hid = self.config.model.hidden
       new_fisher = {
         "edge_c": jnp.square(g[..., :hid]),
