@@ -155,7 +155,7 @@ def _forms(h: int, b: int, chain: int, reps: int) -> None:
   wg32 = lambda a, c: jnp.einsum(
     "bi,bo->io", a, c, preferred_element_type=jnp.float32
   )  # noqa: E731
-  from wpl_jax.enas.supernet import row_major_t  # noqa: PLC0415
+  from wpl_jax.taps import row_major_t  # noqa: PLC0415
 
   # xᵀ @ g: XLA folds a plain transpose into the operand's layout (the
   # float32 rate); materialised row-major it reaches the bf16 units.

@@ -12,8 +12,8 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from experiments import enas_ptb
-from wpl_jax import tapped_grad
-from wpl_jax.enas import losses, search_space, supernet
+from wpl_jax import fisher_fast, tapped_grad, taps
+from wpl_jax.enas import losses, search_space
 from wpl_jax.enas.train import search_config
 from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.enas.train import steps as enas_steps
@@ -27,7 +27,7 @@ def _bf16_f64(v):
 class LowDotTest(absltest.TestCase):
   def test_row_major_t(self):
     a = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
-    got = jax.jit(supernet.row_major_t)(a)
+    got = jax.jit(taps.row_major_t)(a)
     np.testing.assert_array_equal(got, np.swapaxes(a, -1, -2))
 
   def test_forward_and_vjp_against_numpy(self):
@@ -36,8 +36,8 @@ class LowDotTest(absltest.TestCase):
     w = rng.normal(size=(7, 6)).astype(np.float32)
     g = rng.normal(size=(5, 6)).astype(np.float32)
     low = jnp.asarray(w).astype(jnp.bfloat16)
-    low_t = supernet.row_major_t(low)
-    y, vjp = jax.vjp(supernet.low_dot, x, w, low, low_t)
+    low_t = taps.row_major_t(low)
+    y, vjp = jax.vjp(taps.low_dot, x, w, low, low_t)
     dx, dw, dlow, dlow_t = vjp(jnp.asarray(g))
     xr, wr, gr = _bf16_f64(x), _bf16_f64(w), _bf16_f64(g)
     self.assertEqual(y.dtype, jnp.float32)
@@ -51,6 +51,58 @@ class LowDotTest(absltest.TestCase):
     self.assertGreater(np.max(np.abs(np.asarray(y) - x @ w)), 1e-4)
     np.testing.assert_array_equal(dlow, 0)
     np.testing.assert_array_equal(dlow_t, 0)
+
+
+class LowTapTest(absltest.TestCase):
+  """`Tap.dense(..., low=taps.low_pair(w, dtype))` on a small scanned
+  model, not the supernet: every tap's contract."""
+
+  def setUp(self):
+    super().setUp()
+    rng = np.random.default_rng(1)
+    self.params = {
+      "w": jnp.asarray(rng.normal(size=(6, 6)) * 0.4, jnp.float32),
+      "v": jnp.asarray(rng.normal(size=(6, 3)) * 0.4, jnp.float32),
+    }
+    self.batch = {
+      "x": jnp.asarray(rng.normal(size=(4, 5, 6)), jnp.float32),  # [B, T, D]
+      "y": jnp.asarray(rng.integers(0, 3, 4), jnp.int32),
+    }
+
+  def _loss(self, p, b, tap=fisher_fast.PLAIN, low=True):
+    pair = taps.low_pair(p["w"], jnp.bfloat16) if low else None
+
+    def step(h, x_t):
+      h = jnp.tanh(tap.dense("w", h + x_t, p["w"], low=pair))
+      return h, None
+
+    h, _ = tap.scan("t", step, jnp.zeros((4, 6)), jnp.swapaxes(b["x"], 0, 1))
+    logits = tap.dense("v", h, p["v"])
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, b["y"][:, None], axis=1))
+
+  def test_tapped_gradient_equals_autodiff_and_differs_from_float32(self):
+    _, g1 = tapped_grad.value_and_grad(self._loss, self.params, self.batch)
+    g2 = jax.grad(self._loss)(self.params, self.batch)
+    g32 = jax.grad(lambda p, b: self._loss(p, b, low=False))(
+      self.params, self.batch
+    )
+    for k in ("w", "v"):
+      np.testing.assert_allclose(g1[k], g2[k], rtol=1e-4, atol=1e-6)
+    self.assertGreater(float(jnp.max(jnp.abs(g2["w"] - g32["w"]))), 1e-5)
+    np.testing.assert_allclose(g2["w"], g32["w"], rtol=0.1, atol=2e-3)
+
+  def test_per_example_fisher_refuses(self):
+    with self.assertRaisesRegex(ValueError, "per-example Fisher"):
+      fisher_fast.per_example_fisher(self._loss, self.params, self.batch)
+
+  def test_bad_pairs(self):
+    w = self.params["w"]
+    x = jnp.ones((2, 6))
+    with self.assertRaisesRegex(ValueError, "one weight"):
+      fisher_fast.PLAIN.dense("a", x, (w, w), low=taps.low_pair(w, "bfloat16"))
+    with self.assertRaisesRegex(ValueError, "low_pair"):
+      fisher_fast.PLAIN.dense("a", x, w, low=(w.astype(jnp.bfloat16),))
 
 
 def _config(dtype, unroll=0, **wpl):
@@ -111,21 +163,39 @@ class SupernetTest(parameterized.TestCase):
       self.assertLess(_rel(a, b), 5e-2, part)  # bf16: 8 bits, sums cancel
       self.assertGreater(_rel(a, b), 1e-6, part)  # and not float32's
 
-  def test_taps_need_float32(self):
-    c = _config("bfloat16")
+  def _loss(self, unroll=0):
+    c = _config("bfloat16", unroll)
     model = enas_setup.make_model(c)
     state = enas_setup.init_state(c, model, jax.random.key(0))
     x, y, h = _batch(c)
     variables = {"batch_stats": state["shared"].batch_stats}
 
-    def loss_fn(p, _, tap):
+    def loss_fn(p, _, tap=fisher_fast.PLAIN):
       logits, _ = model.apply(
         {**variables, "params": p}, x, h, _ARCH, tap=tap, train=False
       )
       return losses.cross_entropy(logits, y)
 
-    with self.assertRaisesRegex(ValueError, "float32 matmuls"):
-      tapped_grad.value_and_grad(loss_fn, state["shared"].params, None)
+    return loss_fn, state["shared"].params
+
+  @parameterized.parameters(0, 1)
+  def test_tapped_gradient_equals_autodiff(self, unroll):
+    """The tapped gradient of the bf16 model (each weight's gradient one
+    bf16 GEMM after the scans) sums the same bf16 products as autodiff's
+    per-step ones: equal to float32 rounding."""
+    loss_fn, params = self._loss(unroll)
+    l1, g1 = jax.jit(lambda p: tapped_grad.value_and_grad(loss_fn, p, None))(
+      params
+    )
+    l2, g2 = jax.jit(jax.value_and_grad(lambda p: loss_fn(p, None)))(params)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+  def test_per_example_taps_need_float32(self):
+    loss_fn, params = self._loss()
+    with self.assertRaisesRegex(ValueError, "per-example Fisher"):
+      fisher_fast.per_example_fisher(loss_fn, params, {"ids": np.zeros(3)})
 
 
 class StepsTest(absltest.TestCase):
@@ -178,16 +248,17 @@ class StepsTest(absltest.TestCase):
     )
     return shared, m, fisher, moved
 
-  def test_steps_close_to_float32_and_skip_the_tapped_gradient(self):
+  def test_steps_close_to_float32_and_tapped_equals_autodiff(self):
     _, m32, f32, moved32 = self._steps("float32", grad_after_scan_from=0)
     s16, m16, f16, moved16 = self._steps("bfloat16", grad_after_scan_from=0)
-    # From hidden size 1 on the tapped gradient would run; with bf16 the
-    # step takes plain autodiff instead: the same numbers.
-    s16t, _, _, _ = self._steps("bfloat16", grad_after_scan_from=1)
+    # From hidden size 1 on, the tapped gradient (bf16 products too).
+    s16t, _, f16t, _ = self._steps("bfloat16", grad_after_scan_from=1)
     for a, b in zip(
-      jax.tree.leaves(s16.params), jax.tree.leaves(s16t.params), strict=True
+      jax.tree.leaves((s16.params, f16)),
+      jax.tree.leaves((s16t.params, f16t)),
+      strict=True,
     ):
-      np.testing.assert_array_equal(a, b)
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
     np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=1e-2)
     np.testing.assert_allclose(m16["wpl"], m32["wpl"], rtol=1e-6)
     self.assertGreater(float(jnp.max(jnp.abs(moved32))), 0.0)

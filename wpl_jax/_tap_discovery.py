@@ -37,6 +37,8 @@ class Site:
   out: jax.ShapeDtypeStruct  # output in the frame of its scope
   batch_axis: int  # non-negative, in the frame of x
   conv: ops.ConvSpec | None = None  # a `conv` site (inputs are unfolded)
+  # The dtype of a `dense(..., low=...)` site's products, else None.
+  low_dtype: object = None
 
 
 @dataclasses.dataclass
@@ -76,16 +78,23 @@ class Recorder(taps.Tap):
         return i, depth - 1
     return None, None
 
-  def dense(self, name, x, w, b=None, *, batch_axis=0):
+  def dense(self, name, x, w, b=None, *, batch_axis=0, low=None):
     ws, bs = ops.as_tuple(w), ops.as_tuple(b)
     ops.check_dense(name, x, ws, bs)
-    return self._record(name, x, ws, bs, batch_axis, None)
+    ops.check_low(name, ws, low)
+    if low is not None and self.per_example:
+      raise ValueError(
+        f"tap.dense({name!r}): low-precision products (low=) and the "
+        "per-example Fisher's taps: use float32 products (low=None)"
+      )
+    low_dtype = None if low is None else jnp.dtype(low[0].dtype)
+    return self._record(name, x, ws, bs, batch_axis, None, low_dtype)
 
   def conv(self, name, x, w, b=None, **settings):
     spec = ops.conv_spec(name, x, w, b, **ops.conv_settings(settings))
     return self._record(name, x, (w,), ops.as_tuple(b), 0, spec)
 
-  def _record(self, name, x, ws, bs, batch_axis, spec):
+  def _record(self, name, x, ws, bs, batch_axis, spec, low_dtype=None):
     # Inside vmap the inputs are batching tracers: the example axis is gone
     # from what the tap sees (pinned by tests/contract_test.py).
     if any(type(v).__name__ == "BatchTracer" for v in (x, *ws, *bs)):
@@ -115,6 +124,7 @@ class Recorder(taps.Tap):
       out=jax.ShapeDtypeStruct(y.shape, y.dtype),
       batch_axis=batch_axis % x.ndim,
       conv=spec,
+      low_dtype=low_dtype,
     )
     return y
 

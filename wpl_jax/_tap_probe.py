@@ -25,10 +25,9 @@ class Prober(Tap):
     self._stack = [(probes, self.records)]
     self.per_example = per_example
 
-  def dense(self, name, x, w, b=None, *, batch_axis=0):
-    return self._probe(
-      name, x, super().dense(name, x, w, b, batch_axis=batch_axis)
-    )
+  def dense(self, name, x, w, b=None, *, batch_axis=0, low=None):
+    y = super().dense(name, x, w, b, batch_axis=batch_axis, low=low)
+    return self._probe(name, x, y)
 
   def conv(self, name, x, w, b=None, **settings):
     return self._probe(name, x, super().conv(name, x, w, b, **settings))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from wpl_jax import _tap_discovery as disc
 from wpl_jax import _tap_probe as probe
-from wpl_jax.taps import Tap
+from wpl_jax.taps import Tap, row_major_t
 from wpl_jax.types import Array, PyTree
 
 __all__ = ["value_and_grad"]
@@ -32,6 +32,30 @@ def _outer_sum(a: Array, g: Array, keep: int | None) -> Array:
   idx = "abcdefghjklmnpqrstuvwxyz"[:lead]
   out = ("" if keep is None else idx[keep]) + "yz"
   return jnp.einsum(f"{idx}y,{idx}z->{out}", a, g)
+
+
+def _outer_sum_low(a: Array, g: Array, keep: int | None, dtype) -> Array:
+  """`_outer_sum` from operands cast to `dtype`, float32 output.
+
+  For a `dense(..., low=...)` site: positions flattened and `a`
+  transposed row-major (`row_major_t`), so each product is a plain
+  [I, P] × [P, O] GEMM, the form XLA:CPU runs on bfloat16 matrix units.
+  """
+  a, g = a.astype(dtype), g.astype(dtype)
+  if keep is None:
+    a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
+    return jnp.dot(row_major_t(a2), g2, preferred_element_type=jnp.float32)
+  a = jnp.moveaxis(a, keep, 0)
+  g = jnp.moveaxis(g, keep, 0)
+  a2 = a.reshape(a.shape[0], -1, a.shape[-1])
+  g2 = g.reshape(g.shape[0], -1, g.shape[-1])
+  at = row_major_t(a2)  # [S, I, P]
+  return jnp.stack(
+    [
+      jnp.dot(at[s], g2[s], preferred_element_type=jnp.float32)
+      for s in range(a2.shape[0])
+    ]
+  )
 
 
 def value_and_grad(
@@ -101,7 +125,10 @@ def value_and_grad(
       site.weights, site.weight_axes, site.widths
     ):
       if i in p.tapped:
-        gw = _outer_sum(a, g[..., lo:hi], k)
+        if site.low_dtype is not None:
+          gw = _outer_sum_low(a, g[..., lo:hi], k, site.low_dtype)
+        else:
+          gw = _outer_sum(a, g[..., lo:hi], k)
         if site.conv is not None:  # [S?, C_in·prod(win), C_out] → kernel
           gw = gw.reshape(gw.shape[:-2] + (-1, *site.conv.window, gw.shape[-1]))
           gw = jnp.moveaxis(gw, -len(site.conv.window) - 2, -2)

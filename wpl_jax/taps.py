@@ -47,6 +47,7 @@ class Tap:
     b: Array | Sequence[Array] | None = None,
     *,
     batch_axis: int = 0,
+    low: tuple[Array, Array] | None = None,
   ) -> Array:
     """Returns `x @ w + b`.
 
@@ -58,14 +59,21 @@ class Tap:
         concatenated along the output axis (one matmul).
       b: None, a [D_out] leaf, or a tuple of [D_k] leaves, concatenated.
       batch_axis: the example axis of `x`.
+      low: None, or `low_pair(w, dtype)` (one weight): the product then
+        runs on `x` and `w` cast to that dtype (bfloat16) with float32
+        accumulation and output (`low_dot`); `w` stays the float32 leaf
+        that gets the gradient and is tapped. Make the pair once, outside
+        any loop (a cast inside one is a copy per step). Not with the
+        per-example Fisher's taps.
 
     Returns:
-      [..., D_out] = `x @ concat(w, 1) + concat(b)`.
+      [..., D_out] = `x @ concat(w, 1) + concat(b)`, float32 with `low`.
     """
     del batch_axis
     ws, bs = ops.as_tuple(w), ops.as_tuple(b)
     ops.check_dense(name, x, ws, bs)
-    return ops.dense(x, ws, bs)
+    ops.check_low(name, ws, low)
+    return ops.dense(x, ws, bs, low)
 
   def conv(
     self,
@@ -140,3 +148,7 @@ class Tap:
 
 
 PLAIN = Tap()
+# Low-precision products for `Tap.dense(..., low=low_pair(w, dtype))`.
+low_pair = ops.low_pair
+low_dot = ops.low_dot
+row_major_t = ops.row_major_t

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wpl_jax import fisher_fast
+from wpl_jax import fisher_fast, taps
 from wpl_jax.enas import search_space
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.types import Array, PRNGKey, PyTree
@@ -95,56 +95,6 @@ def _highway_bwd(res, g_BxH):
 
 
 highway.defvjp(_highway_fwd, _highway_bwd)
-
-
-def row_major_t(a: Array) -> Array:
-  """`a` with its last two axes swapped, materialised row-major.
-
-  XLA assigns a plain transpose a transposed layout instead of moving
-  data, and XLA:CPU runs a bfloat16 product with a transposed operand at
-  the float32 rate (230 against 650–940 GFLOP/s at [1000, 64] × [64,
-  2000], WORKSPACE §6.7); a reshape of the flattened transpose, behind
-  a barrier, forces the copy.
-  """
-  t = jnp.swapaxes(a, -1, -2)
-  flat = jax.lax.optimization_barrier(t.reshape(-1))
-  return flat.reshape(t.shape)
-
-
-@jax.custom_vjp
-def low_dot(x_BxI: Array, w_IxO: Array, low_IxO: Array, low_OxI: Array):
-  """`x @ w` computed as `x_low @ low` with float32 accumulation and output.
-
-  `low` is `w` cast to a low dtype (bfloat16) and `low_OxI` its transpose,
-  both made once per call outside the time scan. The forward and both
-  backward products take low-dtype inputs in the one form XLA:CPU runs on
-  its bfloat16 matrix units (row-major operands, float32 output): dx =
-  g_low @ low_OxI, dw = x_lowᵀ @ g_low. The gradient goes to the float32
-  `w` (accumulated over the time steps in float32); `low` and `low_OxI`
-  get none.
-  """
-  del w_IxO, low_OxI
-  return jnp.dot(
-    x_BxI.astype(low_IxO.dtype), low_IxO, preferred_element_type=jnp.float32
-  )
-
-
-def _low_dot_fwd(x_BxI, w_IxO, low_IxO, low_OxI):
-  x_low = x_BxI.astype(low_IxO.dtype)
-  y = jnp.dot(x_low, low_IxO, preferred_element_type=jnp.float32)
-  return y, (x_low, low_OxI)
-
-
-def _low_dot_bwd(res, g_BxO):
-  x_low, low_OxI = res
-  g_low = g_BxO.astype(low_OxI.dtype)
-  dx = jnp.dot(g_low, low_OxI, preferred_element_type=jnp.float32)
-  x_t = row_major_t(x_low)  # [I, B], so both operands are row-major
-  dw = jnp.dot(x_t, g_low, preferred_element_type=jnp.float32)
-  return dx, dw, None, None  # w is float32 (the params are)
-
-
-low_dot.defvjp(_low_dot_fwd, _low_dot_bwd)
 
 
 class _Node0(nn.Module):
@@ -384,25 +334,21 @@ class SharedRNN(nn.Module):
     if self.matmul_dtype not in MATMUL_DTYPES:
       raise ValueError(f"matmul_dtype must be one of {MATMUL_DTYPES}")
     low = self.matmul_dtype != "float32"
-    if low and tap is not fisher_fast.PLAIN:
+    if low and tap.per_example:
       raise ValueError(
-        "taps (the per-example Fisher's, the tapped gradient's) need "
-        'float32 matmuls: use matmul_dtype="float32" (the '
-        "batch_grad_squared estimator runs either way)"
+        "the per-example Fisher's taps need float32 matmuls: use "
+        'matmul_dtype="float32" (batch_grad_squared and the vmap '
+        "estimators run either way)"
       )
     md = jnp.dtype(self.matmul_dtype)
 
     def recurrent(name, x, w):
-      """`tap.dense(name, x, w)`, or `low_dot` when `matmul_dtype` is low.
-
-      `w` is then (w, w_low, w_lowᵀ): XLA:CPU runs bfloat16 products on
-      its matrix units only with float32 output and row-major operands
-      (920 against 234 GFLOP/s with a bfloat16 output, [64, 1000] x
-      [1000, 2000], WORKSPACE §6.4), which `low_dot` keeps in both passes.
-      """
+      """`tap.dense(name, x, w)`; with a low `matmul_dtype` `w` is
+      `(w, taps.low_pair(w, dtype))`, made once outside the time scan."""
       if not low:
         return tap.dense(name, x, w)
-      return low_dot(x, *w)
+      w, pair = w
+      return tap.dense(name, x, w, low=pair)
 
     if tap.per_example and train and self.use_batch_norm:
       raise ValueError(
@@ -456,8 +402,8 @@ class SharedRNN(nn.Module):
     if edges is None:
       edges = arch_edges({"edge_c": edge_c, "edge_h": edge_h}, arch)
     if low:  # cast (and transpose) once per call, outside the time scan
-      w_h0 = (w_h0, w_h0.astype(md), row_major_t(w_h0.astype(md)))
-      edges = (edges, edges.astype(md), row_major_t(edges.astype(md)))
+      w_h0 = (w_h0, taps.low_pair(w_h0, md))
+      edges = (edges, taps.low_pair(edges, md))
     if self.node_unroll is True and n > 1:
       # Split once, out here: the unrolled node loop inside the time scan
       # then reads N-1 arrays, where slicing the stack there made XLA:CPU

@@ -173,11 +173,10 @@ class Steps:
     """Whether the edges' gradients are formed after the time scan
     (`wpl_jax.tapped_grad`): from hidden size
     `config.search.grad_after_scan_from` on ("auto": 800 on CPU, never on
-    accelerators; 0 = never), and only with float32 matmuls (the taps'
-    products are float32; bfloat16 ones take plain autodiff)."""
+    accelerators; 0 = never), with either `model.matmul_dtype` (bfloat16
+    products stay bfloat16 there: `Tap.dense(..., low=...)`)."""
     start = platform_defaults.get(self.config, "search.grad_after_scan_from", 0)
-    low = self.config.model.get("matmul_dtype", "float32") != "float32"
-    return bool(start) and self.config.model.hidden >= start and not low
+    return bool(start) and self.config.model.hidden >= start
 
   def shared_grads(self, loss_fn, params: Params, arch: Arch):
     """`(grads, aux)` of `loss_fn(params, edges, tap) -> (loss, aux)`.
