@@ -92,6 +92,11 @@ def main() -> None:
   )
   ap.add_argument("--estimator", default="per_example")
   ap.add_argument(
+    "--matmul_dtype",
+    default="float32",
+    help="model.matmul_dtype of every case (--what=matmul_dtype sets both)",
+  )
+  ap.add_argument(
     "--chunks", default="0,256,560", help="ce_chunk values for --what=ce_chunk"
   )
   args = ap.parse_args()
@@ -105,6 +110,7 @@ def main() -> None:
     c = enas_bench.config_at("large", wpl=True)
     c.model.hidden, c.model.num_nodes = args.hidden, 12
     c.wpl.estimator = args.estimator
+    c.model.matmul_dtype = args.matmul_dtype
     for k, v in model.items():
       (c.search if k == "grad_after_scan_from" else c.model)[k] = v
     s = enas_bench.setup(c)
