@@ -43,5 +43,5 @@ for seed in $seeds; do
 done
 echo "== summary"
 for f in "$out"/h${hidden}_*_s*.txt; do
-  echo "$(basename "$f" .txt): $(grep -E '^\| given' "$f" | awk -F'|' '{print "valid", $4, "test", $5}')"
+  echo "$(basename "$f" .txt): $(grep -E '^\| given' "$f" | awk -F'|' '{print "valid", $(NF-2), "test", $(NF-1)}')"
 done

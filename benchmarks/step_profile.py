@@ -1,0 +1,89 @@
+"""Where an ENAS search step's time goes: XLA:CPU's own trace, summed by op.
+
+Usage (run on an otherwise idle machine):
+
+  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python benchmarks/step_profile.py \\
+      --hidden=1000 --step=shared [--matmul_dtype=bfloat16] [--top=15]
+
+Runs the step (`shared`: `Steps.shared_step`, `fisher`: `Steps.fisher_step`
+under `batch_grad_squared`) of the paper-sized child (`enas_bench` "large"
+config with N = 12 and `--hidden`) twice, then once under
+`jax.profiler.trace`, and prints the trace's op events summed by kind (the
+op name without its `.N` suffix): total ms, count, share of the step's
+wall time. Kinds: "ynn_fusion" are XLA:CPU's matmul fusions (the
+products), "wrapped_add" stand-alone adds (a scan's per-step gradient
+accumulation), the rest elementwise fusions, copies and slices. The trace
+adds its own overhead (a few %); only shares are compared.
+"""
+
+import argparse
+import collections
+import gzip
+import json
+import pathlib
+import re
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--hidden", type=int, default=1000)
+  ap.add_argument("--step", choices=("shared", "fisher"), default="shared")
+  ap.add_argument("--matmul_dtype", default="float32")
+  ap.add_argument("--top", type=int, default=15)
+  a = ap.parse_args()
+
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from benchmarks import enas_bench  # noqa: PLC0415
+
+  c = enas_bench.config_at("large", wpl=True)
+  c.model.hidden, c.model.num_nodes = a.hidden, 12
+  c.wpl.estimator = "batch_grad_squared"
+  c.model.matmul_dtype = a.matmul_dtype
+  s = enas_bench.setup(c)
+  arch = jax.tree.map(lambda x: x[0], s["archs"])
+  batch = (arch, s["inputs"], s["targets"], s["hidden"])
+  if a.step == "shared":
+    f = jax.jit(s["steps"].shared_step)
+    args = (s["shared"], s["wpl"], *batch, jnp.float32(0.1), jnp.float32(1.0))
+  else:
+    f = jax.jit(s["steps"].fisher_step)
+    args = (s["shared"], s["wpl"], *batch, jnp.float32(2.0))
+  for _ in range(2):
+    jax.block_until_ready(f(*args, key=s["key"]))
+  with tempfile.TemporaryDirectory() as d:
+    with jax.profiler.trace(d):
+      t0 = time.perf_counter()
+      jax.block_until_ready(f(*args, key=s["key"]))
+      wall = (time.perf_counter() - t0) * 1e3
+    path = next(pathlib.Path(d).rglob("*.trace.json.gz"))
+    events = json.load(gzip.open(path))["traceEvents"]
+  total, count = collections.Counter(), collections.Counter()
+  for e in events:
+    name = e.get("name", "")
+    if e.get("ph") != "X" or name.startswith(("$", "ThunkExecutor")):
+      continue
+    if "SlinkyThreadPool" in name:
+      continue
+    kind = re.sub(r"\.\d+$", "", name)
+    total[kind] += e["dur"] / 1e3
+    count[kind] += 1
+  ops = sum(count.values())
+  print(
+    f"H={a.hidden} {a.step} step, matmul_dtype={a.matmul_dtype}: wall "
+    f"{wall:.0f} ms under the trace, {ops} op events, "
+    f"{sum(total.values()):.0f} ms in them (two threads may overlap)"
+  )
+  for kind, ms in total.most_common(a.top):
+    print(f"  {ms:8.1f} ms {100 * ms / wall:5.1f} %  {count[kind]:6d}  {kind}")
+
+
+if __name__ == "__main__":
+  main()
