@@ -6,6 +6,8 @@ search steps with bf16 products against the float32 ones (close, not
 equal), and the option's limits (taps, the fast per-example Fisher).
 """
 
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +15,7 @@ from absl.testing import absltest, parameterized
 
 from experiments import enas_ptb
 from wpl_jax import fisher_fast, tapped_grad, taps
-from wpl_jax.enas import losses, search_space
+from wpl_jax.enas import losses, search_space, supernet
 from wpl_jax.enas.train import search_config
 from wpl_jax.enas.train import setup as enas_setup
 from wpl_jax.enas.train import steps as enas_steps
@@ -51,6 +53,16 @@ class LowDotTest(absltest.TestCase):
     self.assertGreater(np.max(np.abs(np.asarray(y) - x @ w)), 1e-4)
     np.testing.assert_array_equal(dlow, 0)
     np.testing.assert_array_equal(dlow_t, 0)
+
+  def test_gradients_in_the_inputs_dtypes(self):
+    x = jnp.ones((3, 4, 5), jnp.bfloat16)  # positions beyond the batch too
+    w = jnp.ones((5, 2), jnp.float32)
+    pair = taps.low_pair(w, jnp.bfloat16)
+    dx, dw = jax.grad(
+      lambda x, w: jnp.sum(taps.low_dot(x, w, *pair)), argnums=(0, 1)
+    )(x, w)
+    self.assertEqual((dx.dtype, dw.dtype), (jnp.bfloat16, jnp.float32))
+    np.testing.assert_array_equal(dw, np.full((5, 2), 12.0))
 
 
 class LowTapTest(absltest.TestCase):
@@ -170,9 +182,15 @@ class SupernetTest(parameterized.TestCase):
     x, y, h = _batch(c)
     variables = {"batch_stats": state["shared"].batch_stats}
 
-    def loss_fn(p, _, tap=fisher_fast.PLAIN):
+    def loss_fn(p, _, tap=fisher_fast.PLAIN, edges=None):
       logits, _ = model.apply(
-        {**variables, "params": p}, x, h, _ARCH, tap=tap, train=False
+        {**variables, "params": p},
+        x,
+        h,
+        _ARCH,
+        tap=tap,
+        train=False,
+        edges=edges,
       )
       return losses.cross_entropy(logits, y)
 
@@ -180,14 +198,21 @@ class SupernetTest(parameterized.TestCase):
 
   @parameterized.parameters(0, 1)
   def test_tapped_gradient_equals_autodiff(self, unroll):
-    """The tapped gradient of the bf16 model (each weight's gradient one
-    bf16 GEMM after the scans) sums the same bf16 products as autodiff's
-    per-step ones: equal to float32 rounding."""
+    """The tapped gradient of the bf16 supernet with its edges as a leaf
+    (as `Steps.shared_grads` takes it): each edge's gradient one bf16 GEMM
+    after the scans, the same bf16 products as autodiff's per-step ones
+    summed in another order: equal to float32 rounding."""
     loss_fn, params = self._loss(unroll)
-    l1, g1 = jax.jit(lambda p: tapped_grad.value_and_grad(loss_fn, p, None))(
-      params
+    q = {"params": params, "edges": supernet.arch_edges(params["cell"], _ARCH)}
+    edge_loss = lambda q, b, tap=fisher_fast.PLAIN: loss_fn(  # noqa: E731
+      q["params"], b, tap, edges=q["edges"]
     )
-    l2, g2 = jax.jit(jax.value_and_grad(lambda p: loss_fn(p, None)))(params)
+    with mock.patch.object(
+      tapped_grad, "_outer_sum_low", wraps=tapped_grad._outer_sum_low
+    ) as low_sums:
+      l1, g1 = tapped_grad.value_and_grad(edge_loss, q, None)
+    self.assertGreaterEqual(low_sums.call_count, 1)  # the edges' sums
+    l2, g2 = jax.value_and_grad(lambda q: edge_loss(q, None))(q)
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
       np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
@@ -266,6 +291,52 @@ class StepsTest(absltest.TestCase):
     for k in ("edge_c", "edge_h"):
       self.assertLess(_rel(f16.fisher[k], f32.fisher[k]), 6e-2, k)
       self.assertTrue(np.all(np.isfinite(np.asarray(f16.fisher[k]))))
+
+
+class SeedAxisTest(parameterized.TestCase):
+  @parameterized.parameters("float32", "bfloat16")
+  def test_steps_over_seeds_with_the_tapped_gradient(self, dtype):
+    """The seed-vmapped steps (`search.num_seeds` > 1) with the gradient
+    after the scan on (the CPU default at paper width): the same states as
+    with plain autodiff (the Fisher falls back to it under the vmap)."""
+    out = []
+    for gas in (1, 0):
+      c = _config(dtype, estimator="batch_grad_squared")
+      c.search.grad_after_scan_from = gas
+      model = enas_setup.make_model(c)
+      steps = enas_steps.Steps(model=model, config=c)
+      x, y, h = _batch(c)
+      h2 = jnp.stack([h, h + 0.1])
+      archs = jax.tree.map(lambda a: jnp.stack([a, a]), _ARCH)
+      fns = enas_setup._jit_seed_steps(steps)
+      states, _ = enas_setup.init_states(c, model, [0, 1])
+      shared, _, _ = fns["shared"](
+        states["shared"],
+        states["wpl"],
+        archs,
+        x,
+        y,
+        h2,
+        jnp.float32(0.5),
+        jnp.float32(1.0),
+        key=jax.random.split(jax.random.key(3), 2),
+      )
+      states, _ = enas_setup.init_states(c, model, [0, 1])  # donated above
+      ws, _ = fns["fisher"](
+        states["shared"],
+        states["wpl"],
+        archs,
+        x,
+        y,
+        h2,
+        jnp.float32(2.0),
+        key=jax.random.split(jax.random.key(4), 2),
+      )
+      out.append((shared.params, ws.fisher))
+    for a, b in zip(
+      jax.tree.leaves(out[0]), jax.tree.leaves(out[1]), strict=True
+    ):
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
 
 
 if __name__ == "__main__":

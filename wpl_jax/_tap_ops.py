@@ -72,26 +72,29 @@ def low_dot(x: Array, w: Array, w_low: Array, w_low_t: Array) -> Array:
   form XLA:CPU runs on its bfloat16 matrix units (row-major operands,
   float32 output): dx = g_low @ w_low_t, dw = x_lowᵀ @ g_low (the
   positions of x flattened). The float32 `w` gets dw in float32 (so a
-  scan accumulates it in float32); `w_low` and `w_low_t` get zeros.
+  scan accumulates it in float32); `w_low` and `w_low_t` get zeros. A
+  custom VJP: reverse mode only (no `jax.jvp`, `jacfwd` or `hessian`).
   """
   del w, w_low_t
   return jnp.dot(x.astype(w_low.dtype), w_low, preferred_element_type=F32)
 
 
 def _low_dot_fwd(x, w, w_low, w_low_t):
-  del w
   x_low = x.astype(w_low.dtype)
   y = jnp.dot(x_low, w_low, preferred_element_type=F32)
-  return y, (x_low, w_low_t)
+  # Zero-size arrays carry x's and w's dtypes to the backward pass.
+  dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+  return y, (x_low, w_low_t, dtypes)
 
 
 def _low_dot_bwd(res, g):
-  x_low, w_low_t = res
+  x_low, w_low_t, (x_dtype, w_dtype) = res
   g_low = g.astype(w_low_t.dtype)
   dx = jnp.dot(g_low, w_low_t, preferred_element_type=F32)
   x_t = row_major_t(x_low.reshape(-1, x_low.shape[-1]))  # [I, positions]
   dw = jnp.dot(x_t, g_low.reshape(-1, g.shape[-1]), preferred_element_type=F32)
-  return dx, dw, None, None  # the low copies get no gradient
+  # The low copies get no gradient; x and w get theirs in their dtypes.
+  return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype), None, None
 
 
 low_dot.defvjp(_low_dot_fwd, _low_dot_bwd)

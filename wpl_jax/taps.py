@@ -64,7 +64,7 @@ class Tap:
         accumulation and output (`low_dot`); `w` stays the float32 leaf
         that gets the gradient and is tapped. Make the pair once, outside
         any loop (a cast inside one is a copy per step). Not with the
-        per-example Fisher's taps.
+        per-example Fisher's taps; reverse-mode autodiff only.
 
     Returns:
       [..., D_out] = `x @ concat(w, 1) + concat(b)`, float32 with `low`.

@@ -278,7 +278,15 @@ class Steps:
         return ce, new_hidden
 
       fused = supernet.arch_edges(params["cell"], arch)
-      if self.grad_after_scan():  # as the shared step's (`shared_grads`)
+      # As the shared step's (`shared_grads`), but not under a vmap (the
+      # seed axis): the loss closes over the params here, and the taps'
+      # discovery refuses batched inputs (it cannot tell a vmap around
+      # the whole gradient from one inside the loss).
+      vmapped = any(
+        type(v).__name__ == "BatchTracer"
+        for v in jax.tree.leaves((fused, stats, hidden_BxH, inputs_TxB))
+      )
+      if self.grad_after_scan() and not vmapped:
         (_, new_hidden), g = tapped_grad.value_and_grad(
           lambda e, _, tap: edge_loss(e, tap), fused, None, has_aux=True
         )
