@@ -46,9 +46,10 @@ def row_major_t(a: Array) -> Array:
 
   XLA gives a plain transpose a transposed layout instead of moving data,
   and XLA:CPU runs a bfloat16 product with a transposed operand at the
-  float32 rate (about 230 against 650–940 GFLOP/s at [1000, 64] × [64,
-  2000] on an AMX CPU, WORKSPACE §6.7); a reshape of the flattened
-  transpose, behind a barrier, forces the copy.
+  float32 rate (a bf16 weight gradient [1000, 64] × [64, 2000] on an AMX
+  CPU: 205 GFLOP/s as `dot(x.T, g)`, 307 with this copy included,
+  `benchmarks/small_gemm.py --forms`, WORKSPACE §6.7); a reshape of the
+  flattened transpose, behind a barrier, forces the copy.
   """
   t = jnp.swapaxes(a, -1, -2)
   flat = jax.lax.optimization_barrier(t.reshape(-1))

@@ -284,7 +284,9 @@ class Steps:
       # the whole gradient from one inside the loss).
       vmapped = any(
         type(v).__name__ == "BatchTracer"
-        for v in jax.tree.leaves((fused, stats, hidden_BxH, inputs_TxB))
+        for v in jax.tree.leaves(
+          (fused, stats, hidden_BxH, inputs_TxB, targets_TxB, k_drop)
+        )
       )
       if self.grad_after_scan() and not vmapped:
         (_, new_hidden), g = tapped_grad.value_and_grad(
