@@ -1,9 +1,10 @@
-"""`model.matmul_dtype = "bfloat16"`: the cell's recurrent matmuls in bf16.
+"""`model.matmul_dtype = "bfloat16"`: the model's large products in bf16.
 
-`low_dot` is checked against NumPy in float64 on the bf16-rounded operands
-(so the arithmetic is tested, not the rounding); the supernet and the
-search steps with bf16 products against the float32 ones (close, not
-equal), and the option's limits (taps, the fast per-example Fisher).
+`low_dot`, `low_dot_t` and the fused decoder loss are checked against
+NumPy in float64 on the bf16-rounded operands (so the arithmetic is
+tested, not the rounding); the supernet and the search steps with bf16
+products against the float32 ones (close, not equal), and the option's
+limits (taps, the fast per-example Fisher).
 """
 
 from unittest import mock
@@ -63,6 +64,93 @@ class LowDotTest(absltest.TestCase):
     )(x, w)
     self.assertEqual((dx.dtype, dw.dtype), (jnp.bfloat16, jnp.float32))
     np.testing.assert_array_equal(dw, np.full((5, 2), 12.0))
+
+  def test_low_dot_t_against_numpy(self):
+    """x @ wᵀ for a weight stored [O, I] (the tied decoder), compiled
+    with x of three axes (a 3-D bf16 product has no XLA:CPU kernel)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 3, 7)).astype(np.float32)
+    w = rng.normal(size=(6, 7)).astype(np.float32)  # [O, I]
+    g = rng.normal(size=(2, 3, 6)).astype(np.float32)
+
+    def run(x, w, g):
+      y, vjp = jax.vjp(taps.low_dot_t, x, w, *taps.low_pair(w, jnp.bfloat16))
+      return (y, *vjp(g))
+
+    y, dx, dw, dlow, dlow_t = jax.jit(run)(x, w, g)
+    xr, wr, gr = _bf16_f64(x), _bf16_f64(w), _bf16_f64(g)
+    self.assertEqual((y.dtype, dx.dtype, dw.dtype), (jnp.float32,) * 3)
+    np.testing.assert_allclose(y, xr @ wr.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, gr @ wr, rtol=1e-5, atol=1e-5)
+    gx = np.einsum("tbo,tbi->oi", gr, xr)
+    np.testing.assert_allclose(dw, gx, rtol=1e-5, atol=1e-5)
+    self.assertGreater(np.max(np.abs(np.asarray(y) - x @ w.T)), 1e-4)
+    np.testing.assert_array_equal(dlow, 0)
+    np.testing.assert_array_equal(dlow_t, 0)
+
+
+class DecoderTest(absltest.TestCase):
+  """`losses.chunked_nll_sum(..., matmul_dtype="bfloat16")`: the fused
+  decoder loss with its three products in bf16, against NumPy."""
+
+  def setUp(self):
+    super().setUp()
+    rng = np.random.default_rng(3)
+    t, b, h, v = 3, 4, 8, 11
+    self.params = {
+      "embedding": rng.normal(size=(v, h)).astype(np.float32),
+      "decoder_bias": rng.normal(size=(v,)).astype(np.float32),
+    }
+    self.out = rng.normal(size=(t, b, h)).astype(np.float32)
+    self.tgt = rng.integers(0, v, size=(t, b)).astype(np.int32)
+    self.w = rng.uniform(0.5, 1.5, size=(t, b)).astype(np.float32)
+
+  def _numpy(self):
+    """Value and gradients in float64, each product's operands rounded to
+    bfloat16 where the bf16 decoder rounds them."""
+    e, bias = _bf16_f64(self.params["embedding"]), self.params["decoder_bias"]
+    o = self.out.reshape(-1, e.shape[1])
+    t, w = self.tgt.reshape(-1), self.w.reshape(-1).astype(np.float64)
+    logits = _bf16_f64(o) @ e.T + bias
+    m = logits.max(-1, keepdims=True)
+    lse = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[:, 0]
+    nll = lse - logits[np.arange(len(t)), t]
+    onehot = np.eye(e.shape[0])[t]
+    d_logits = (np.exp(logits - lse[:, None]) - onehot) * w[:, None]
+    dl = _bf16_f64(d_logits)
+    return {
+      "value": np.sum(w * nll),
+      "out": (dl @ e).reshape(self.out.shape),
+      "embedding": dl.T @ _bf16_f64(o),
+      "decoder_bias": d_logits.sum(0),
+      "weights": nll.reshape(self.w.shape),
+    }
+
+  def _jax(self, dtype, chunk=5):
+    def f(params, out, w):
+      return losses.chunked_nll_sum(
+        params, out, self.tgt, w, chunk=chunk, matmul_dtype=dtype
+      )
+
+    value, (dp, dout, dw) = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(
+      self.params, self.out, self.w
+    )
+    return {"value": value, "out": dout, "weights": dw, **dp}
+
+  def test_value_and_gradients_against_numpy(self):
+    want = self._numpy()
+    for chunk in (5, 12):  # three chunks of 4; one of all 12 tokens
+      got = self._jax("bfloat16", chunk)
+      for k, v in want.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5, err_msg=k)
+    # float32 products are further from it: the operands were rounded.
+    got32 = self._jax("float32")
+    for k in ("out", "embedding"):
+      self.assertGreater(_rel(got32[k], want[k]), 1e-4, k)
+
+  def test_unknown_dtype_rejected(self):
+    with self.assertRaisesRegex(ValueError, "matmul_dtype"):
+      self._jax("float16")
 
 
 class LowTapTest(absltest.TestCase):
@@ -168,7 +256,13 @@ class SupernetTest(parameterized.TestCase):
       out[dtype] = jax.jit(jax.value_and_grad(ce))(params)
     (l32, g32), (l16, g16) = out["float32"], out["bfloat16"]
     np.testing.assert_allclose(l16, l32, rtol=1e-2)
-    for part in (("cell", "edge_h"), ("cell", "edge_c"), ("node0", "w_hh")):
+    for part in (
+      ("cell", "edge_h"),
+      ("cell", "edge_c"),
+      ("node0", "w_hh"),
+      ("node0", "w_xh"),  # node 0's input projection
+      ("embedding",),  # the tied decoder (and the input lookup)
+    ):
       a, b = g16, g32
       for k in part:
         a, b = a[k], b[k]
@@ -272,6 +366,40 @@ class StepsTest(absltest.TestCase):
       shared.params["cell"]["edge_h"] - state["shared"].params["cell"]["edge_h"]
     )
     return shared, m, fisher, moved
+
+  def _train_ce(self, dtype, ce_chunk):
+    c = _config(dtype)
+    c.model.ce_chunk = ce_chunk
+    model = enas_setup.make_model(c)
+    steps = enas_steps.Steps(model=model, config=c)
+    state = enas_setup.init_state(c, model, jax.random.key(0))
+    x, y, h = _batch(c)
+
+    def ce(p):
+      loss, _, _ = steps.train_ce(
+        p, state["shared"].batch_stats, x, y, h, _ARCH, jax.random.key(1)
+      )
+      return loss
+
+    return jax.jit(jax.value_and_grad(ce))(state["shared"].params)
+
+  def test_bf16_decoder_chunked_or_whole_logits(self):
+    """The training loss with the decoder in chunks (`losses`) and with
+    whole logits (the supernet's `low_dot_t`): the same bf16 logits, so
+    the same value to float32 rounding; the gradients round the logits'
+    cotangent to bf16 at different scales (the chunks before the 1/T·B
+    of the mean, the whole logits after it), so they agree to bf16's."""
+    l4, g4 = self._train_ce("bfloat16", 4)  # 15 tokens: 4 chunks
+    l0, g0 = self._train_ce("bfloat16", 0)
+    l32, g32 = self._train_ce("float32", 4)
+    np.testing.assert_allclose(l4, l0, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g4), jax.tree.leaves(g0), strict=True):
+      self.assertLess(_rel(a, b), 5e-2)
+    np.testing.assert_allclose(l4, l32, rtol=1e-3)
+    # The float32 products' gradient is 1e-7 from itself across the two
+    # paths; the bf16 one is 2e-3 from it.
+    self.assertGreater(_rel(g4["embedding"], g32["embedding"]), 1e-4)
+    self.assertLess(_rel(g4["embedding"], g32["embedding"]), 5e-2)
 
   def test_steps_close_to_float32_and_tapped_equals_autodiff(self):
     _, m32, f32, moved32 = self._steps("float32", grad_after_scan_from=0)

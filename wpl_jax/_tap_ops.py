@@ -77,12 +77,23 @@ def low_dot(x: Array, w: Array, w_low: Array, w_low_t: Array) -> Array:
   custom VJP: reverse mode only (no `jax.jvp`, `jacfwd` or `hessian`).
   """
   del w, w_low_t
-  return jnp.dot(x.astype(w_low.dtype), w_low, preferred_element_type=F32)
+  return _dot2d(x.astype(w_low.dtype), w_low)
+
+
+def _dot2d(a: Array, b: Array) -> Array:
+  """`a @ b` for a [..., I], b [I, O] as one 2-D product, float32 out.
+
+  XLA:CPU runs a bfloat16 product with a float32 output only as a 2-D
+  matmul fusion: with more leading axes it falls back to a kernel that
+  has no such product ("Unsupported element type for DotThunk").
+  """
+  y = jnp.dot(a.reshape(-1, a.shape[-1]), b, preferred_element_type=F32)
+  return y.reshape(a.shape[:-1] + b.shape[-1:])
 
 
 def _low_dot_fwd(x, w, w_low, w_low_t):
   x_low = x.astype(w_low.dtype)
-  y = jnp.dot(x_low, w_low, preferred_element_type=F32)
+  y = _dot2d(x_low, w_low)
   # Zero-size arrays carry x's and w's dtypes to the backward pass.
   dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
   return y, (x_low, w_low_t, dtypes)
@@ -91,7 +102,7 @@ def _low_dot_fwd(x, w, w_low, w_low_t):
 def _low_dot_bwd(res, g):
   x_low, w_low_t, (x_dtype, w_dtype) = res
   g_low = g.astype(w_low_t.dtype)
-  dx = jnp.dot(g_low, w_low_t, preferred_element_type=F32)
+  dx = _dot2d(g_low, w_low_t)
   x_t = row_major_t(x_low.reshape(-1, x_low.shape[-1]))  # [I, positions]
   dw = jnp.dot(x_t, g_low.reshape(-1, g.shape[-1]), preferred_element_type=F32)
   # The low copies get no gradient; x and w get theirs in their dtypes.
@@ -99,6 +110,44 @@ def _low_dot_bwd(res, g):
 
 
 low_dot.defvjp(_low_dot_fwd, _low_dot_bwd)
+
+
+@jax.custom_vjp
+def low_dot_t(x: Array, w: Array, w_low: Array, w_low_t: Array) -> Array:
+  """`x @ wᵀ` for x [..., I] and a weight stored as w [O, I] (a tied
+  embedding as decoder), computed as `low_dot` does.
+
+  `(w_low, w_low_t)` is `low_pair(w, dtype)`: w_low [O, I], w_low_t
+  [I, O]. y = x_low @ w_low_t, dx = g_low @ w_low, and dw [O, I] is
+  formed as x_lowᵀ @ g_low [I, O] and then copied transposed
+  (`row_major_t`): XLA would otherwise fold the transpose into the
+  product, which leaves it no bfloat16 kernel on CPU. A custom VJP:
+  reverse mode only.
+  """
+  del w, w_low
+  return _dot2d(x.astype(w_low_t.dtype), w_low_t)
+
+
+def _low_dot_t_fwd(x, w, w_low, w_low_t):
+  x_low = x.astype(w_low.dtype)
+  y = _dot2d(x_low, w_low_t)
+  dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
+  return y, (x_low, w_low, dtypes)
+
+
+def _low_dot_t_bwd(res, g):
+  x_low, w_low, (x_dtype, w_dtype) = res
+  g_low = g.astype(w_low.dtype)
+  dx = _dot2d(g_low, w_low)
+  x_t = row_major_t(x_low.reshape(-1, x_low.shape[-1]))  # [I, positions]
+  g_2d = g_low.reshape(-1, g.shape[-1])
+  dw_t = jnp.dot(x_t, g_2d, preferred_element_type=F32)
+  # The barrier keeps XLA from folding the transpose into the product.
+  dw = row_major_t(jax.lax.optimization_barrier(dw_t))
+  return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype), None, None
+
+
+low_dot_t.defvjp(_low_dot_t_fwd, _low_dot_t_bwd)
 
 
 def check_low(name: str, ws: tuple, low) -> None:

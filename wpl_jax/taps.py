@@ -151,4 +151,5 @@ PLAIN = Tap()
 # Low-precision products for `Tap.dense(..., low=low_pair(w, dtype))`.
 low_pair = ops.low_pair
 low_dot = ops.low_dot
+low_dot_t = ops.low_dot_t
 row_major_t = ops.row_major_t

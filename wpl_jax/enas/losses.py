@@ -6,10 +6,13 @@ cross-entropy in chunks of tokens (a custom VJP that never holds the
 (`wpl_jax.enas.supernet.SharedRNN`).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 
+from wpl_jax import taps
 from wpl_jax.enas.search_space import Arch
 from wpl_jax.enas.supernet import SharedRNN
 from wpl_jax.types import Array, PyTree
@@ -32,6 +35,7 @@ def chunked_cross_entropy(
   targets_TxB: Array,
   *,
   chunk: int,
+  matmul_dtype: str = "float32",
 ) -> Array:
   """Mean next-token cross-entropy (nats) over T·B tokens, decoded in chunks.
 
@@ -51,13 +55,15 @@ def chunked_cross_entropy(
     out_TxBxH: float32[T, B, H] decoder inputs (`apply(..., decode=False)`).
     targets_TxB: int32[T, B] next tokens.
     chunk: at most this many tokens per chunk (>= 1), as `chunked_nll_sum`.
+    matmul_dtype: the decoder products' input dtype, as `chunked_nll_sum`.
 
   Returns:
     A float32 scalar, the mean over all T·B tokens.
   """
-  return chunked_nll_sum(params, out_TxBxH, targets_TxB, chunk=chunk) / (
-    targets_TxB.size
+  total = chunked_nll_sum(
+    params, out_TxBxH, targets_TxB, chunk=chunk, matmul_dtype=matmul_dtype
   )
+  return total / targets_TxB.size
 
 
 def chunked_nll_sum(
@@ -67,6 +73,7 @@ def chunked_nll_sum(
   weights_TxB: Array | None = None,
   *,
   chunk: int,
+  matmul_dtype: str = "float32",
 ) -> Array:
   """Σ weights · token NLL (nats) of the tied decoder, `chunk` tokens at a time.
 
@@ -78,6 +85,11 @@ def chunked_nll_sum(
       None = all ones.
     chunk: at most this many tokens per chunk (>= 1): the T·B tokens are
       split into K = ⌈T·B / chunk⌉ equal chunks, padded by fewer than K.
+    matmul_dtype: "float32" (default), or "bfloat16": the three decoder
+      products (the logits, d out and d E) take bfloat16 inputs, the
+      embedding cast once per call, and accumulate and return float32;
+      the softmax, the NLL and every sum stay float32
+      (`SharedRNN.matmul_dtype`).
 
   Returns:
     A float32 scalar: the weighted sum over the T·B tokens (no mean).
@@ -88,6 +100,10 @@ def chunked_nll_sum(
     )
   if chunk < 1:
     raise ValueError(f"chunk must be >= 1, got {chunk}")
+  if matmul_dtype not in ("float32", "bfloat16"):
+    raise ValueError(
+      f"matmul_dtype must be float32 or bfloat16, got {matmul_dtype!r}"
+    )
   emb, bias = params["embedding"], params["decoder_bias"]
   h = out_TxBxH.shape[-1]
   n = targets_TxB.size
@@ -104,23 +120,88 @@ def chunked_nll_sum(
   w = jnp.pad(weights, (0, pad))  # padding weighs 0
 
   xs = (out.reshape(-1, chunk, h), tgt.reshape(-1, chunk), w.reshape(-1, chunk))
-  return _decoder_nll_sum(xs[0], emb, bias, xs[1], xs[2])
+  return _decoder_nll_sum(matmul_dtype)(xs[0], emb, bias, xs[1], xs[2])
 
 
-def _chunk_logits(o_CxH: Array, emb_VxH: Array, bias_V: Array) -> Array:
-  return o_CxH @ emb_VxH.T + bias_V[None]
+class _Decoder:
+  """The tied decoder's three products in one dtype.
+
+  float32: the plain products, as autodiff would form them. A low dtype:
+  inputs cast to it, float32 accumulation and output, and every operand
+  row-major (`taps.row_major_t`: XLA:CPU runs a bfloat16 product with a
+  transposed operand at its float32 rate, WORKSPACE §6.7): E [V, H] and
+  Eᵀ [H, V] cast once per call, d E formed as [H, V] per chunk and
+  transposed once at the end.
+  """
+
+  def __init__(self, emb_VxH: Array, dtype: str):
+    self.low = dtype != "float32"
+    self.emb = emb_VxH
+    if self.low:
+      self.dtype = jnp.dtype(dtype)
+      self.emb_low = emb_VxH.astype(self.dtype)
+      self.emb_low_t = taps.row_major_t(self.emb_low)
+
+  def logits(self, o_CxH: Array, bias_V: Array) -> Array:
+    if not self.low:
+      return o_CxH @ self.emb.T + bias_V[None]
+    o = o_CxH.astype(self.dtype)
+    y = jnp.dot(o, self.emb_low_t, preferred_element_type=jnp.float32)
+    return y + bias_V[None]
+
+  def d_out(self, d_logits_CxV: Array) -> Array:
+    if not self.low:
+      return d_logits_CxV @ self.emb
+    g = d_logits_CxV.astype(self.dtype)
+    return jnp.dot(g, self.emb_low, preferred_element_type=jnp.float32)
+
+  def d_emb_zero(self) -> Array:
+    """The d E accumulator: [V, H] (float32 products) or [H, V] (low)."""
+    return jnp.zeros_like(self.emb.T if self.low else self.emb)
+
+  def d_emb_add(self, acc: Array, d_logits_CxV: Array, o_CxH: Array) -> Array:
+    if not self.low:
+      return acc + d_logits_CxV.T @ o_CxH
+    o_t = taps.row_major_t(o_CxH.astype(self.dtype))  # [H, C]
+    g = d_logits_CxV.astype(self.dtype)
+    return acc + jnp.dot(o_t, g, preferred_element_type=jnp.float32)
+
+  def d_emb_final(self, acc: Array) -> Array:
+    if not self.low:
+      return acc
+    # The barrier keeps XLA from folding the transpose into the last
+    # chunk's product (a one-chunk scan is inlined), which would leave
+    # that product no bfloat16 kernel on CPU.
+    return jax.lax.optimization_barrier(acc).T
 
 
-@jax.custom_vjp
-def _decoder_nll_sum(
-  out_KxCxH: Array, emb_VxH: Array, bias_V: Array, tgt_KxC: Array, w_KxC: Array
+@functools.cache
+def _decoder_nll_sum(dtype: str):
+  """The fused decoder loss (a custom VJP) with products in `dtype`."""
+  f = jax.custom_vjp(functools.partial(_decoder_nll_sum_value, dtype))
+  f.defvjp(
+    functools.partial(_decoder_nll_sum_fwd, dtype),
+    _decoder_nll_sum_bwd,
+    symbolic_zeros=True,
+  )
+  return f
+
+
+def _decoder_nll_sum_value(
+  dtype: str,
+  out_KxCxH: Array,
+  emb_VxH: Array,
+  bias_V: Array,
+  tgt_KxC: Array,
+  w_KxC: Array,
 ) -> Array:
   """Σ w · NLL over K chunks of C tokens; the value alone (no gradients)."""
+  dec = _Decoder(emb_VxH, dtype)
 
   def body(total, xs):
     o, t, w = xs
     nll = optax.softmax_cross_entropy_with_integer_labels(
-      _chunk_logits(o, emb_VxH, bias_V), t
+      dec.logits(o, bias_V), t
     )
     return total + jnp.sum(w * nll), None
 
@@ -130,7 +211,7 @@ def _decoder_nll_sum(
   return total
 
 
-def _decoder_nll_sum_fwd(out_KxCxH, emb_VxH, bias_V, tgt_KxC, w_KxC):
+def _decoder_nll_sum_fwd(dtype, out_KxCxH, emb_VxH, bias_V, tgt_KxC, w_KxC):
   """Value and the needed gradients in one pass over the chunks.
 
   The loss is a scalar, so its gradients are known up to the incoming
@@ -153,11 +234,12 @@ def _decoder_nll_sum_fwd(out_KxCxH, emb_VxH, bias_V, tgt_KxC, w_KxC):
   tgt_KxC = getattr(tgt_KxC, "value", tgt_KxC)
   need_logits = need_out or need_emb or need_bias
   v = emb_VxH.shape[0]
+  dec = _Decoder(emb_VxH, dtype)
 
   def body(carry, xs):
     total, d_emb, d_bias = carry
     o, t, w = xs
-    logits = _chunk_logits(o, emb_VxH, bias_V)
+    logits = dec.logits(o, bias_V)
     lse = jax.nn.logsumexp(logits, axis=-1)
     nll = lse - jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0]
     d_o = None
@@ -165,21 +247,23 @@ def _decoder_nll_sum_fwd(out_KxCxH, emb_VxH, bias_V, tgt_KxC, w_KxC):
       onehot = jnp.arange(v)[None] == t[:, None]
       d_logits = (jnp.exp(logits - lse[:, None]) - onehot) * w[:, None]
       if need_emb:
-        d_emb = d_emb + d_logits.T @ o
+        d_emb = dec.d_emb_add(d_emb, d_logits, o)
       if need_bias:
         d_bias = d_bias + jnp.sum(d_logits, axis=0)
       if need_out:
-        d_o = d_logits @ emb_VxH
+        d_o = dec.d_out(d_logits)
     return (total + jnp.sum(w * nll), d_emb, d_bias), (d_o, nll)
 
   init = (
     jnp.zeros([], out_KxCxH.dtype),
-    jnp.zeros_like(emb_VxH) if need_emb else None,
+    dec.d_emb_zero() if need_emb else None,
     jnp.zeros_like(bias_V) if need_bias else None,
   )
   (total, d_emb, d_bias), (d_out, nll) = jax.lax.scan(
     body, init, (out_KxCxH, tgt_KxC, w_KxC)
   )
+  if need_emb:
+    d_emb = dec.d_emb_final(d_emb)
   return total, (d_out, d_emb, d_bias, nll if need_w else None)
 
 
@@ -187,11 +271,6 @@ def _decoder_nll_sum_bwd(res, g):
   scale = lambda d: None if d is None else g * d  # noqa: E731
   d_out, d_emb, d_bias, nll = res
   return scale(d_out), scale(d_emb), scale(d_bias), None, scale(nll)
-
-
-_decoder_nll_sum.defvjp(
-  _decoder_nll_sum_fwd, _decoder_nll_sum_bwd, symbolic_zeros=True
-)
 
 
 def eval_loss(

@@ -17,7 +17,7 @@ HIDDEN_SOURCES = ("last", "leaf_mean", "output")
 # What the cell outputs: the mean of the loose ends (ENAS) or of every node
 # after node 0 (the published DARTS-style cell of the 32-cell study).
 CELL_OUTPUTS = ("leaves", "all")
-# dtypes of the cell's recurrent matmuls ("bfloat16": an opt-in, see
+# dtypes of the model's large products' inputs ("bfloat16": an opt-in, see
 # `SharedRNN.matmul_dtype`).
 MATMUL_DTYPES = ("float32", "bfloat16")
 
@@ -220,13 +220,17 @@ class SharedRNN(nn.Module):
     node_unroll: `unroll` of the scan over nodes 1..N-1 inside a time step;
       1 keeps compile time flat in N (CPU eval forward: ~0.8 s at N = 4 or
       12), True unrolls fully (N = 12: ~2.5 s; may run faster on GPU).
-    matmul_dtype: "float32" (default), or "bfloat16": the cell's recurrent
-      matmuls (node 0's "node0_h" and every "edge", 35 × N per batch) take
-      bfloat16 inputs, the edge and node-0 weights cast once per call,
-      and return float32; everything else (params, activations, gates,
-      the decoder, the optimizer) stays float32. An opt-in for CPUs with
-      bfloat16 matrix units (AVX512-BF16 / AMX) and accelerators; it
-      changes the loss by more than rounding (WORKSPACE §6.7).
+    matmul_dtype: "float32" (default), or "bfloat16": every large
+      product takes bfloat16 inputs and accumulates and returns float32:
+      node 0's input projection ("node0_x", all steps at once) and
+      hidden projection ("node0_h"), every "edge" (35 × N per batch), and
+      the tied decoder's logits (here, and in `losses.chunked_nll_sum`
+      when the caller passes the same `matmul_dtype`); the weights are
+      cast once per call. Everything else (params, gradients,
+      activations, gates, softmax, the optimizer) stays float32. An
+      opt-in for CPUs with bfloat16 matrix units (AVX512-BF16 / AMX) and
+      accelerators; it changes the loss by more than rounding
+      (WORKSPACE §6.7–6.8).
   """
 
   vocab_size: int
@@ -391,13 +395,24 @@ class SharedRNN(nn.Module):
     # Gate and candidate weights are fused, [..., :H] for c and [..., H:]
     # for the activation's input, for node 0 and every edge alike. Node 0's
     # input projections run for all steps at once, outside the time scan.
-    xz_TxBx2H = tap.dense(
-      "node0_x",
-      x_TxBxH,
-      (w0["w_xc"], w0["w_xh"]),
-      (w0["b_xc"], w0["b_xh"]),
-      batch_axis=1,
-    )
+    if low:  # one [H, 2H] weight, so that one bf16 product forms it
+      w_x = jnp.concatenate([w0["w_xc"], w0["w_xh"]], axis=1)
+      xz_TxBx2H = tap.dense(
+        "node0_x",
+        x_TxBxH,
+        w_x,
+        (w0["b_xc"], w0["b_xh"]),
+        batch_axis=1,
+        low=taps.low_pair(w_x, md),
+      )
+    else:
+      xz_TxBx2H = tap.dense(
+        "node0_x",
+        x_TxBxH,
+        (w0["w_xc"], w0["w_xh"]),
+        (w0["b_xc"], w0["b_xh"]),
+        batch_axis=1,
+      )
     w_h0 = jnp.concatenate([w_hc, w_hh], axis=1)
     if edges is None:
       edges = arch_edges({"edge_c": edge_c, "edge_h": edge_h}, arch)
@@ -473,7 +488,12 @@ class SharedRNN(nn.Module):
       out_TxBxH = out_TxBxH * out_mask[None]
     if not decode:
       return out_TxBxH, new_hidden
-    logits = jnp.einsum("tbh,vh->tbv", out_TxBxH, embedding)
+    if low:  # E [V, H] and Eᵀ cast once
+      logits = taps.low_dot_t(
+        out_TxBxH, embedding, *taps.low_pair(embedding, md)
+      )
+    else:
+      logits = jnp.einsum("tbh,vh->tbv", out_TxBxH, embedding)
     return logits + decoder_bias[None, None], new_hidden
 
 

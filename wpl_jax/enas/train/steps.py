@@ -99,7 +99,9 @@ class Steps:
       edges=edges,
     )
     if chunk:
-      ce = losses.chunked_cross_entropy(params, out, targets, chunk=chunk)
+      ce = losses.chunked_cross_entropy(
+        params, out, targets, chunk=chunk, matmul_dtype=self.model.matmul_dtype
+      )
     else:
       ce = losses.cross_entropy(out, targets)
     return ce, new_hidden, new_stats
@@ -371,7 +373,12 @@ class Steps:
     )
     if chunk:
       total = losses.chunked_nll_sum(
-        variables["params"], out, targets_TxB, weights, chunk=chunk
+        variables["params"],
+        out,
+        targets_TxB,
+        weights,
+        chunk=chunk,
+        matmul_dtype=self.model.matmul_dtype,
       )
     else:
       nll = optax.softmax_cross_entropy_with_integer_labels(out, targets_TxB)
