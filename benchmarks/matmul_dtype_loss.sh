@@ -9,7 +9,8 @@
 #
 # defaults: OUT=benchmarks/out/matmul_dtype_loss, HIDDEN=200, BATCHES=0
 # (one full pass over train, 415 batches of 64 x 35), SEEDS="0 1".
-# Finished runs (OUT/dtype_sN/retrain.json... present) are skipped.
+# Finished runs (OUT/hH_DTYPE_sN/done.txt present) are skipped. DTYPES
+# (default "float32 bfloat16") picks the dtypes to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/out/matmul_dtype_loss}
@@ -21,7 +22,7 @@ data=${WPL_DATA_DIR:-../shared/data}/ptb
 arch='tanh|0:relu|1:sigmoid|1:identity|2:tanh|2:relu|3:sigmoid|4:identity|5:tanh|5:relu|6:sigmoid|7:tanh'
 mkdir -p "$out"
 for seed in $seeds; do
-  for dtype in float32 bfloat16; do
+  for dtype in ${DTYPES:-float32 bfloat16}; do
     wd=$out/h${hidden}_${dtype}_s${seed}
     if [ -s "$wd/done.txt" ]; then
       echo "skip $wd (done)"
