@@ -21,8 +21,9 @@ width (JSON lines, then a summary):
                 (embedding, node 0, cell edges, batch-norm), and the
                 cosine of g16 and g32;
 * batch spread: ‖g32(k+1) − g32(k)‖ / ‖g32(k)‖ for consecutive batches
-                k, k+1: how much the gradient moves from one SGD batch to
-                the next, which training tolerates by design;
+                k, k+1 (overall and per group): how much the gradient
+                moves from one SGD batch to the next, which training
+                tolerates by design;
 * the loss:     |loss16 − loss32| (nats/token).
 
 A bf16 error far below the batch spread says the products' rounding is
@@ -153,6 +154,9 @@ def run_width(h: int, a, data) -> dict:
     if prev is not None:
       moved = jax.tree.map(lambda p, q: p - q, g32, prev)
       r["batch_spread"] = _norm(moved) / _norm(prev)
+      for grp in GROUPS:
+        if grp in g32:
+          r[f"batch_spread_{grp}"] = _norm(moved[grp]) / _norm(prev[grp])
     prev = g32
     hidden = new_hidden  # the next batch continues the stream
     print(json.dumps(r), flush=True)
@@ -169,9 +173,11 @@ def run_width(h: int, a, data) -> dict:
     "cosine_min": min(r["cosine"] for r in rows),
     "loss_diff_max": max(r["loss_diff"] for r in rows),
     **{
-      f"bf16_error_{g}_median": med(f"bf16_error_{g}")
+      f"{what}_{g}_median": med(f"{what}_{g}")
       for g in GROUPS
+      for what in ("bf16_error", "batch_spread")
       if f"bf16_error_{g}" in rows[0]
+      and (a.batches > 1 or what == "bf16_error")
     },
   }
   print(json.dumps({"summary": summary}), flush=True)

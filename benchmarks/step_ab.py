@@ -225,7 +225,7 @@ def main() -> None:
         f
       )
   elif args.what == "matmul_dtype":
-    # The cell's recurrent matmuls in float32 (default) and bfloat16.
+    # The model's large products in float32 (default) and bfloat16.
     cases = {}
     for dtype in ("float32", "bfloat16"):
       fns = build(matmul_dtype=dtype)

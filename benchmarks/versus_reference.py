@@ -303,7 +303,7 @@ def markdown(rows: list[dict]) -> str:
   if low:  # an opt-in of wpl_jax's: say so before anything else
     lines += [
       f"- **wpl_jax ran with model.matmul_dtype = {', '.join(low)}** (the "
-      "cell's recurrent matmuls; the reference is float32)",
+      "model's large products on bf16 inputs; the reference is float32)",
     ]
   if meta:
     m = meta[-1]

@@ -60,9 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # step at H = 200, 0.95–0.97× at H = 400 and 1000, +1–2 s compile per
   # step function at N = 12 (WORKSPACE §6.2).
   m.node_unroll = 0
-  # dtype of the cell's recurrent matmuls: "float32", or "bfloat16" (an
-  # opt-in for CPUs with AMX / AVX512-BF16 and accelerators; changes the
-  # loss by more than rounding, WORKSPACE §6.7).
+  # Input dtype of the model's large products (node 0's projections, the
+  # edges, the tied decoder): "float32", or "bfloat16" (float32
+  # accumulation and output; an opt-in for CPUs with AMX / AVX512-BF16 and
+  # accelerators at H >= 200; changes the loss by more than rounding,
+  # WORKSPACE §6.7-6.8).
   m.matmul_dtype = "float32"
   # Split the [E, H, H] edge stacks, their Fisher and anchor along E over
   # this many devices (0 = replicated; must divide E and the device count).

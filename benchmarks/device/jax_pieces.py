@@ -74,8 +74,8 @@ def _args():
   ap.add_argument(
     "--matmul_dtype",
     default="float32",
-    help="the model's matmul_dtype (bfloat16: the cell's recurrent "
-    "matmuls in bf16, an opt-in)",
+    help="the model's matmul_dtype (bfloat16: its large products on bf16 "
+    "inputs, an opt-in)",
   )
   ap.add_argument("--time_limit", type=float, default=120.0)
   ap.add_argument("--jsonl", default="")
