@@ -46,3 +46,22 @@ echo "== summary"
 for f in "$out"/h${hidden}_*_s*.txt; do
   echo "$(basename "$f" .txt): $(grep -E '^\| given' "$f" | awk -F'|' '{print "valid", $(NF-2), "test", $(NF-1)}')"
 done
+# Paired bf16 - f32 valid perplexity over the seeds that have both.
+"$py" - "$out" "$hidden" <<'PY'
+import math, pathlib, re, statistics, sys
+out, hidden = pathlib.Path(sys.argv[1]), sys.argv[2]
+ppl = {}
+for f in out.glob(f"h{hidden}_*_s*.txt"):
+  m = re.fullmatch(rf"h{hidden}_(\w+)_s(\d+)", f.stem)
+  rows = [r for r in f.read_text().splitlines() if r.startswith("| given")]
+  if m and rows:
+    ppl[m.group(1), int(m.group(2))] = float(rows[-1].split("|")[-3])
+seeds = sorted(s for d, s in ppl if d == "float32" and ("bfloat16", s) in ppl)
+d = [ppl["bfloat16", s] - ppl["float32", s] for s in seeds]
+if len(d) >= 2:
+  mean, sd = statistics.mean(d), statistics.stdev(d)
+  t = mean / (sd / math.sqrt(len(d)))
+  print(f"paired bf16 - f32 valid ppl over seeds {seeds}: "
+        + ", ".join(f"{x:+.1f}" for x in d)
+        + f"; mean {mean:+.1f}, sd {sd:.1f}, t = {t:.2f} on {len(d) - 1} df")
+PY
