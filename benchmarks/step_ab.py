@@ -4,8 +4,8 @@ Usage (2-core CPU, one XLA thread; run on an otherwise idle machine):
 
   python benchmarks/step_ab.py --hidden=1000 --reps=5 --what=matmul_dtype \
       --estimator=batch_grad_squared
-      shared_step and fisher_step with the cell's matmuls in float32 and
-      in bfloat16 (`model.matmul_dtype`, same process)
+      shared_step and fisher_step with the model's large products in
+      float32 and in bfloat16 (`model.matmul_dtype`, same process)
   python benchmarks/step_ab.py --hidden=200 --reps=5 --what=grad
       shared_step and fisher_step with autodiff vs the edges' gradient
       after the scan (`search.grad_after_scan_from` 0 and 1, same process)
@@ -138,7 +138,7 @@ def main() -> None:
     }
 
   if args.what == "pieces":
-    _pieces(jax, jnp, enas_bench, args.hidden, args.reps)
+    _pieces(jax, jnp, enas_bench, args.hidden, args.reps, args.matmul_dtype)
     return
   if args.what == "einsum":
     _einsum(jax, jnp, args.hidden, args.reps)
@@ -261,13 +261,16 @@ def main() -> None:
     )
 
 
-def _pieces(jax, jnp, enas_bench, hidden: int, reps: int) -> None:
-  """GFLOP/s of the step's halves, a bare matmul chain and the ceiling."""
+def _pieces(jax, jnp, enas_bench, hidden: int, reps: int, dtype: str) -> None:
+  """GFLOP/s of the step's halves, a bare matmul chain and the ceiling
+  (the step's halves with `model.matmul_dtype = dtype`; the chain and the
+  ceiling in float32)."""
   from benchmarks.ceiling import matmul_flops  # noqa: PLC0415
   from wpl_jax.enas import losses  # noqa: PLC0415
 
   c = enas_bench.config_at("large", wpl=True)
   c.model.hidden, c.model.num_nodes = hidden, 12
+  c.model.matmul_dtype = dtype
   s = enas_bench.setup(c)
   st, sh, key = s["steps"], s["shared"], s["key"]
   arch = jax.tree.map(lambda x: x[0], s["archs"])
@@ -282,7 +285,9 @@ def _pieces(jax, jnp, enas_bench, hidden: int, reps: int) -> None:
     return jnp.sum(out * probe)
 
   def decoder(p, o):
-    return losses.chunked_nll_sum(p, o, y, chunk=c.model.ce_chunk)
+    return losses.chunked_nll_sum(
+      p, o, y, chunk=c.model.ce_chunk, matmul_dtype=dtype
+    )
 
   n_mm = t * c.model.num_nodes  # node 0's recurrent matmul + 11 edges
   w = 0.01 * jax.random.normal(jax.random.key(2), (n_mm, hidden, 2 * hidden))

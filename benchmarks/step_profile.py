@@ -148,12 +148,12 @@ def matmul_fusions(hlo: str) -> dict[str, tuple[int, str]]:
         odt, odims, lhs, rhs, lc = dm.groups()
         ldt, ldims = shapes[lhs]
         rdt, rdims = shapes[rhs]
-        dims = [int(v) for v in ldims.split(",")]
+        dims = [int(v) for v in ldims.split(",") if v]
         k = 1
-        for i in lc.split(","):
+        for i in filter(None, lc.split(",")):
           k *= dims[int(i)]
         size = 1
-        for v in odims.split(","):
+        for v in filter(None, odims.split(",")):
           size *= int(v)
         desc = f"{ldt}[{ldims}] x {rdt}[{rdims}] -> {odt}[{odims}]"
         out[m.group(1)] = (2 * size * k, desc)

@@ -96,7 +96,7 @@ class DecoderTest(absltest.TestCase):
   def setUp(self):
     super().setUp()
     rng = np.random.default_rng(3)
-    t, b, h, v = 3, 4, 8, 11
+    t, b, h, v = 3, 5, 8, 11  # 15 tokens
     self.params = {
       "embedding": rng.normal(size=(v, h)).astype(np.float32),
       "decoder_bias": rng.normal(size=(v,)).astype(np.float32),
@@ -126,12 +126,16 @@ class DecoderTest(absltest.TestCase):
       "weights": nll.reshape(self.w.shape),
     }
 
-  def _jax(self, dtype, chunk=5):
+  def _f(self, dtype, chunk):
     def f(params, out, w):
       return losses.chunked_nll_sum(
         params, out, self.tgt, w, chunk=chunk, matmul_dtype=dtype
       )
 
+    return f
+
+  def _jax(self, dtype, chunk=4):
+    f = self._f(dtype, chunk)
     value, (dp, dout, dw) = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(
       self.params, self.out, self.w
     )
@@ -139,10 +143,16 @@ class DecoderTest(absltest.TestCase):
 
   def test_value_and_gradients_against_numpy(self):
     want = self._numpy()
-    for chunk in (5, 12):  # three chunks of 4; one of all 12 tokens
+    for chunk in (4, 15):  # four chunks of 4, one padding; one of all 15
       got = self._jax("bfloat16", chunk)
       for k, v in want.items():
         np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-5, err_msg=k)
+    # Only the outputs differentiated (the Fisher's edges-only gradient):
+    # d E is skipped, d out unchanged.
+    dout = jax.jit(jax.grad(self._f("bfloat16", 4), argnums=1))(
+      self.params, self.out, self.w
+    )
+    np.testing.assert_allclose(dout, want["out"], rtol=1e-5, atol=1e-5)
     # float32 products are further from it: the operands were rounded.
     got32 = self._jax("float32")
     for k in ("out", "embedding"):
@@ -289,6 +299,43 @@ class SupernetTest(parameterized.TestCase):
       return losses.cross_entropy(logits, y)
 
     return loss_fn, state["shared"].params
+
+  def test_every_large_product_is_low(self):
+    """In bf16 mode node 0's input and hidden projections and every edge
+    go through `Tap.dense(..., low=...)`, and the decoder through
+    `low_dot_t`; in float32 mode none does."""
+    for dtype in ("float32", "bfloat16"):
+      c = _config(dtype, 0)
+      model = enas_setup.make_model(c)
+      state = enas_setup.init_state(c, model, jax.random.key(0))
+      x, _, h = _batch(c)
+      calls = []
+      dense = fisher_fast.Tap.dense
+
+      def spy(tap, name, *args, dense=dense, calls=calls, **kw):
+        calls.append((name, kw.get("low") is not None))
+        return dense(tap, name, *args, **kw)
+
+      with (
+        mock.patch.object(fisher_fast.Tap, "dense", spy),
+        mock.patch.object(taps, "low_dot_t", wraps=taps.low_dot_t) as dec,
+      ):
+        model.apply(
+          {
+            "params": state["shared"].params,
+            "batch_stats": state["shared"].batch_stats,
+          },
+          x,
+          h,
+          _ARCH,
+          train=False,
+        )
+      low = dtype == "bfloat16"
+      self.assertEqual(
+        {name for name, _ in calls}, {"node0_x", "node0_h", "edge"}
+      )
+      self.assertTrue(all(is_low == low for _, is_low in calls), calls)
+      self.assertEqual(dec.call_count, int(low))
 
   @parameterized.parameters(0, 1)
   def test_tapped_gradient_equals_autodiff(self, unroll):

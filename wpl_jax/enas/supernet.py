@@ -395,7 +395,11 @@ class SharedRNN(nn.Module):
     # Gate and candidate weights are fused, [..., :H] for c and [..., H:]
     # for the activation's input, for node 0 and every edge alike. Node 0's
     # input projections run for all steps at once, outside the time scan.
-    if low:  # one [H, 2H] weight, so that one bf16 product forms it
+    if low:
+      # One [H, 2H] weight, so that one bf16 product forms it. Not a params
+      # leaf, so this site is not tapped: `tapped_grad` takes w_xc's and
+      # w_xh's gradient by autodiff, through low_dot's one bf16 product
+      # outside the time scan (what its tap would form too).
       w_x = jnp.concatenate([w0["w_xc"], w0["w_xh"]], axis=1)
       xz_TxBx2H = tap.dense(
         "node0_x",
