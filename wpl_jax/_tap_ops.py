@@ -91,20 +91,29 @@ def _dot2d(a: Array, b: Array) -> Array:
   return y.reshape(a.shape[:-1] + b.shape[-1:])
 
 
+def _dtypes(x: Array, w: Array) -> tuple[Array, Array]:
+  """Zero-size arrays that carry x's and w's dtypes to a backward pass."""
+  return jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype)
+
+
+def _low_grads(x_low: Array, g: Array, w_back: Array) -> tuple[Array, Array]:
+  """(dx, dw) of a low product, float32: dx = g_low @ w_back and
+  dw = x_lowᵀ @ g_low [I, O] (the positions of x flattened)."""
+  g_low = g.astype(w_back.dtype)
+  dx = _dot2d(g_low, w_back)
+  x_t = row_major_t(x_low.reshape(-1, x_low.shape[-1]))  # [I, positions]
+  dw = jnp.dot(x_t, g_low.reshape(-1, g.shape[-1]), preferred_element_type=F32)
+  return dx, dw
+
+
 def _low_dot_fwd(x, w, w_low, w_low_t):
   x_low = x.astype(w_low.dtype)
-  y = _dot2d(x_low, w_low)
-  # Zero-size arrays carry x's and w's dtypes to the backward pass.
-  dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
-  return y, (x_low, w_low_t, dtypes)
+  return _dot2d(x_low, w_low), (x_low, w_low_t, _dtypes(x, w))
 
 
 def _low_dot_bwd(res, g):
   x_low, w_low_t, (x_dtype, w_dtype) = res
-  g_low = g.astype(w_low_t.dtype)
-  dx = _dot2d(g_low, w_low_t)
-  x_t = row_major_t(x_low.reshape(-1, x_low.shape[-1]))  # [I, positions]
-  dw = jnp.dot(x_t, g_low.reshape(-1, g.shape[-1]), preferred_element_type=F32)
+  dx, dw = _low_grads(x_low, g, w_low_t)
   # The low copies get no gradient; x and w get theirs in their dtypes.
   return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype), None, None
 
@@ -130,18 +139,12 @@ def low_dot_t(x: Array, w: Array, w_low: Array, w_low_t: Array) -> Array:
 
 def _low_dot_t_fwd(x, w, w_low, w_low_t):
   x_low = x.astype(w_low.dtype)
-  y = _dot2d(x_low, w_low_t)
-  dtypes = (jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype))
-  return y, (x_low, w_low, dtypes)
+  return _dot2d(x_low, w_low_t), (x_low, w_low, _dtypes(x, w))
 
 
 def _low_dot_t_bwd(res, g):
   x_low, w_low, (x_dtype, w_dtype) = res
-  g_low = g.astype(w_low.dtype)
-  dx = _dot2d(g_low, w_low)
-  x_t = row_major_t(x_low.reshape(-1, x_low.shape[-1]))  # [I, positions]
-  g_2d = g_low.reshape(-1, g.shape[-1])
-  dw_t = jnp.dot(x_t, g_2d, preferred_element_type=F32)
+  dx, dw_t = _low_grads(x_low, g, w_low)  # dw_t: [I, O]
   # The barrier keeps XLA from folding the transpose into the product.
   dw = row_major_t(jax.lax.optimization_barrier(dw_t))
   return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype), None, None
