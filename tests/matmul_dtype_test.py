@@ -15,7 +15,7 @@ import numpy as np
 from absl.testing import absltest, parameterized
 
 from experiments import enas_ptb
-from wpl_jax import fisher_fast, tapped_grad, taps
+from wpl_jax import _tap_ops, fisher_fast, tapped_grad, taps
 from wpl_jax.enas import losses, search_space, supernet
 from wpl_jax.enas.train import search_config
 from wpl_jax.enas.train import setup as enas_setup
@@ -27,13 +27,59 @@ def _bf16_f64(v):
   return np.asarray(jnp.asarray(v).astype(jnp.bfloat16), np.float64)
 
 
-class LowDotTest(absltest.TestCase):
+def _forms(nt):
+  """Both forms of a low product (`taps.weight_dot`): `nt` True forces
+  the weight's transposed copy contracted on its last axis at every size,
+  False leaves the size rule, under which these tests' small weights take
+  the row-major product."""
+  return mock.patch.object(_tap_ops, "NT_MIN_BYTES", 0 if nt else 1 << 20)
+
+
+def _contractions(f, *args):
+  """The (lhs, rhs) contracting axes of every dot_general in f's jaxpr,
+  custom VJPs' forward and backward rules included."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        (lc, rc), _ = eqn.params["dimension_numbers"]
+        found.append((tuple(lc), tuple(rc)))
+      for v in eqn.params.values():
+        for j in v if isinstance(v, (tuple, list)) else (v,):
+          inner = getattr(j, "jaxpr", None)
+          if inner is not None:
+            walk(getattr(inner, "jaxpr", inner))
+
+  walk(jax.make_jaxpr(f)(*args).jaxpr)
+  return found
+
+
+class LowDotTest(parameterized.TestCase):
+  def test_weight_dot_form_follows_the_weight_size(self):
+    """A weight of NT_MIN_BYTES or more is contracted as its transposed
+    copy on the last axis; a smaller one in the row-major product."""
+    x = jnp.ones((64, 512), jnp.float32)
+    nt, nn = ((1,), (1,)), ((1,), (0,))
+    # y, dx, then dw = x_lowᵀ @ g_low, which is row-major at every size.
+    for o, want in ((1024, [nt, nt, nn]), (1023, [nn, nn, nn])):
+      w = jnp.ones((512, o), jnp.float32)  # bf16: 1 MiB at o = 1024
+      g = jnp.ones((64, o), jnp.float32)
+
+      def fwd_bwd(x, w, g):
+        y, vjp = jax.vjp(taps.low_dot, x, w, *taps.low_pair(w, jnp.bfloat16))
+        return y, vjp(g)
+
+      self.assertEqual(_contractions(fwd_bwd, x, w, g), want, o)
+
   def test_row_major_t(self):
     a = np.arange(60, dtype=np.float32).reshape(3, 4, 5)
     got = jax.jit(taps.row_major_t)(a)
     np.testing.assert_array_equal(got, np.swapaxes(a, -1, -2))
 
-  def test_forward_and_vjp_against_numpy(self):
+  @parameterized.parameters(False, True)
+  def test_forward_and_vjp_against_numpy(self, nt):
+    self.enter_context(_forms(nt))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, 7)).astype(np.float32)
     w = rng.normal(size=(7, 6)).astype(np.float32)
@@ -65,9 +111,11 @@ class LowDotTest(absltest.TestCase):
     self.assertEqual((dx.dtype, dw.dtype), (jnp.bfloat16, jnp.float32))
     np.testing.assert_array_equal(dw, np.full((5, 2), 12.0))
 
-  def test_low_dot_t_against_numpy(self):
+  @parameterized.parameters(False, True)
+  def test_low_dot_t_against_numpy(self, nt):
     """x @ wᵀ for a weight stored [O, I] (the tied decoder), compiled
     with x of three axes (a 3-D bf16 product has no XLA:CPU kernel)."""
+    self.enter_context(_forms(nt))
     rng = np.random.default_rng(2)
     x = rng.normal(size=(2, 3, 7)).astype(np.float32)
     w = rng.normal(size=(6, 7)).astype(np.float32)  # [O, I]
@@ -89,7 +137,7 @@ class LowDotTest(absltest.TestCase):
     np.testing.assert_array_equal(dlow_t, 0)
 
 
-class DecoderTest(absltest.TestCase):
+class DecoderTest(parameterized.TestCase):
   """`losses.chunked_nll_sum(..., matmul_dtype="bfloat16")`: the fused
   decoder loss with its three products in bf16, against NumPy."""
 
@@ -141,7 +189,9 @@ class DecoderTest(absltest.TestCase):
     )
     return {"value": value, "out": dout, "weights": dw, **dp}
 
-  def test_value_and_gradients_against_numpy(self):
+  @parameterized.parameters(False, True)
+  def test_value_and_gradients_against_numpy(self, nt):
+    self.enter_context(_forms(nt))
     want = self._numpy()
     for chunk in (4, 15):  # four chunks of 4, one padding; one of all 15
       got = self._jax("bfloat16", chunk)

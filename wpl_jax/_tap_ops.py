@@ -69,15 +69,16 @@ def low_dot(x: Array, w: Array, w_low: Array, w_low_t: Array) -> Array:
   float32 accumulation and output.
 
   `(w_low, w_low_t)` is `low_pair(w, dtype)`, made once outside any loop.
-  The forward and both backward products take low-dtype inputs in the one
-  form XLA:CPU runs on its bfloat16 matrix units (row-major operands,
-  float32 output): dx = g_low @ w_low_t, dw = x_lowᵀ @ g_low (the
+  The forward and both backward products take low-dtype inputs in forms
+  XLA:CPU runs on its bfloat16 matrix units (row-major operands, float32
+  output): y = x_low @ w_low and dx = g_low @ w_low_t, or, for a weight
+  of `NT_MIN_BYTES` or more, the same products with the other copy
+  contracted on its last axis (`weight_dot`); dw = x_lowᵀ @ g_low (the
   positions of x flattened). The float32 `w` gets dw in float32 (so a
   scan accumulates it in float32); `w_low` and `w_low_t` get zeros. A
   custom VJP: reverse mode only (no `jax.jvp`, `jacfwd` or `hessian`).
   """
-  del w, w_low_t
-  return _dot2d(x.astype(w_low.dtype), w_low)
+  return _low_dot_fwd(x, w, w_low, w_low_t)[0]
 
 
 def _dot2d(a: Array, b: Array) -> Array:
@@ -91,16 +92,48 @@ def _dot2d(a: Array, b: Array) -> Array:
   return y.reshape(a.shape[:-1] + b.shape[-1:])
 
 
+def _dot2d_nt(a: Array, b_t: Array) -> Array:
+  """`a @ b_tᵀ` for a [..., I], b_t [O, I] (both contracted on their last
+  axis) as one 2-D product, float32 out."""
+  a2 = a.reshape(-1, a.shape[-1])
+  dims = (((1,), (1,)), ((), ()))
+  y = jax.lax.dot_general(a2, b_t, dims, preferred_element_type=F32)
+  return y.reshape(a.shape[:-1] + b_t.shape[:1])
+
+
+# A low product whose weight has at least this many bytes contracts the
+# weight's transposed copy on its last axis (`_dot2d_nt`) instead of the
+# row-major product with the weight as stored. Measured with bf16 weights
+# on a 2-core Intel Xeon with AMX (WORKSPACE §6.9): at M = 64 rows the
+# contracted form took 0.71–0.89× the time from 1.3 MB up (H ≥ 650 for
+# an [H, 2H] edge matrix, and the [V, H] decoder at every H), was even
+# at 0.5–0.64 MB and 1.2× slower at 0.16 MB (H = 200).
+NT_MIN_BYTES = 1 << 20
+
+
+def weight_dot(a: Array, w_low: Array, w_low_t: Array) -> Array:
+  """`a @ w_low` for a [..., I] and a weight pair w_low [I, O], w_low_t
+  [O, I] (the same values): the row-major product with w_low, or, for a
+  weight of `NT_MIN_BYTES` or more, `a` and w_low_t contracted on their
+  last axes (the faster form there on an AMX CPU)."""
+  if w_low.size * w_low.dtype.itemsize >= NT_MIN_BYTES:
+    return _dot2d_nt(a, w_low_t)
+  return _dot2d(a, w_low)
+
+
 def _dtypes(x: Array, w: Array) -> tuple[Array, Array]:
   """Zero-size arrays that carry x's and w's dtypes to a backward pass."""
   return jnp.zeros((0,), x.dtype), jnp.zeros((0,), w.dtype)
 
 
-def _low_grads(x_low: Array, g: Array, w_back: Array) -> tuple[Array, Array]:
-  """(dx, dw) of a low product, float32: dx = g_low @ w_back and
-  dw = x_lowᵀ @ g_low [I, O] (the positions of x flattened)."""
+def _low_grads(
+  x_low: Array, g: Array, w_back: Array, w_back_t: Array
+) -> tuple[Array, Array]:
+  """(dx, dw) of a low product, float32: dx = g_low @ w_back (w_back
+  [O, I], its copy w_back_t [I, O]; `weight_dot`) and dw = x_lowᵀ @
+  g_low [I, O] (the positions of x flattened)."""
   g_low = g.astype(w_back.dtype)
-  dx = _dot2d(g_low, w_back)
+  dx = weight_dot(g_low, w_back, w_back_t)
   x_t = row_major_t(x_low.reshape(-1, x_low.shape[-1]))  # [I, positions]
   dw = jnp.dot(x_t, g_low.reshape(-1, g.shape[-1]), preferred_element_type=F32)
   return dx, dw
@@ -108,12 +141,13 @@ def _low_grads(x_low: Array, g: Array, w_back: Array) -> tuple[Array, Array]:
 
 def _low_dot_fwd(x, w, w_low, w_low_t):
   x_low = x.astype(w_low.dtype)
-  return _dot2d(x_low, w_low), (x_low, w_low_t, _dtypes(x, w))
+  y = weight_dot(x_low, w_low, w_low_t)
+  return y, (x_low, w_low, w_low_t, _dtypes(x, w))
 
 
 def _low_dot_bwd(res, g):
-  x_low, w_low_t, (x_dtype, w_dtype) = res
-  dx, dw = _low_grads(x_low, g, w_low_t)
+  x_low, w_low, w_low_t, (x_dtype, w_dtype) = res
+  dx, dw = _low_grads(x_low, g, w_low_t, w_low)
   # The low copies get no gradient; x and w get theirs in their dtypes.
   return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype), None, None
 
@@ -127,24 +161,24 @@ def low_dot_t(x: Array, w: Array, w_low: Array, w_low_t: Array) -> Array:
   embedding as decoder), computed as `low_dot` does.
 
   `(w_low, w_low_t)` is `low_pair(w, dtype)`: w_low [O, I], w_low_t
-  [I, O]. y = x_low @ w_low_t, dx = g_low @ w_low, and dw [O, I] is
-  formed as x_lowᵀ @ g_low [I, O] and then copied transposed
-  (`row_major_t`): XLA would otherwise fold the transpose into the
-  product, which leaves it no bfloat16 kernel on CPU. A custom VJP:
-  reverse mode only.
+  [I, O]. y = x_low @ w_low_t, dx = g_low @ w_low (each in
+  `weight_dot`'s form for the weight's size), and dw [O, I] is formed as
+  x_lowᵀ @ g_low [I, O] and then copied transposed (`row_major_t`): XLA
+  would otherwise fold the transpose into the product, which leaves it
+  no bfloat16 kernel on CPU. A custom VJP: reverse mode only.
   """
-  del w, w_low
-  return _dot2d(x.astype(w_low_t.dtype), w_low_t)
+  return _low_dot_t_fwd(x, w, w_low, w_low_t)[0]
 
 
 def _low_dot_t_fwd(x, w, w_low, w_low_t):
   x_low = x.astype(w_low.dtype)
-  return _dot2d(x_low, w_low_t), (x_low, w_low, _dtypes(x, w))
+  y = weight_dot(x_low, w_low_t, w_low)
+  return y, (x_low, w_low, w_low_t, _dtypes(x, w))
 
 
 def _low_dot_t_bwd(res, g):
-  x_low, w_low, (x_dtype, w_dtype) = res
-  dx, dw_t = _low_grads(x_low, g, w_low)  # dw_t: [I, O]
+  x_low, w_low, w_low_t, (x_dtype, w_dtype) = res
+  dx, dw_t = _low_grads(x_low, g, w_low, w_low_t)  # dw_t: [I, O]
   # The barrier keeps XLA from folding the transpose into the product.
   dw = row_major_t(jax.lax.optimization_barrier(dw_t))
   return dx.astype(x_dtype.dtype), dw.astype(w_dtype.dtype), None, None

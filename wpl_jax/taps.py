@@ -152,4 +152,5 @@ PLAIN = Tap()
 low_pair = ops.low_pair
 low_dot = ops.low_dot
 low_dot_t = ops.low_dot_t
+weight_dot = ops.weight_dot
 row_major_t = ops.row_major_t

@@ -130,8 +130,9 @@ class _Decoder:
   inputs cast to it, float32 accumulation and output, and every operand
   row-major (`taps.row_major_t`: XLA:CPU runs a bfloat16 product with a
   transposed operand at its float32 rate, WORKSPACE §6.7): E [V, H] and
-  Eᵀ [H, V] cast once per call, d E formed as [H, V] per chunk and
-  transposed once at the end.
+  Eᵀ [H, V] cast once per call, the logits and d out each in
+  `taps.weight_dot`'s form for E's size, d E formed as [H, V] per chunk
+  and transposed once at the end.
   """
 
   def __init__(self, emb_VxH: Array, dtype: str):
@@ -146,14 +147,13 @@ class _Decoder:
     if not self.low:
       return o_CxH @ self.emb.T + bias_V[None]
     o = o_CxH.astype(self.dtype)
-    y = jnp.dot(o, self.emb_low_t, preferred_element_type=jnp.float32)
-    return y + bias_V[None]
+    return taps.weight_dot(o, self.emb_low_t, self.emb_low) + bias_V[None]
 
   def d_out(self, d_logits_CxV: Array) -> Array:
     if not self.low:
       return d_logits_CxV @ self.emb
     g = d_logits_CxV.astype(self.dtype)
-    return jnp.dot(g, self.emb_low, preferred_element_type=jnp.float32)
+    return taps.weight_dot(g, self.emb_low, self.emb_low_t)
 
   def d_emb_zero(self) -> Array:
     """The d E accumulator: [V, H] (float32 products) or [H, V] (low)."""
