@@ -41,7 +41,9 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--hidden", type=int, default=1000)
-  ap.add_argument("--step", choices=("shared", "fisher"), default="shared")
+  ap.add_argument(
+    "--step", choices=("shared", "fisher", "eval"), default="shared"
+  )
   ap.add_argument("--matmul_dtype", default="float32")
   ap.add_argument("--top", type=int, default=15)
   ap.add_argument("--products", type=int, default=0)
@@ -62,9 +64,14 @@ def main() -> None:
   if a.step == "shared":
     f = jax.jit(s["steps"].shared_step)
     args = (s["shared"], s["wpl"], *batch, jnp.float32(0.1), jnp.float32(1.0))
-  else:
+  elif a.step == "fisher":
     f = jax.jit(s["steps"].fisher_step)
     args = (s["shared"], s["wpl"], *batch, jnp.float32(2.0))
+  else:  # one cell's reward eval: its perplexity on one batch
+    archs = jax.tree.map(lambda x: x[:1], s["archs"])
+    ev = s["steps"].eval_archs
+    f = jax.jit(lambda *args, key: ev(*args))
+    args = (s["shared"], archs, *batch[1:])
   for _ in range(2):
     jax.block_until_ready(f(*args, key=s["key"]))
   with tempfile.TemporaryDirectory() as d:

@@ -97,6 +97,31 @@ def _highway_bwd(res, g_BxH):
 highway.defvjp(_highway_fwd, _highway_bwd)
 
 
+@jax.custom_vjp
+def node_mean(nodes_NxBxH: Array, w_N: Array) -> Array:
+  """Σ_k w[k] · nodes[k]: float32[B, H], the cell output's weighted mean.
+
+  Written as N products and N − 1 adds, which XLA fuses into one
+  elementwise loop, with a backward pass of one broadcast product
+  (d nodes = w ⊗ g; `w` gets none: it comes from the architecture). As
+  `jnp.sum(nodes * w[:, None, None], axis=0)`, XLA:CPU ran the sum as a
+  YNN reduce several times slower, and the slices' own transpose pads
+  every node's cotangent to [N, B, H] (WORKSPACE §6.9).
+  """
+  return sum(nodes_NxBxH[k] * w_N[k] for k in range(nodes_NxBxH.shape[0]))
+
+
+def _node_mean_fwd(nodes_NxBxH, w_N):
+  return node_mean(nodes_NxBxH, w_N), w_N
+
+
+def _node_mean_bwd(w_N, g_BxH):
+  return w_N[:, None, None] * g_BxH[None], jnp.zeros_like(w_N)
+
+
+node_mean.defvjp(_node_mean_fwd, _node_mean_bwd)
+
+
 class _Node0(nn.Module):
   """Node 0's weights: W_xc, W_xh (with biases), W_hc, W_hh (no bias)."""
 
@@ -458,7 +483,7 @@ class SharedRNN(nn.Module):
         (jnp.arange(1, n), edges, acts[1:], parents[1:]),
         unroll=self.node_unroll,
       )
-      cell_out = jnp.sum(nodes * out_w[:, None, None], axis=0)
+      cell_out = node_mean(nodes, out_w)
       out = cell_out
       if self.use_batch_norm:
         if train:
