@@ -183,6 +183,34 @@ class HighwayVjpTest(parameterized.TestCase):
     self.assertGreater(float(jnp.abs(got["cell"]["edge_h"]).max()), 0.0)
 
 
+class NodeMeanTest(absltest.TestCase):
+  """The cell output's weighted mean over nodes (`node_mean`, a sum of
+  slices with a hand-written VJP) against NumPy, under jit, with the
+  leaves' and the published cell's weights."""
+
+  def test_value_and_vjp_against_numpy(self):
+    rng = np.random.default_rng(5)
+    n, b = 5, 3
+    nodes = rng.normal(size=(n, b, H)).astype(np.float32)
+    g = rng.normal(size=(b, H)).astype(np.float32)
+    for w in ([0.0, 0.5, 0.0, 0.5, 0.0], [0.0, 0.25, 0.25, 0.25, 0.25]):
+      w = np.asarray(w, np.float32)
+
+      @jax.jit
+      def run(nodes, w, g):
+        y, vjp = jax.vjp(supernet.node_mean, nodes, w)
+        return y, vjp(g)
+
+      y, (d_nodes, d_w) = run(nodes, w, g)
+      want = np.einsum("n,nbh->bh", w.astype(np.float64), nodes)
+      np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
+      np.testing.assert_allclose(
+        d_nodes, w[:, None, None] * g[None], rtol=1e-6, atol=1e-7
+      )
+      # The weights come from the architecture: no gradient.
+      np.testing.assert_array_equal(d_w, 0.0)
+
+
 class FusedDecoderLossTest(parameterized.TestCase):
   """`chunked_nll_sum`'s one-pass custom VJP against autodiff of the NumPy-
   style formula on the whole [T, B, V] logits."""
