@@ -466,7 +466,12 @@ class SharedRNN(nn.Module):
     def node_step(nodes_NxBxH, xs):
       # Node j reads node parents[j] through edge (parents[j] -> j).
       j, w_Hx2H, act, parent = xs
-      h_in = jax.lax.dynamic_index_in_dim(nodes_NxBxH, parent, keepdims=False)
+      # A gather, not a dynamic slice: XLA:CPU rewrites a dynamic slice of
+      # the previous node's write (a dynamic update slice) into a select
+      # that reads the array before that write, and then copies the whole
+      # [N, B, H] array at every node (WORKSPACE §6.9). `parent` is in
+      # [0, j), so "clip" never clips.
+      h_in = jnp.take(nodes_NxBxH, parent, axis=0, mode="clip")
       h_j = highway(recurrent("edge", h_in, w_Hx2H), h_in, act)
       return jax.lax.dynamic_update_index_in_dim(nodes_NxBxH, h_j, j, 0), None
 
