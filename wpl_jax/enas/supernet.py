@@ -122,6 +122,34 @@ def _node_mean_bwd(w_N, g_BxH):
 node_mean.defvjp(_node_mean_fwd, _node_mean_bwd)
 
 
+@jax.custom_vjp
+def read_node(nodes_NxBxH: Array, k: Array) -> Array:
+  """nodes[k]: float32[B, H], for a traced k in [0, N).
+
+  A gather in the forward pass, not a dynamic slice: XLA:CPU rewrites a
+  dynamic slice of the previous node's write (a dynamic update slice) into
+  a select that reads the array before that write, and then copies the
+  whole [N, B, H] array at every node (WORKSPACE §6.9). The backward pass
+  is a dynamic slice's (g written into zeros at row k), not a gather's
+  scatter-add.
+  """
+  return jnp.take(nodes_NxBxH, k, axis=0, mode="clip")
+
+
+def _read_node_fwd(nodes_NxBxH, k):
+  n_carrier = jnp.zeros((nodes_NxBxH.shape[0], 0), nodes_NxBxH.dtype)
+  return read_node(nodes_NxBxH, k), (n_carrier, k)
+
+
+def _read_node_bwd(res, g_BxH):
+  n_carrier, k = res
+  zeros = jnp.zeros((n_carrier.shape[0], *g_BxH.shape), n_carrier.dtype)
+  return jax.lax.dynamic_update_index_in_dim(zeros, g_BxH, k, 0), None
+
+
+read_node.defvjp(_read_node_fwd, _read_node_bwd)
+
+
 class _Node0(nn.Module):
   """Node 0's weights: W_xc, W_xh (with biases), W_hc, W_hh (no bias)."""
 
@@ -466,12 +494,7 @@ class SharedRNN(nn.Module):
     def node_step(nodes_NxBxH, xs):
       # Node j reads node parents[j] through edge (parents[j] -> j).
       j, w_Hx2H, act, parent = xs
-      # A gather, not a dynamic slice: XLA:CPU rewrites a dynamic slice of
-      # the previous node's write (a dynamic update slice) into a select
-      # that reads the array before that write, and then copies the whole
-      # [N, B, H] array at every node (WORKSPACE §6.9). `parent` is in
-      # [0, j), so "clip" never clips.
-      h_in = jnp.take(nodes_NxBxH, parent, axis=0, mode="clip")
+      h_in = read_node(nodes_NxBxH, parent)
       h_j = highway(recurrent("edge", h_in, w_Hx2H), h_in, act)
       return jax.lax.dynamic_update_index_in_dim(nodes_NxBxH, h_j, j, 0), None
 
