@@ -211,6 +211,29 @@ class NodeMeanTest(absltest.TestCase):
       np.testing.assert_array_equal(d_w, 0.0)
 
 
+class ReadNodeTest(absltest.TestCase):
+  """A node's read of its parent (`read_node`: a gather with a hand-
+  written VJP) against NumPy, under jit with a traced index."""
+
+  def test_value_and_vjp_against_numpy(self):
+    rng = np.random.default_rng(6)
+    n, b = 5, 3
+    nodes = rng.normal(size=(n, b, H)).astype(np.float32)
+    g = rng.normal(size=(b, H)).astype(np.float32)
+
+    @jax.jit
+    def run(nodes, k, g):
+      y, vjp = jax.vjp(lambda x: supernet.read_node(x, k), nodes)
+      return y, vjp(g)[0]
+
+    for k in (0, 2, n - 1):
+      y, d_nodes = run(nodes, jnp.int32(k), g)
+      np.testing.assert_array_equal(y, nodes[k])
+      want = np.zeros_like(nodes)
+      want[k] = g
+      np.testing.assert_array_equal(d_nodes, want)
+
+
 class FusedDecoderLossTest(parameterized.TestCase):
   """`chunked_nll_sum`'s one-pass custom VJP against autodiff of the NumPy-
   style formula on the whole [T, B, V] logits."""

@@ -104,10 +104,11 @@ def _dot2d_nt(a: Array, b_t: Array) -> Array:
 # A low product whose weight has at least this many bytes contracts the
 # weight's transposed copy on its last axis (`_dot2d_nt`) instead of the
 # row-major product with the weight as stored. Measured with bf16 weights
-# on a 2-core Intel Xeon with AMX (WORKSPACE §6.9): at M = 64 rows the
-# contracted form took 0.71–0.89× the time from 1.3 MB up (H ≥ 650 for
-# an [H, 2H] edge matrix, and the [V, H] decoder at every H), was even
-# at 0.5–0.64 MB and 1.2× slower at 0.16 MB (H = 200).
+# on a 2-core Intel Xeon with AMX (`benchmarks/weight_forms.py`, WORKSPACE
+# §6.9): for the M = 64 edge products the contracted form took 0.62–0.89×
+# the time at 1.6 and 3.8 MiB (H = 650, 1000), 0.92–0.95× at 0.95 MiB,
+# even at 0.61 MiB and 0.97–1.12× at 0.15 MiB (H = 200); the [V, H]
+# decoder's d out 0.81–0.92× at H >= 400.
 NT_MIN_BYTES = 1 << 20
 
 
