@@ -184,9 +184,9 @@ class HighwayVjpTest(parameterized.TestCase):
 
 
 class NodeMeanTest(absltest.TestCase):
-  """The cell output's weighted mean over nodes (`node_mean`, a sum of
-  slices with a hand-written VJP) against NumPy, under jit, with the
-  leaves' and the published cell's weights."""
+  """The cell output's weighted mean over the nodes (`node_mean`, a sum
+  over separate arrays) against NumPy, under jit, with the leaves' and the
+  published cell's weights."""
 
   def test_value_and_vjp_against_numpy(self):
     rng = np.random.default_rng(5)
@@ -198,40 +198,73 @@ class NodeMeanTest(absltest.TestCase):
 
       @jax.jit
       def run(nodes, w, g):
-        y, vjp = jax.vjp(supernet.node_mean, nodes, w)
-        return y, vjp(g)
+        y, vjp = jax.vjp(lambda v: supernet.node_mean(tuple(v), w), nodes)
+        return y, vjp(g)[0]
 
-      y, (d_nodes, d_w) = run(nodes, w, g)
+      y, d_nodes = run(nodes, w, g)
       want = np.einsum("n,nbh->bh", w.astype(np.float64), nodes)
       np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
       np.testing.assert_allclose(
         d_nodes, w[:, None, None] * g[None], rtol=1e-6, atol=1e-7
       )
-      # The weights come from the architecture: no gradient.
-      np.testing.assert_array_equal(d_w, 0.0)
+
+  def test_count_mismatch_raises(self):
+    nodes = (jnp.zeros((2, H)),) * 3
+    with self.assertRaisesRegex(ValueError, "3 nodes but 4 weights"):
+      supernet.node_mean(nodes, jnp.ones((4,)))
 
 
-class ReadNodeTest(absltest.TestCase):
-  """A node's read of its parent (`read_node`: a gather with a hand-
-  written VJP) against NumPy, under jit with a traced index."""
+class ReadWriteNodeTest(parameterized.TestCase):
+  """A node's read of its parent (`read_parent`, a select among the node
+  arrays) and its write (`write_node`) against NumPy indexing, under jit
+  with a traced parent: the unrolled form (a Python-int j, candidates
+  nodes[:j]), the rolled form (j traced, all N), and vmapped over
+  parents (the batched reward evaluation)."""
 
-  def test_value_and_vjp_against_numpy(self):
+  def _data(self):
     rng = np.random.default_rng(6)
     n, b = 5, 3
     nodes = rng.normal(size=(n, b, H)).astype(np.float32)
-    g = rng.normal(size=(b, H)).astype(np.float32)
+    return nodes, rng.normal(size=(b, H)).astype(np.float32)
 
-    @jax.jit
-    def run(nodes, k, g):
-      y, vjp = jax.vjp(lambda x: supernet.read_node(x, k), nodes)
-      return y, vjp(g)[0]
+  @parameterized.parameters(1, 3, 5)
+  def test_read_value_and_vjp_against_numpy(self, j):
+    nodes, g = self._data()
+    for static in (True, False):
+      if not static and j == nodes.shape[0]:
+        continue
 
-    for k in (0, 2, n - 1):
-      y, d_nodes = run(nodes, jnp.int32(k), g)
-      np.testing.assert_array_equal(y, nodes[k])
-      want = np.zeros_like(nodes)
-      want[k] = g
-      np.testing.assert_array_equal(d_nodes, want)
+      @jax.jit
+      def run(nodes, k, g, j=j, static=static):
+        read = lambda v: supernet.read_parent(
+          tuple(v), k, j if static else None
+        )
+        y, vjp = jax.vjp(read, nodes)
+        return y, vjp(g)[0]
+
+      for k in range(j):
+        y, d_nodes = run(nodes, jnp.int32(k), g)
+        np.testing.assert_array_equal(y, nodes[k])
+        want = np.zeros_like(nodes)
+        want[k] = g
+        np.testing.assert_array_equal(d_nodes, want)
+
+  def test_read_vmapped_over_parents(self):
+    nodes, _ = self._data()
+    ks = np.array([0, 3, 1, 2], np.int32)
+    read = jax.vmap(lambda k: supernet.read_parent(tuple(nodes), k, 4))
+    np.testing.assert_array_equal(jax.jit(read)(ks), nodes[ks])
+
+  def test_write_static_and_traced(self):
+    nodes, h = self._data()
+    for j in (1, 4):
+      want = nodes.copy()
+      want[j] = h
+      got = supernet.write_node(tuple(nodes), h, j)
+      self.assertIsInstance(got, tuple)
+      np.testing.assert_array_equal(np.stack(got), want)
+      traced = jax.jit(lambda v, j: supernet.write_node(tuple(v), h, j))
+      np.testing.assert_array_equal(np.stack(traced(nodes, jnp.int32(j))), want)
 
 
 class FusedDecoderLossTest(parameterized.TestCase):

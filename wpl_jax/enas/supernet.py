@@ -1,5 +1,6 @@
 """ENAS shared RNN (the supernet): one compiled child forward for every cell."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -97,57 +98,108 @@ def _highway_bwd(res, g_BxH):
 highway.defvjp(_highway_fwd, _highway_bwd)
 
 
+def _runtime_one(x: Array) -> Array:
+  """1.0 (float32 scalar) from a traced value XLA cannot prove it equals:
+  `x == x` for a float (False only for NaN), `x != INT32_MIN` for an
+  int32 (False only for that value, which no weight or node index
+  takes)."""
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    return (x == x).astype(jnp.float32)
+  return (x != jnp.iinfo(jnp.int32).min).astype(jnp.float32)
+
+
+def _formed_once(g: Array, one: Array) -> Array:
+  """`g / one`, `one` from `_runtime_one`: g itself, exactly.
+
+  For a cotangent that several nodes' backward passes read. XLA fuses a
+  cheap elementwise producer into each of its consumers, recomputing it
+  there; in the unrolled node loop each node's cotangent then carried
+  its descendants' and the batch-norm backward's arithmetic with it (the
+  largest fusion grew from 44 to 458 ops at H = 16, 7–14 % slower steps;
+  WORKSPACE §6.10). A divide is one XLA does not duplicate, so g is
+  formed once and read by each consumer.
+  """
+  return g / one.astype(g.dtype)
+
+
 @jax.custom_vjp
-def node_mean(nodes_NxBxH: Array, w_N: Array) -> Array:
+def node_mean(nodes: tuple[Array, ...], w_N: Array) -> Array:
   """Σ_k w[k] · nodes[k]: float32[B, H], the cell output's weighted mean.
 
-  Written as N products and N − 1 adds, which XLA fuses into one
-  elementwise loop, with a backward pass of one broadcast product
-  (d nodes = w ⊗ g; `w` gets none: it comes from the architecture). As
-  `jnp.sum(nodes * w[:, None, None], axis=0)`, XLA:CPU ran the sum as a
-  YNN reduce several times slower, and the slices' own transpose pads
-  every node's cotangent to [N, B, H] (WORKSPACE §6.9).
+  `nodes` holds the N node outputs as separate [B, H] arrays: N products
+  and N − 1 adds that XLA fuses into one elementwise loop (over a stacked
+  [N, B, H] array XLA:CPU ran the sum as a YNN reduce, several times
+  slower; WORKSPACE §6.9). Backward: node k gets w[k] · g, g formed once
+  (`_formed_once`); `w` gets none (it comes from the architecture).
   """
-  return sum(nodes_NxBxH[k] * w_N[k] for k in range(nodes_NxBxH.shape[0]))
+  if len(nodes) != w_N.shape[0]:
+    raise ValueError(f"{len(nodes)} nodes but {w_N.shape[0]} weights")
+  return sum(v * w_N[k] for k, v in enumerate(nodes))
 
 
-def _node_mean_fwd(nodes_NxBxH, w_N):
-  return node_mean(nodes_NxBxH, w_N), w_N
+def _node_mean_fwd(nodes, w_N):
+  return node_mean(nodes, w_N), (w_N, _runtime_one(w_N[0]))
 
 
-def _node_mean_bwd(w_N, g_BxH):
-  return w_N[:, None, None] * g_BxH[None], jnp.zeros_like(w_N)
+def _node_mean_bwd(res, g_BxH):
+  w_N, one = res
+  g_BxH = _formed_once(g_BxH, one)
+  d_nodes = tuple(g_BxH * w_N[k] for k in range(w_N.shape[0]))
+  return d_nodes, jnp.zeros_like(w_N)
 
 
 node_mean.defvjp(_node_mean_fwd, _node_mean_bwd)
 
 
-@jax.custom_vjp
-def read_node(nodes_NxBxH: Array, k: Array) -> Array:
-  """nodes[k]: float32[B, H], for a traced k in [0, N).
+def read_parent(nodes: tuple[Array, ...], parent: Array, j=None) -> Array:
+  """nodes[parent]: float32[B, H], for a traced int32 scalar `parent`.
 
-  A gather in the forward pass, not a dynamic slice: XLA:CPU rewrites a
-  dynamic slice of the previous node's write (a dynamic update slice) into
-  a select that reads the array before that write, and then copies the
-  whole [N, B, H] array at every node (WORKSPACE §6.9). The backward pass
-  is a dynamic slice's (g written into zeros at row k), not a gather's
-  scatter-add.
+  Args:
+    nodes: the cell's N node outputs so far, separate [B, H] arrays.
+    parent: which node to read, in [0, j) (clipped into range).
+    j: the reading node's index when it is a Python int (the node loop
+      unrolled): only nodes[:j] are candidates. None: all N are.
+
+  A select among separate arrays. A dynamic slice of one stacked
+  [N, B, H] node array made XLA:CPU copy that whole array at every node
+  (the highway's saved input read it again after the next node's write):
+  21 copies per time step in a training step (WORKSPACE §6.10).
+  Backward: candidate k gets g where parent == k, else 0; g formed once
+  (`_formed_once`).
   """
-  return jnp.take(nodes_NxBxH, k, axis=0, mode="clip")
+  cands = tuple(nodes if j is None else nodes[:j])
+  if len(cands) == 1:
+    return cands[0]
+  k = jnp.clip(parent, 0, len(cands) - 1)
+  return _select(len(cands), k, _runtime_one(parent), cands)
 
 
-def _read_node_fwd(nodes_NxBxH, k):
-  n_carrier = jnp.zeros((nodes_NxBxH.shape[0], 0), nodes_NxBxH.dtype)
-  return read_node(nodes_NxBxH, k), (n_carrier, k)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _select(n: int, k: Array, one: Array, cands: tuple) -> Array:
+  del n, one
+  return jax.lax.select_n(k, *cands)
 
 
-def _read_node_bwd(res, g_BxH):
-  n_carrier, k = res
-  zeros = jnp.zeros((n_carrier.shape[0], *g_BxH.shape), n_carrier.dtype)
-  return jax.lax.dynamic_update_index_in_dim(zeros, g_BxH, k, 0), None
+def _select_fwd(n, k, one, cands):
+  return _select(n, k, one, cands), (k, one)
 
 
-read_node.defvjp(_read_node_fwd, _read_node_bwd)
+def _select_bwd(n, res, g_BxH):
+  k, one = res
+  g_BxH = _formed_once(g_BxH, one)
+  d_cands = tuple(jnp.where(k == i, g_BxH, 0.0) for i in range(n))
+  return None, None, d_cands
+
+
+_select.defvjp(_select_fwd, _select_bwd)
+
+
+def write_node(nodes: tuple[Array, ...], h_BxH: Array, j) -> tuple:
+  """`nodes` with nodes[j] = h: a tuple edit for a Python-int `j`, else
+  (a rolled node scan) one select per node."""
+  if isinstance(j, (int, np.integer)):
+    return (*nodes[:j], h_BxH, *nodes[j + 1 :])
+  return tuple(jnp.where(j == k, h_BxH, v) for k, v in enumerate(nodes))
 
 
 class _Node0(nn.Module):
@@ -491,24 +543,27 @@ class SharedRNN(nn.Module):
     momentum, eps = self.bn_momentum, self.bn_epsilon
     unbiased = batch / max(batch - 1, 1)
 
-    def node_step(nodes_NxBxH, xs):
-      # Node j reads node parents[j] through edge (parents[j] -> j).
+    def node_step(nodes, xs):
+      # Node j reads node parents[j] through edge (parents[j] -> j). j is
+      # a Python int when the loop is unrolled (a numpy xs leaf indexed
+      # by the loop), traced in a rolled scan.
       j, w_Hx2H, act, parent = xs
-      h_in = read_node(nodes_NxBxH, parent)
+      static = isinstance(j, np.integer)
+      h_in = read_parent(nodes, parent, int(j) if static else None)
       h_j = highway(recurrent("edge", h_in, w_Hx2H), h_in, act)
-      return jax.lax.dynamic_update_index_in_dim(nodes_NxBxH, h_j, j, 0), None
+      return write_node(nodes, h_j, int(j) if static else j), None
 
     def step(carry, xz_Bx2H):
       h_prev, mean, var = carry
       # Node 0 reads x_t and h_{t-1} (docs/method.md §4).
       z = xz_Bx2H + recurrent("node0_h", h_prev, w_h0)
-      nodes = jnp.zeros((n, batch, h), h_prev.dtype)
-      nodes = nodes.at[0].set(highway(z, h_prev, acts[0]))
+      zeros = jnp.zeros((batch, h), h_prev.dtype)
+      nodes = (highway(z, h_prev, acts[0]),) + (zeros,) * (n - 1)
       nodes, _ = tap.scan(
         "nodes",
         node_step,
         nodes,
-        (jnp.arange(1, n), edges, acts[1:], parents[1:]),
+        (np.arange(1, n, dtype=np.int32), edges, acts[1:], parents[1:]),
         unroll=self.node_unroll,
       )
       cell_out = node_mean(nodes, out_w)
