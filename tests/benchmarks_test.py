@@ -126,3 +126,40 @@ class CeilingTest(absltest.TestCase):
 
 if __name__ == "__main__":
   absltest.main()
+
+
+class StepHloCensusTest(absltest.TestCase):
+  """`step_hlo.census` on a hand-written HLO text: copies counted by
+  shape and computation, a fusion's ops counted from its body."""
+
+  HLO = """HloModule m
+
+%fused_computation.1 (p0: f32[2,3]) -> f32[2,6] {
+  %p0 = f32[2,3]{1,0} parameter(0)
+  %m = f32[2,3]{1,0} multiply(%p0, %p0)
+  ROOT %c = f32[2,6]{1,0} concatenate(%m, %p0), dimensions={1}
+}
+
+%body (t: f32[4,2,3]) -> f32[4,2,3] {
+  %t = f32[4,2,3]{2,1,0} parameter(0)
+  ROOT %copy.1 = f32[4,2,3]{2,1,0} copy(%t)
+}
+
+ENTRY %main (a: f32[4,2,3], b: f32[2,3]) -> f32[2,6] {
+  %a = f32[4,2,3]{2,1,0} parameter(0)
+  %copy.2 = f32[4,2,3]{2,1,0} copy(%a)
+  %copy.3 = f32[5]{0} copy(%a)
+  %b = f32[2,3]{1,0} parameter(1)
+  ROOT %multiply_concatenate_fusion.7 = f32[2,6]{1,0} fusion(%b), \
+kind=kLoop, calls=%fused_computation.1
+}
+"""
+
+  def test_counts(self):
+    from benchmarks import step_hlo  # noqa: PLC0415
+
+    r = step_hlo.census(self.HLO, "f32[4,2,3]")
+    self.assertEqual(r["node_copies"], 2)
+    self.assertEqual(r["copies"]["f32[5]{0}"], 1)
+    self.assertEqual(dict(r["where"]), {"other": 1, "entry": 2})
+    self.assertEqual(r["bwd_fusion_ops"], [3])

@@ -115,7 +115,7 @@ def _formed_once(g: Array, one: Array) -> Array:
   cheap elementwise producer into each of its consumers, recomputing it
   there; in the unrolled node loop each node's cotangent then carried
   its descendants' and the batch-norm backward's arithmetic with it (the
-  largest fusion grew from 44 to 458 ops at H = 16, 7–14 % slower steps;
+  largest fusion grew from 88 to 458 ops at H = 16, 3–14 % slower steps;
   WORKSPACE §6.10). A divide is one XLA does not duplicate, so g is
   formed once and read by each consumer.
   """
