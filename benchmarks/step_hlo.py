@@ -78,28 +78,13 @@ def main() -> None:
   ap.add_argument("--out", default="")
   a = ap.parse_args()
 
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
+  from benchmarks import step_profile  # noqa: PLC0415
 
-  from benchmarks import enas_bench  # noqa: PLC0415
-
-  c = enas_bench.config_at("large", wpl=True)
-  c.model.hidden, c.model.num_nodes = a.hidden, 12
-  c.wpl.estimator = "batch_grad_squared"
-  c.model.matmul_dtype = a.matmul_dtype
-  s = enas_bench.setup(c)
-  arch = jax.tree.map(lambda x: x[0], s["archs"])
-  batch = (arch, s["inputs"], s["targets"], s["hidden"])
-  if a.step == "shared":
-    f = jax.jit(s["steps"].shared_step)
-    args = (s["shared"], s["wpl"], *batch, jnp.float32(0.1), jnp.float32(1.0))
-  else:
-    f = jax.jit(s["steps"].fisher_step)
-    args = (s["shared"], s["wpl"], *batch, jnp.float32(2.0))
-  hlo = f.lower(*args, key=s["key"]).compile().as_text()
+  f, args, key = step_profile.paper_step(a.hidden, a.step, a.matmul_dtype)
+  hlo = f.lower(*args, key=key).compile().as_text()
   if a.out:
     pathlib.Path(a.out).write_text(hlo)
-  b = s["inputs"].shape[1]
+  b = args[3].shape[1]  # inputs [T, B]
   r = census(hlo, f"f32[12,{b},{a.hidden}]")
   print(
     f"H={a.hidden} {a.step} step, matmul_dtype={a.matmul_dtype}: "

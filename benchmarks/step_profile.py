@@ -38,6 +38,38 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def paper_step(hidden: int, step: str, matmul_dtype: str):
+  """`(jitted step, args, key)`: the paper-sized child's `step` ("shared",
+  "fisher" or "eval"), as this script and `step_hlo.py` build it: the
+  `enas_bench` "large" config with N = 12 and `hidden`, WPL on with the
+  `batch_grad_squared` Fisher, the first sampled arch; call it as
+  `f(*args, key=key)`."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from benchmarks import enas_bench  # noqa: PLC0415
+
+  c = enas_bench.config_at("large", wpl=True)
+  c.model.hidden, c.model.num_nodes = hidden, 12
+  c.wpl.estimator = "batch_grad_squared"
+  c.model.matmul_dtype = matmul_dtype
+  s = enas_bench.setup(c)
+  arch = jax.tree.map(lambda x: x[0], s["archs"])
+  batch = (arch, s["inputs"], s["targets"], s["hidden"])
+  if step == "shared":
+    f = jax.jit(s["steps"].shared_step)
+    args = (s["shared"], s["wpl"], *batch, jnp.float32(0.1), jnp.float32(1.0))
+  elif step == "fisher":
+    f = jax.jit(s["steps"].fisher_step)
+    args = (s["shared"], s["wpl"], *batch, jnp.float32(2.0))
+  else:  # one cell's reward eval: its perplexity on one batch
+    archs = jax.tree.map(lambda x: x[:1], s["archs"])
+    ev = s["steps"].eval_archs
+    f = jax.jit(lambda *args, key: ev(*args))
+    args = (s["shared"], archs, *batch[1:])
+  return f, args, s["key"]
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--hidden", type=int, default=1000)
@@ -50,34 +82,14 @@ def main() -> None:
   a = ap.parse_args()
 
   import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
 
-  from benchmarks import enas_bench  # noqa: PLC0415
-
-  c = enas_bench.config_at("large", wpl=True)
-  c.model.hidden, c.model.num_nodes = a.hidden, 12
-  c.wpl.estimator = "batch_grad_squared"
-  c.model.matmul_dtype = a.matmul_dtype
-  s = enas_bench.setup(c)
-  arch = jax.tree.map(lambda x: x[0], s["archs"])
-  batch = (arch, s["inputs"], s["targets"], s["hidden"])
-  if a.step == "shared":
-    f = jax.jit(s["steps"].shared_step)
-    args = (s["shared"], s["wpl"], *batch, jnp.float32(0.1), jnp.float32(1.0))
-  elif a.step == "fisher":
-    f = jax.jit(s["steps"].fisher_step)
-    args = (s["shared"], s["wpl"], *batch, jnp.float32(2.0))
-  else:  # one cell's reward eval: its perplexity on one batch
-    archs = jax.tree.map(lambda x: x[:1], s["archs"])
-    ev = s["steps"].eval_archs
-    f = jax.jit(lambda *args, key: ev(*args))
-    args = (s["shared"], archs, *batch[1:])
+  f, args, key = paper_step(a.hidden, a.step, a.matmul_dtype)
   for _ in range(2):
-    jax.block_until_ready(f(*args, key=s["key"]))
+    jax.block_until_ready(f(*args, key=key))
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d):
       t0 = time.perf_counter()
-      jax.block_until_ready(f(*args, key=s["key"]))
+      jax.block_until_ready(f(*args, key=key))
       wall = (time.perf_counter() - t0) * 1e3
     path = next(pathlib.Path(d).rglob("*.trace.json.gz"))
     events = json.load(gzip.open(path))["traceEvents"]
@@ -103,7 +115,7 @@ def main() -> None:
   for kind, ms in total.most_common(a.top):
     print(f"  {ms:8.1f} ms {100 * ms / wall:5.1f} %  {count[kind]:6d}  {kind}")
   if a.products:
-    hlo = f.lower(*args, key=s["key"]).compile().as_text()
+    hlo = f.lower(*args, key=key).compile().as_text()
     dots = matmul_fusions(hlo)
     rows = [
       (ms, name, dots[name]) for name, ms in per_op.items() if name in dots
